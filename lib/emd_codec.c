@@ -1,0 +1,2 @@
+/* placeholder until the codec module lands */
+#include "emd_codec.h"

@@ -1,0 +1,2 @@
+/* placeholder until the config module lands */
+#include "emd_config.h"

@@ -1,0 +1,2 @@
+/* placeholder until the spool module lands */
+#include "emd_spool.h"

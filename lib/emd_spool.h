@@ -1,0 +1,132 @@
+/* emd_spool.h: the durable FIFO of events keyed by seq, in LMDB (SPEC 3).
+ * Named databases: pending (seq -> SpoolRecord), ids (event id -> seq and
+ * state, for de-duplication), timers (timer -> next ordinal, last use),
+ * dead (seq -> DeadRecord), delivered (time ‖ seq -> id, to expire ids
+ * after spool.dedup_window) and meta (schema version, instance ID, next
+ * seq, counters).
+ *
+ * Writes are group commits on a writer thread of the spool's own: every
+ * append and outcome queued during one loop turn shares one write
+ * transaction and, for sync = always, one fsync; the loop keeps running
+ * while it syncs. Results come back to the loop through uv_async. Every
+ * function here is for the loop thread only. */
+#ifndef EMD_SPOOL_H
+#define EMD_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "emd_arena.h"
+#include "emd_config.h"
+#include "emd_event.h"
+
+struct emd_spool;
+
+/* What happened to one appended event. */
+struct emd_spool_result {
+  int rc;              /* 0; EMD_ESPOOLFULL (on_full = reject); <0 other */
+  uint64_t seq;        /* its seq, or the stored one's for a duplicate */
+  uint32_t ordinal;    /* the event's ordinal (kept or assigned) */
+  bool duplicate;      /* the id was known: nothing stored */
+};
+
+/* Runs exactly once per append, on the loop, after the event is durable
+ * per spool.sync (or it was refused). */
+typedef void (*emd_spool_cb)(void *data, const struct emd_spool_result *res);
+
+/* Runs on the loop after each group commit that changed the spool
+ * (events in, out, dead), and when there is room again after being full. */
+typedef void (*emd_spool_changed_cb)(void *data);
+
+/* Opens (creating if needed) the spool in cfg->spool.dir and starts its
+ * writer thread. Reads only meta: start-up cost does not grow with the
+ * backlog. A spool of a newer schema (EMD_ESPOOLVER) or one that cannot be
+ * opened (EMD_ESPOOLBAD, or -errno) is never modified; err then says what
+ * happened and what to do. cfg is borrowed until emd_spool_close. On
+ * success *out is the caller's. */
+int emd_spool_open(uv_loop_t *loop, const struct emd_config *cfg,
+                   struct emd_spool **out, char *err, size_t errlen);
+
+/* Finishes queued work (one last group commit), stops the writer thread
+ * and closes the handles; the memory goes in their close callback, so the
+ * caller runs the loop until it has no handles left. Callbacks of queued
+ * appends still run (after their commit). NULL-safe. */
+void emd_spool_close(struct emd_spool *sp);
+
+/* Applies settings that may change live (sync_interval, max_bytes within
+ * the map size, on_full, max_age, dead_max, timer_ttl, dedup_window);
+ * cfg is borrowed until the next call or close. */
+void emd_spool_reconfigure(struct emd_spool *sp, const struct emd_config *cfg);
+
+/* The arena of the group being gathered. Events passed to
+ * emd_spool_append must live in it (or outlive their callback); it is
+ * reset after every callback of its group has run. */
+struct emd_arena *emd_spool_arena(struct emd_spool *sp);
+
+/* Queues ev (enriched: id, timer set) for the next group commit. In that
+ * transaction the spool de-duplicates on ev->event->id, assigns the
+ * ordinal from the counter of ev->event->timer when ev->event->ordinal is
+ * 0 (and then sets ev->index when it is 0), assigns the seq, stores the
+ * record and the counter. cb runs exactly once. Returns 0, or <0 (e.g.
+ * EMD_ESHUTDOWN after close began) and then cb never runs. */
+int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
+                     void *data);
+
+/* True unless on_full = block and the spool is at max_bytes: the ingest
+ * stops reading while this is false and resumes on the changed callback. */
+bool emd_spool_has_room(const struct emd_spool *sp);
+
+void emd_spool_set_changed_cb(struct emd_spool *sp, emd_spool_changed_cb cb,
+                              void *data);
+
+/* One pending record as the forwarder sees it. The pointers are valid only
+ * during the emd_spool_read callback. */
+struct emd_spool_entry {
+  uint64_t seq;
+  const uint8_t *event;   /* a packed buildless.service.v1.Event */
+  size_t event_len;
+  uint64_t accepted_ms;
+  uint32_t attempts;
+};
+typedef int (*emd_spool_read_fn)(void *data, const struct emd_spool_entry *e);
+
+/* Calls fn for pending records with seq > after, in seq order, up to
+ * max_events and, past the first, max_bytes of event bytes; stops early
+ * when fn returns non-zero. A read-only transaction on the loop thread
+ * (it never waits for the writer). Returns how many fn saw, or <0. */
+int emd_spool_read(struct emd_spool *sp, uint64_t after, size_t max_events,
+                   size_t max_bytes, emd_spool_read_fn fn, void *data);
+
+/* Outcomes from upstream, applied in the next group commit. The seqs are
+ * borrowed for the call only. Seqs no longer pending are skipped. */
+/* Delivered: removed from pending; ids remembered for dedup_window. */
+int emd_spool_delete(struct emd_spool *sp, const uint64_t *seqs, size_t n);
+/* Failed once more: attempts += 1 on each. */
+int emd_spool_attempted(struct emd_spool *sp, const uint64_t *seqs,
+                        size_t n);
+/* Moved to dead letters with reason ("rejected", "expired", "attempts",
+ * "status"), HTTP status (0 if none) and up to 512 bytes of the reply. */
+int emd_spool_dead(struct emd_spool *sp, uint64_t seq, const char *reason,
+                   unsigned status, const void *excerpt, size_t excerpt_len);
+
+struct emd_spool_stats {
+  uint64_t pending;        /* events waiting for upstream */
+  uint64_t pending_bytes;  /* bytes of their records */
+  uint64_t oldest_ms;      /* accepted_ms of the oldest pending, 0 if none */
+  uint64_t dead;           /* dead letters kept */
+  uint64_t next_seq;       /* the seq the next event gets */
+  uint64_t dropped;        /* evicted by on_full = drop_oldest, ever */
+  uint64_t expired;        /* moved to dead by max_age, ever */
+  uint64_t commits;        /* group commits since open */
+};
+
+/* The current figures, as of the last commit. */
+void emd_spool_stats(const struct emd_spool *sp, struct emd_spool_stats *st);
+
+/* The spool's instance ID (16 random bytes made once per spool). */
+const uint8_t *emd_spool_instance_id(const struct emd_spool *sp);
+
+#endif
