@@ -72,6 +72,8 @@ struct fw_req {
   CURL *easy;
   unsigned cfg_gen;         /* options set for this config generation */
   unsigned key_gen;         /* the key the request was sent with */
+  bool single;              /* sent to event:emit (a reload may change */
+  bool json;                /* mode and encoding while it is in flight) */
   struct fw_batch *batch;   /* in flight, or NULL */
   struct curl_slist *headers;
   struct emd_codec_buf body;
@@ -880,22 +882,28 @@ static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
   return true;
 }
 
-/* One JSON object per line (blank lines ignored). */
+static bool is_ws(char c)
+{
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* event:stream: one JSON object per line (blank lines ignored);
+ * event:emit: the whole body is one object, however it is laid out. */
 static long parse_json(const struct fw_batch *b, const char *p, size_t len,
-                       struct fw_verdict *v)
+                       bool single, struct fw_verdict *v)
 {
   const char *end = p + len, *nl;
   size_t i = 0;
 
   while (p < end) {
     const char *s, *e;
-    nl = memchr(p, '\n', (size_t)(end - p));
+    nl = single ? NULL : memchr(p, '\n', (size_t)(end - p));
     e = nl != NULL ? nl : end;
     s = p;
     p = nl != NULL ? nl + 1 : end;
-    while (s < e && (*s == ' ' || *s == '\t' || *s == '\r'))
+    while (s < e && is_ws(*s))
       s++;
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+    while (e > s && is_ws(e[-1]))
       e--;
     if (s == e)
       continue;
@@ -933,11 +941,10 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
     got = (long)b->n;
   else if (r->reply_cut)
     got = -1;
-  else if (cfg->upstream.encoding == EMD_ENC_JSON)
-    got = parse_json(b, body, len, v);
+  else if (r->json)
+    got = parse_json(b, body, len, r->single, v);
   else
-    got = parse_pb(fw, b, (const uint8_t *)body, len,
-                   cfg->upstream.mode == EMD_MODE_SINGLE, v);
+    got = parse_pb(fw, b, (const uint8_t *)body, len, r->single, v);
   for (i = 0; i < b->n; i++) {
     if (len == 0)
       v[i].ok = 1;
@@ -1254,6 +1261,8 @@ static int send_batch(struct emd_forward *fw, struct fw_batch *b)
   curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
   r->batch = b;
   r->key_gen = fw->key_gen;
+  r->single = fw->cfg->upstream.mode == EMD_MODE_SINGLE;
+  r->json = fw->cfg->upstream.encoding == EMD_ENC_JSON;
   if (curl_multi_add_handle(fw->multi, r->easy) != CURLM_OK) {
     rc = EMD_EINTERNAL;
     goto fail;
