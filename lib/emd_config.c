@@ -137,7 +137,7 @@ static const struct conf_key keys[] = {
   STR("spool", "dir", spool.dir, "/var/lib/emitd"),
   ENUM("spool", "sync", spool.sync, "always", &e_sync),
   DUR("spool", "sync_interval", spool.sync_interval_ms, "100ms", 1, MIN),
-  SIZE("spool", "max_bytes", spool.max_bytes, "1GiB", MiB, UINT64_MAX),
+  SIZE("spool", "max_bytes", spool.max_bytes, "1GiB", 4096, UINT64_MAX),
   ENUM("spool", "on_full", spool.on_full, "reject", &e_full),
   DUR("spool", "max_age", spool.max_age_ms, "7d", SEC, 3650 * DAY),
   UINT("spool", "dead_max", spool.dead_max, "10000", 1, 100000000),

@@ -575,7 +575,7 @@ static void out_of_range_numbers_are_errors(void **state)
                "range: expected 64B to 8MiB");
   expect_error("[spool]\nmax_bytes = 1KiB\n", NULL,
                "agent.conf:2: [spool] max_bytes: 1KiB is out of range: "
-               "expected at least 1MiB");
+               "expected at least 4KiB");
   expect_error("[spool]\nsync_interval = 2m\n", NULL,
                "agent.conf:2: [spool] sync_interval: 2m is out of range: "
                "expected 1ms to 1m");
