@@ -13,7 +13,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -107,7 +106,7 @@ struct emd_forward {
   char *url;                /* event:stream or event:emit, per mode */
   char *key;                /* secret: never logged */
   char *auth_header;        /* secret: the whole header line */
-  char *key_base;           /* basename of the watched key file */
+  char *key_path;           /* the watched key file, NULL if none */
   unsigned key_gen;         /* bumped on every key change */
   unsigned cfg_gen;         /* bumped on every reconfigure */
   uint64_t last_taken;      /* highest seq in any batch */
@@ -407,15 +406,6 @@ static void retry_push(struct emd_forward *fw, struct fw_batch *b)
 
 /* ---- the key ---------------------------------------------------------- */
 
-static bool key_is_printable(const char *k)
-{
-  for (; *k != '\0'; k++) {
-    if ((unsigned char)*k < 0x20 || *k == 0x7f)
-      return false;
-  }
-  return true;
-}
-
 static char *auth_header_for(enum emd_auth auth, const char *key)
 {
   size_t klen = strlen(key), n;
@@ -459,15 +449,17 @@ static char *auth_header_for(enum emd_auth auth, const char *key)
 static int key_load(struct emd_forward *fw)
 {
   const struct emd_config *cfg = fw->cfg;
-  char *key = NULL, *header = NULL;
+  char *key = NULL, *header = NULL, err[512];
   bool same;
   int rc;
 
+  /* the config checked api_key, and the file's reader checks the file:
+   * either way the key is fit for a header line */
   if (cfg->upstream.api_key_file != NULL) {
-    rc = emd_config_read_key_file(cfg->upstream.api_key_file, &key);
+    rc = emd_config_read_key_file(cfg->upstream.api_key_file, &key, err,
+                                  sizeof(err));
     if (rc != 0) {
-      emd_log_warn(MOD, "cannot read upstream.api_key_file %s: %s",
-                   cfg->upstream.api_key_file, emd_strerror(rc));
+      emd_log_warn(MOD, "upstream.api_key_file %s", err);
       return rc;
     }
   } else if (cfg->upstream.api_key != NULL) {
@@ -478,12 +470,6 @@ static int key_load(struct emd_forward *fw)
   if (key != NULL && *key == '\0') {
     free(key);
     key = NULL;
-  }
-  if (key != NULL && !key_is_printable(key)) {
-    emd_log_warn(MOD, "the upstream API key holds control characters; "
-                      "not using it");
-    secret_free(key);
-    return EMD_ECONFIG;
   }
   if (key != NULL) {
     header = auth_header_for(cfg->upstream.auth, key);
@@ -536,15 +522,17 @@ static void key_watch(struct emd_forward *fw)
 
   uv_fs_event_stop(&fw->key_file_ev);
   uv_fs_event_stop(&fw->key_dir_ev);
-  free(fw->key_base);
-  fw->key_base = NULL;
+  free(fw->key_path);
+  fw->key_path = NULL;
   if (path == NULL)
     return;
   slash = strrchr(path, '/');
-  dir = slash == NULL ? strdup(".")
-                      : strndup(path, slash == path ? 1 : (size_t)(slash - path));
-  fw->key_base = strdup(slash == NULL ? path : slash + 1);
-  if (dir == NULL || fw->key_base == NULL) {
+  if (slash == NULL)
+    dir = strdup(".");
+  else
+    dir = strndup(path, slash == path ? 1 : (size_t)(slash - path));
+  fw->key_path = strdup(path);
+  if (dir == NULL || fw->key_path == NULL) {
     free(dir);
     return;
   }
@@ -565,14 +553,12 @@ static void on_key_event(uv_fs_event_t *h, const char *name, int events,
   if (fw->closing || status < 0)
     return;
   /* the file watch follows an inode that a replacement leaves behind */
-  if (h == &fw->key_dir_ev) {
+  if (h == &fw->key_dir_ev && fw->key_path != NULL) {
     uv_fs_event_stop(&fw->key_file_ev);
-    uv_fs_event_start(&fw->key_file_ev, on_key_event,
-                      fw->cfg->upstream.api_key_file, 0);
+    uv_fs_event_start(&fw->key_file_ev, on_key_event, fw->key_path, 0);
   }
   if (key_load(fw) == 1) {
-    emd_log_info(MOD, "upstream API key changed (%s)",
-                 fw->cfg->upstream.api_key_file);
+    emd_log_info(MOD, "upstream API key changed (%s)", fw->key_path);
     resume(fw);
   }
 }
@@ -1650,30 +1636,20 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *data)
 
 /* ---- open, reconfigure, close ----------------------------------------- */
 
+/* The endpoint was checked by the config (http or https, no trailing
+ * slash); anything curl still cannot use shows as state misconfigured. */
 static int set_url(struct emd_forward *fw)
 {
   const struct emd_config *cfg = fw->cfg;
-  const char *ep = cfg->upstream.endpoint;
   const char *path = cfg->upstream.mode == EMD_MODE_SINGLE
                        ? "/v1/telemetry/event:emit"
                        : "/v1/telemetry/event:stream";
-  size_t n, len;
-  char *url;
+  size_t n = strlen(cfg->upstream.endpoint) + strlen(path) + 1;
+  char *url = malloc(n);
 
-  if (ep == NULL || (strncasecmp(ep, "http://", 7) != 0 &&
-                     strncasecmp(ep, "https://", 8) != 0)) {
-    emd_log_error(MOD, "upstream.endpoint must start with http:// or "
-                       "https://");
-    return EMD_ECONFIG;
-  }
-  len = strlen(ep);
-  while (len > 0 && ep[len - 1] == '/')
-    len--;
-  n = len + strlen(path) + 1;
-  url = malloc(n);
   if (url == NULL)
     return -ENOMEM;
-  snprintf(url, n, "%.*s%s", (int)len, ep, path);
+  snprintf(url, n, "%s%s", cfg->upstream.endpoint, path);
   free(fw->url);
   fw->url = url;
   return 0;
@@ -1701,7 +1677,7 @@ static void fw_free(struct emd_forward *fw)
   emd_arena_free(&fw->arena);
   secret_free(fw->key);
   secret_free(fw->auth_header);
-  free(fw->key_base);
+  free(fw->key_path);
   free(fw->url);
   if (fw->curl_inited)
     curl_global_cleanup();
@@ -1778,27 +1754,17 @@ fail:
 int emd_forward_reconfigure(struct emd_forward *fw,
                             const struct emd_config *cfg)
 {
-  const struct emd_config *old = fw->cfg;
-  bool same_file;
+  const char *path = cfg->upstream.api_key_file;
   int rc;
 
   fw->cfg = cfg;
-  fw->cfg_gen++;
-  rc = set_url(fw);
-  if (rc != 0) {
-    fw->cfg = old;
-    set_url(fw);
-    return rc;
-  }
-  same_file = (old->upstream.api_key_file == NULL &&
-               cfg->upstream.api_key_file == NULL) ||
-              (old->upstream.api_key_file != NULL &&
-               cfg->upstream.api_key_file != NULL &&
-               strcmp(old->upstream.api_key_file,
-                      cfg->upstream.api_key_file) == 0);
-  rc = key_load(fw);
-  if (!same_file || fw->key_base == NULL)
+  fw->cfg_gen++;                  /* requests pick up the new options */
+  rc = set_url(fw);               /* on failure the old URL stays */
+  if ((path == NULL) != (fw->key_path == NULL) ||
+      (path != NULL && strcmp(path, fw->key_path) != 0))
     key_watch(fw);
+  if (rc == 0)
+    rc = key_load(fw);
   resume(fw);
   pump(fw);
   return rc < 0 ? rc : 0;

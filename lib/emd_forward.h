@@ -79,8 +79,9 @@ struct emd_forward_stats {
  * and replacements). Nothing is sent until emd_forward_kick(). cfg and sp
  * are borrowed until emd_forward_close() (cfg until the next
  * emd_forward_reconfigure()). On success *out is the caller's. On failure
- * (-ENOMEM, an unreadable key file as -errno, EMD_ECONFIG for an endpoint
- * curl cannot use) what was built is closed: run the loop to free it. */
+ * (-ENOMEM; a key file that cannot be read, -errno, or holds no valid
+ * key, EMD_ECONFIG) what was built is closed: run the loop to free it. The
+ * endpoint is taken as emd_config_load() checked it. */
 int emd_forward_open(uv_loop_t *loop, const struct emd_config *cfg,
                      struct emd_spool *sp, struct emd_forward **out);
 
@@ -100,7 +101,9 @@ int emd_forward_reconfigure(struct emd_forward *fw,
 
 /* Re-reads api_key_file now (SIGHUP, `emitctl reload`) and resumes a
  * state paused by 401, 403 or 404 at once. A file that cannot be read
- * keeps the old key and is logged (never the key itself). */
+ * keeps the old key and is logged (its path, never the key). The file is
+ * also watched: an edit or a replacement re-reads it, and a changed key
+ * resumes at once. */
 void emd_forward_key_reload(struct emd_forward *fw);
 
 /* Stops sending and aborts the requests in flight (their events stay
