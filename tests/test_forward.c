@@ -1,16 +1,32 @@
-/* test_forward.c: lib/emd_forward.c — the reply table of SPEC 4 row by
- * row through emd_forward_classify(). */
+/* test_forward.c: lib/emd_forward.c. First the reply table of SPEC 4, row
+ * by row through emd_forward_classify(); then the forwarder for real: a
+ * real spool in a temp dir, a real loop, and the project's test upstream
+ * (tests/upstream, EMD_UPSTREAM) as a subprocess, scripted to fail. */
+#include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
-/* the inputs of emd_forward_classify() are curl's transfer results */
+/* the inputs of emd_forward_classify() are curl's transfer results, and
+ * the tests speak to the upstream's control interface with curl too */
 #include <curl/curl.h>
 
+#include "emd_arena.h"
+#include "emd_config.h"
 #include "emd_forward.h"
+#include "emd_log.h"
+#include "emd_spool.h"
 
 /* Batch sizes every row is tried with: one event, two, a full batch. */
 static const size_t sizes[] = { 1, 2, 500 };
@@ -149,9 +165,919 @@ static void state_names_match_the_status_reply(void **state)
   assert_string_equal(emd_forward_state_name(42), "?");
 }
 
+/* ---- the forwarder against the test upstream -------------------------- */
+
+#ifndef EMD_UPSTREAM
+#error "EMD_UPSTREAM (the path of emd-upstream) comes from tests/CMakeLists.txt"
+#endif
+
+#define WAIT_MS 15000              /* the longest any step may take */
+#define KEY_BAD "k3yBADsecret0001"
+#define KEY_GOOD "k3yGOODsecret002"
+
+struct fx {
+  char dir[64];
+  char key_path[128];
+  char log_path[128];
+  int log_fd;
+  struct emd_config cfg;
+  uv_loop_t loop;
+  uv_timer_t tick;
+  struct emd_spool *sp;
+  struct emd_forward *fw;
+  pid_t up_pid;
+  char base[64];                   /* http://127.0.0.1:PORT */
+  size_t appended;                 /* append callbacks seen */
+  size_t append_failed;
+  size_t want_appended;
+  bool (*until)(struct fx *);
+  bool met;
+  uint64_t deadline;
+};
+
+static uint64_t now_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+  struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+  nanosleep(&ts, NULL);
+}
+
+static char *dupstr(const char *s)
+{
+  char *d = strdup(s);
+
+  assert_non_null(d);
+  return d;
+}
+
+static void set_str(char **field, const char *value)
+{
+  free(*field);
+  *field = value != NULL ? dupstr(value) : NULL;
+}
+
+static void write_file(const char *path, const char *text)
+{
+  char tmp[256];
+  FILE *f;
+
+  /* aside, then renamed over: how editors and secret mounters do it */
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  f = fopen(tmp, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  assert_int_equal(fclose(f), 0);
+  assert_int_equal(rename(tmp, path), 0);
+}
+
+static char *read_file(const char *path)
+{
+  FILE *f = fopen(path, "r");
+  char *buf;
+  long n;
+
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  buf = calloc(1, (size_t)n + 1);
+  assert_non_null(buf);
+  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  return buf;
+}
+
+static size_t count_substr(const char *hay, const char *needle)
+{
+  size_t n = 0;
+
+  while ((hay = strstr(hay, needle)) != NULL) {
+    n++;
+    hay += strlen(needle);
+  }
+  return n;
+}
+
+/* ---- the loop ---------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+  struct fx *fx = t->data;
+
+  if (fx->until(fx)) {
+    fx->met = true;
+    uv_stop(&fx->loop);
+  } else if (uv_now(&fx->loop) >= fx->deadline) {
+    uv_stop(&fx->loop);
+  }
+}
+
+/* Runs the loop until pred holds (true) or ms pass (false). */
+static bool run_until(struct fx *fx, bool (*pred)(struct fx *), uint64_t ms)
+{
+  fx->until = pred;
+  fx->met = false;
+  uv_update_time(&fx->loop);
+  fx->deadline = uv_now(&fx->loop) + ms;
+  uv_timer_start(&fx->tick, on_tick, 0, 5);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_timer_stop(&fx->tick);
+  return fx->met;
+}
+
+static bool never(struct fx *fx)
+{
+  return false;
+}
+
+static void run_for(struct fx *fx, uint64_t ms)
+{
+  run_until(fx, never, ms);
+}
+
+static bool all_appended(struct fx *fx)
+{
+  return fx->appended >= fx->want_appended;
+}
+
+static struct emd_spool_stats spool_stats(struct fx *fx)
+{
+  struct emd_spool_stats st;
+
+  emd_spool_stats(fx->sp, &st);
+  return st;
+}
+
+static struct emd_forward_stats fw_stats(struct fx *fx)
+{
+  struct emd_forward_stats st;
+
+  emd_forward_stats(fx->fw, &st);
+  return st;
+}
+
+/* Nothing pending, nothing in flight. */
+static bool drained(struct fx *fx)
+{
+  return spool_stats(fx).pending == 0 && fw_stats(fx).inflight == 0;
+}
+
+static bool unauthorized(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_UNAUTHORIZED;
+}
+
+static bool forbidden(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_FORBIDDEN;
+}
+
+static bool misconfigured(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_MISCONFIGURED;
+}
+
+static bool in_flight(struct fx *fx)
+{
+  return fw_stats(fx).inflight > 0;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void make_id(size_t i, char *out, size_t n)
+{
+  snprintf(out, n, "evt%012zu", i);
+}
+
+static emd_event *make_event(struct emd_arena *a, size_t i)
+{
+  emd_event *ev = emd_arena_alloc(a, sizeof(*ev));
+  emd_tevent *te = emd_arena_alloc(a, sizeof(*te));
+  Buildless__Telemetry__EventContext *ctx = emd_arena_alloc(a, sizeof(*ctx));
+  Buildless__Telemetry__EventContext **ctxs = emd_arena_alloc(a, sizeof(ctx));
+  Buildless__Telemetry__EventDetail *det = emd_arena_alloc(a, sizeof(*det));
+  Buildless__Telemetry__EventTiming *tim = emd_arena_alloc(a, sizeof(*tim));
+  uint8_t *timer = emd_arena_calloc(a, 16);
+  char id[32];
+
+  assert_true(ev && te && ctx && ctxs && det && tim && timer);
+  buildless__service__v1__event__init(ev);
+  buildless__telemetry__telemetry_event__init(te);
+  buildless__telemetry__event_context__init(ctx);
+  buildless__telemetry__event_detail__init(det);
+  buildless__telemetry__event_timing__init(tim);
+  make_id(i, id, sizeof(id));
+  ev->collection = "Build";
+  ev->event = te;
+  te->id = emd_arena_strndup(a, id, strlen(id));
+  ctx->type = "type.googleapis.com/buildless.context.Build";
+  ctx->event = "started";
+  ctxs[0] = ctx;
+  te->n_context = 1;
+  te->context = ctxs;
+  te->detail = det;
+  tim->occurred = now_ms();
+  te->timing = tim;
+  timer[0] = 0x42;
+  te->timer.data = timer;
+  te->timer.len = 16;
+  return ev;
+}
+
+static void on_appended(void *data, const struct emd_spool_result *res)
+{
+  struct fx *fx = data;
+
+  fx->appended++;
+  if (res->rc != 0 || res->duplicate)
+    fx->append_failed++;
+}
+
+/* Spools events first..first+n-1 and waits until they are durable. */
+static void append_events(struct fx *fx, size_t first, size_t n)
+{
+  size_t i;
+
+  fx->want_appended = fx->appended + n;
+  for (i = first; i < first + n; i++) {
+    emd_event *ev = make_event(emd_spool_arena(fx->sp), i);
+    assert_int_equal(emd_spool_append(fx->sp, ev, on_appended, fx), 0);
+  }
+  assert_true(run_until(fx, all_appended, WAIT_MS));
+  assert_int_equal(fx->append_failed, 0);
+}
+
+/* ---- the upstream ------------------------------------------------------ */
+
+struct text {
+  char *data;
+  size_t len;
+};
+
+static size_t on_ctl_body(char *p, size_t size, size_t nmemb, void *data)
+{
+  struct text *b = data;
+  size_t n = size * nmemb;
+  char *d = realloc(b->data, b->len + n + 1);
+
+  if (d == NULL)
+    return 0;
+  memcpy(d + b->len, p, n);
+  b->data = d;
+  b->len += n;
+  d[b->len] = '\0';
+  return n;
+}
+
+/* GET (post NULL) or POST a /_test/ call; returns the body (free()). */
+static char *ctl(struct fx *fx, const char *path, const char *post)
+{
+  struct text body = { 0 };
+  char url[256];
+  long status = 0;
+  CURL *c = curl_easy_init();
+
+  assert_non_null(c);
+  snprintf(url, sizeof(url), "%s%s", fx->base, path);
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_ctl_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+  if (post != NULL)
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+  assert_int_equal(curl_easy_perform(c), CURLE_OK);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(c);
+  if (status != 200)
+    fail_msg("%s: HTTP %ld: %s", path, status, body.data ? body.data : "");
+  if (body.data == NULL)
+    body.data = dupstr("");
+  return body.data;
+}
+
+static void ctl_post(struct fx *fx, const char *path, const char *json)
+{
+  free(ctl(fx, path, json));
+}
+
+static uint64_t json_u64(const char *text, const char *key)
+{
+  char pat[64];
+  const char *p;
+
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  p = strstr(text, pat);
+  if (p == NULL)
+    fail_msg("no %s in %s", key, text);
+  return strtoull(p + strlen(pat), NULL, 10);
+}
+
+static uint64_t up_stat(struct fx *fx, const char *key)
+{
+  char *stats = ctl(fx, "/_test/stats", NULL);
+  uint64_t v = json_u64(stats, key);
+
+  free(stats);
+  return v;
+}
+
+/* Starts emd-upstream with extra arguments (NULL-terminated) on a free
+ * port and points the config at it. */
+static void up_start(struct fx *fx, const char *const *extra)
+{
+  char port_file[128], *text;
+  const char *argv[24] = { EMD_UPSTREAM, "--listen", "127.0.0.1:0",
+                           "--port-file", port_file, "--quiet" };
+  size_t n = 6;
+  int i;
+
+  snprintf(port_file, sizeof(port_file), "%s/port", fx->dir);
+  while (extra != NULL && *extra != NULL && n < 23)
+    argv[n++] = *extra++;
+  argv[n] = NULL;
+  fx->up_pid = fork();
+  assert_true(fx->up_pid >= 0);
+  if (fx->up_pid == 0) {
+    execv(EMD_UPSTREAM, (char *const *)argv);
+    _exit(127);
+  }
+  for (i = 0; i < 1000 && access(port_file, R_OK) != 0; i++)
+    sleep_ms(10);
+  text = read_file(port_file);
+  snprintf(fx->base, sizeof(fx->base), "http://127.0.0.1:%d", atoi(text));
+  free(text);
+  set_str(&fx->cfg.upstream.endpoint, fx->base);
+}
+
+static void up_stop(struct fx *fx)
+{
+  int status = 0;
+
+  if (fx->up_pid <= 0)
+    return;
+  kill(fx->up_pid, SIGTERM);
+  assert_int_equal(waitpid(fx->up_pid, &status, 0), fx->up_pid);
+  fx->up_pid = 0;
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* ---- fixture ----------------------------------------------------------- */
+
+static int fx_setup(void **state)
+{
+  struct fx *fx = calloc(1, sizeof(*fx));
+  char path[128];
+
+  assert_non_null(fx);
+  strcpy(fx->dir, "/tmp/emd-forward-XXXXXX");
+  assert_non_null(mkdtemp(fx->dir));
+  snprintf(path, sizeof(path), "%s/secrets", fx->dir);
+  assert_int_equal(mkdir(path, 0700), 0);
+  snprintf(fx->key_path, sizeof(fx->key_path), "%s/key", path);
+  snprintf(fx->log_path, sizeof(fx->log_path), "%s/log", fx->dir);
+  fx->log_fd = open(fx->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+  assert_true(fx->log_fd >= 0);
+  emd_log_setup(EMD_LOG_DEBUG, EMD_LOG_TEXT, false, fx->log_fd);
+  assert_int_equal(uv_loop_init(&fx->loop), 0);
+  uv_timer_init(&fx->loop, &fx->tick);
+  fx->tick.data = fx;
+
+  assert_int_equal(emd_config_defaults(&fx->cfg), 0);
+  snprintf(path, sizeof(path), "%s/spool", fx->dir);
+  assert_int_equal(mkdir(path, 0700), 0);
+  set_str(&fx->cfg.spool.dir, path);
+  fx->cfg.spool.sync = EMD_SYNC_NONE;
+  fx->cfg.upstream.batch_linger_ms = 20;
+  fx->cfg.upstream.retry_initial_ms = 50;
+  fx->cfg.upstream.retry_max_ms = 400;
+  fx->cfg.upstream.auth_retry_max_ms = 60000;
+  fx->cfg.upstream.connect_timeout_ms = 2000;
+  fx->cfg.upstream.timeout_ms = 5000;
+  *state = fx;
+  return 0;
+}
+
+/* The spool committed: what emitd's main does too. */
+static void on_spool_changed(void *data)
+{
+  struct fx *fx = data;
+
+  if (fx->fw != NULL)
+    emd_forward_kick(fx->fw);
+}
+
+/* Opens the spool and the forwarder on the config as the test left it. */
+static void fx_open(struct fx *fx)
+{
+  char err[256];
+
+  assert_int_equal(emd_spool_open(&fx->loop, &fx->cfg, &fx->sp, err,
+                                  sizeof(err)), 0);
+  emd_spool_set_changed_cb(fx->sp, on_spool_changed, fx);
+  assert_int_equal(emd_forward_open(&fx->loop, &fx->cfg, fx->sp, &fx->fw),
+                   0);
+}
+
+static void rm_tree(const char *dir)
+{
+  char cmd[256];
+
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+static int fx_teardown(void **state)
+{
+  struct fx *fx = *state;
+
+  emd_forward_close(fx->fw);
+  emd_spool_close(fx->sp);
+  uv_close((uv_handle_t *)&fx->tick, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&fx->loop), 0);
+  up_stop(fx);
+  emd_log_setup(EMD_LOG_INFO, EMD_LOG_TEXT, false, 2);
+  close(fx->log_fd);
+  rm_tree(fx->dir);
+  emd_config_free(&fx->cfg);
+  free(fx);
+  return 0;
+}
+/* ---- what arrived ------------------------------------------------------ */
+
+struct arrival {
+  uint64_t req;
+  uint64_t pos;
+  bool fin;
+  size_t idx;                      /* the number in the event's id */
+};
+
+/* Reads /_test/events into arrivals; checks each line's path, encoding
+ * and content encoding on the way. Returns how many. */
+static size_t arrivals(struct fx *fx, struct arrival *out, size_t max,
+                       const char *path, const char *encoding,
+                       const char *content_encoding)
+{
+  char *text = ctl(fx, "/_test/events", NULL), *line, *save = NULL, pat[96];
+  size_t n = 0;
+
+  for (line = strtok_r(text, "\n", &save); line != NULL;
+       line = strtok_r(NULL, "\n", &save)) {
+    const char *fin = strstr(line, "\"fin\":"), *id = strstr(line, "\"id\":\"");
+    assert_true(n < max);
+    assert_non_null(fin);
+    assert_non_null(id);
+    snprintf(pat, sizeof(pat), "\"path\":\"%s\"", path);
+    assert_non_null(strstr(line, pat));
+    snprintf(pat, sizeof(pat), "\"encoding\":\"%s\"", encoding);
+    assert_non_null(strstr(line, pat));
+    snprintf(pat, sizeof(pat), "\"content_encoding\":\"%s\"",
+             content_encoding);
+    assert_non_null(strstr(line, pat));
+    out[n].req = json_u64(line, "req");
+    out[n].pos = json_u64(line, "pos");
+    out[n].fin = strncmp(fin + 6, "true", 4) == 0;
+    out[n].idx = (size_t)strtoull(id + 9, NULL, 10);  /* past "evt" */
+    n++;
+  }
+  free(text);
+  return n;
+}
+
+/* Every event 0..n-1 arrived, each request in seq order with fin on its
+ * last event only; returns the number of requests. */
+static size_t check_arrivals(const struct arrival *a, size_t count, size_t n)
+{
+  bool *seen = calloc(n, sizeof(*seen));
+  size_t i, j, reqs = 0;
+
+  assert_non_null(seen);
+  for (i = 0; i < count; i++) {
+    bool last = true;
+    assert_true(a[i].idx < n);
+    seen[a[i].idx] = true;
+    for (j = 0; j < count; j++) {
+      if (a[j].req != a[i].req)
+        continue;
+      if (a[j].pos > a[i].pos)
+        last = false;
+      if (a[j].pos > a[i].pos)
+        assert_true(a[j].idx > a[i].idx);
+    }
+    if (a[i].fin != last)
+      fail_msg("event %zu (req %llu pos %llu): fin %d", a[i].idx,
+               (unsigned long long)a[i].req, (unsigned long long)a[i].pos,
+               (int)a[i].fin);
+    reqs += a[i].pos == 0;
+  }
+  for (i = 0; i < n; i++) {
+    if (!seen[i])
+      fail_msg("event %zu never arrived", i);
+  }
+  free(seen);
+  return reqs;
+}
+
+/* Spools n events under the config's mode, encoding and compression and
+ * checks that every one arrives once, as that mode sends it. */
+static void deliver(struct fx *fx, enum emd_mode mode, enum emd_encoding enc,
+                    enum emd_compression comp, size_t n)
+{
+  static const char *const comps[] = { "none", "gzip", "zstd" };
+  bool single = mode == EMD_MODE_SINGLE;
+  struct arrival *a = calloc(n, sizeof(*a));
+  size_t count, reqs;
+
+  assert_non_null(a);
+  fx->cfg.upstream.mode = mode;
+  fx->cfg.upstream.encoding = enc;
+  fx->cfg.upstream.compression = comp;
+  up_start(fx, NULL);
+  fx_open(fx);
+  append_events(fx, 0, n);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  count = arrivals(fx, a, n,
+                   single ? "/v1/telemetry/event:emit"
+                          : "/v1/telemetry/event:stream",
+                   enc == EMD_ENC_JSON ? "json" : "protobuf", comps[comp]);
+  assert_int_equal(count, n);              /* each event once */
+  reqs = check_arrivals(a, count, n);
+  if (single)
+    assert_int_equal(reqs, n);
+  else
+    assert_true(reqs < n);                 /* batched */
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, n);
+  assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
+  free(a);
+}
+
+static void batch_mode_sends_every_event_once_with_fin_on_each_last(void **s)
+{
+  struct fx *fx = *s;
+  struct emd_forward_stats st;
+
+  deliver(fx, EMD_MODE_BATCH, EMD_ENC_PROTOBUF, EMD_COMP_NONE, 1200);
+  st = fw_stats(fx);
+  /* batch_max_events is 500: at least three requests, none larger */
+  assert_true(st.requests_2xx >= 3);
+  assert_int_equal(st.batch_count[EMD_FORWARD_BATCH_BUCKETS - 1], 0);
+  assert_int_equal(st.batch_events, 1200);
+}
+
+static void batch_mode_json_with_gzip_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_BATCH, EMD_ENC_JSON, EMD_COMP_GZIP, 300);
+}
+
+static void batch_mode_protobuf_with_zstd_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_BATCH, EMD_ENC_PROTOBUF, EMD_COMP_ZSTD, 300);
+}
+
+static void batch_mode_json_with_zstd_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_BATCH, EMD_ENC_JSON, EMD_COMP_ZSTD, 300);
+}
+
+static void single_mode_sends_one_event_per_request(void **s)
+{
+  deliver(*s, EMD_MODE_SINGLE, EMD_ENC_PROTOBUF, EMD_COMP_NONE, 25);
+}
+
+static void single_mode_json_with_gzip_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_SINGLE, EMD_ENC_JSON, EMD_COMP_GZIP, 25);
+}
+
+static void single_mode_protobuf_with_zstd_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_SINGLE, EMD_ENC_PROTOBUF, EMD_COMP_ZSTD, 25);
+}
+
+static void a_batch_larger_than_batch_max_bytes_is_cut(void **s)
+{
+  struct fx *fx = *s;
+
+  /* each event is about 110 bytes: about 9 to a request */
+  fx->cfg.upstream.batch_max_bytes = 1000;
+  deliver(fx, EMD_MODE_BATCH, EMD_ENC_PROTOBUF, EMD_COMP_NONE, 100);
+  assert_true(fw_stats(fx).requests_2xx >= 10);
+  assert_int_equal(fw_stats(fx).batch_count[0] + fw_stats(fx).batch_count[1],
+                   fw_stats(fx).requests_2xx);      /* none over 10 */
+}
+
+static void every_auth_style_reaches_a_keyed_upstream(void **s)
+{
+  static const char *const styles[] = { "bearer", "x-api-key", "basic" };
+  static const enum emd_auth auths[] = { EMD_AUTH_BEARER, EMD_AUTH_X_API_KEY,
+                                         EMD_AUTH_BASIC };
+  const char *args[] = { "--key", KEY_GOOD, NULL };
+  struct fx *fx = *s;
+  char body[128];
+  size_t i;
+
+  write_file(fx->key_path, "  " KEY_GOOD "\n");   /* trimmed */
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
+  up_start(fx, args);
+  fx_open(fx);
+  for (i = 0; i < 3; i++) {
+    snprintf(body, sizeof(body), "{\"auth_style\":\"%s\"}", styles[i]);
+    ctl_post(fx, "/_test/key", body);
+    fx->cfg.upstream.auth = auths[i];
+    assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
+    append_events(fx, 10 * i, 10);
+    assert_true(run_until(fx, drained, WAIT_MS));
+    assert_int_equal(up_stat(fx, "unique_ids"), 10 * (i + 1));
+  }
+  assert_int_equal(fw_stats(fx).requests_4xx, 0);
+}
+
+static void unauthorized_pauses_and_a_key_file_rewrite_resumes(void **s)
+{
+  const char *args[] = { "--key", KEY_GOOD, NULL };
+  struct fx *fx = *s;
+  struct emd_forward_stats st;
+  uint64_t t0;
+  char *log;
+
+  write_file(fx->key_path, KEY_BAD "\n");
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
+  /* the next probe would come seconds later: only the watch can be quick */
+  fx->cfg.upstream.retry_initial_ms = 20000;
+  up_start(fx, args);
+  fx_open(fx);
+  append_events(fx, 0, 30);
+  assert_true(run_until(fx, unauthorized, WAIT_MS));
+  run_for(fx, 300);
+  st = fw_stats(fx);
+  assert_int_equal(st.state, EMD_FWD_UNAUTHORIZED);
+  assert_int_equal(st.last_status, 401);
+  assert_int_equal(st.sent, 0);
+  assert_int_equal(st.dead_status + st.dead_rejected + st.dead_attempts, 0);
+  assert_int_equal(spool_stats(fx).pending, 30);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  t0 = now_ms();
+  write_file(fx->key_path, KEY_GOOD "\n");
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(now_ms() - t0 < 2000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 30);
+  assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  log = read_file(fx->log_path);
+  assert_non_null(strstr(log, "API key changed"));
+  assert_int_equal(count_substr(log, "upstream unauthorized"), 1);
+  assert_null(strstr(log, KEY_BAD));
+  assert_null(strstr(log, KEY_GOOD));
+  free(log);
+}
+
+static void forbidden_pauses_until_a_reload_brings_another_key(void **s)
+{
+  const char *args[] = { "--forbid", KEY_BAD, NULL };
+  struct fx *fx = *s;
+
+  set_str(&fx->cfg.upstream.api_key, KEY_BAD);
+  fx->cfg.upstream.retry_initial_ms = 20000;
+  up_start(fx, args);
+  fx_open(fx);
+  append_events(fx, 0, 12);
+  assert_true(run_until(fx, forbidden, WAIT_MS));
+  run_for(fx, 200);
+  assert_int_equal(spool_stats(fx).pending, 12);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  set_str(&fx->cfg.upstream.api_key, KEY_GOOD);
+  assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
+  assert_true(run_until(fx, drained, 2000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 12);
+  assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
+}
+
+static void a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing(void **s)
+{
+  struct fx *fx = *s;
+  char url[128];
+
+  up_start(fx, NULL);
+  snprintf(url, sizeof(url), "%s/wrong", fx->base);
+  set_str(&fx->cfg.upstream.endpoint, url);
+  fx->cfg.upstream.retry_initial_ms = 20000;
+  fx_open(fx);
+  append_events(fx, 0, 5);
+  assert_true(run_until(fx, misconfigured, WAIT_MS));
+  assert_int_equal(fw_stats(fx).last_status, 404);
+  run_for(fx, 200);
+  assert_int_equal(spool_stats(fx).pending, 5);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  set_str(&fx->cfg.upstream.endpoint, fx->base);
+  assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
+  assert_true(run_until(fx, drained, 2000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 5);
+}
+
+/* One dead letter as emd_spool_list_dead shows it. */
+struct dead_seen {
+  size_t n;
+  char id[32];
+  char reason[16];
+  unsigned status;
+  bool excerpt;
+};
+
+static int on_dead(void *data, const struct emd_spool_item *it)
+{
+  struct dead_seen *d = data;
+
+  d->n++;
+  snprintf(d->id, sizeof(d->id), "%.*s", (int)it->id_len, it->id);
+  snprintf(d->reason, sizeof(d->reason), "%.*s", (int)it->reason_len,
+           it->reason);
+  d->status = it->status;
+  d->excerpt = it->excerpt_len > 0;
+  return 0;
+}
+
+static void a_poisoned_event_in_a_batch_ends_dead_alone(void **s)
+{
+  struct fx *fx = *s;
+  struct dead_seen d = { 0 };
+  char id[32], body[96], *events;
+
+  up_start(fx, NULL);
+  make_id(37, id, sizeof(id));
+  snprintf(body, sizeof(body), "{\"ids\":[\"%s\"]}", id);
+  ctl_post(fx, "/_test/poison", body);
+  fx_open(fx);
+  append_events(fx, 0, 64);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "unique_ids"), 63);
+  events = ctl(fx, "/_test/events", NULL);
+  assert_null(strstr(events, id));
+  free(events);
+  assert_int_equal(spool_stats(fx).dead, 1);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 1);
+  assert_string_equal(d.id, id);
+  assert_string_equal(d.reason, "status");
+  assert_int_equal(d.status, 400);
+  assert_true(d.excerpt);
+  assert_int_equal(fw_stats(fx).dead_status, 1);
+  assert_int_equal(fw_stats(fx).sent, 63);
+}
+
+static void an_event_the_service_rejects_becomes_a_dead_letter(void **s)
+{
+  struct fx *fx = *s;
+  struct dead_seen d = { 0 };
+  char id[32], body[96];
+
+  up_start(fx, NULL);
+  make_id(5, id, sizeof(id));
+  snprintf(body, sizeof(body), "{\"ids\":[\"%s\"]}", id);
+  ctl_post(fx, "/_test/reject", body);
+  fx_open(fx);
+  append_events(fx, 0, 20);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "unique_ids"), 19);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 1);
+  assert_string_equal(d.id, id);
+  assert_string_equal(d.reason, "rejected");
+  assert_int_equal(d.status, 200);
+  assert_int_equal(fw_stats(fx).dead_rejected, 1);
+}
+
+/* The arrival times of the first two telemetry requests, and the first's
+ * status. */
+static void first_two_requests(struct fx *fx, uint64_t *t1, uint64_t *t2,
+                               uint64_t *status1)
+{
+  char *log = ctl(fx, "/_test/requests", NULL), *second;
+
+  second = strchr(log, '\n');
+  assert_non_null(second);
+  *t1 = json_u64(log, "t_ms");
+  *status1 = json_u64(log, "status");
+  *t2 = json_u64(second + 1, "t_ms");
+  free(log);
+}
+
+static void retry_after_in_seconds_holds_the_next_request(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t1, t2, status;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":503,\"retry_after\":\"1\"}]");
+  fx_open(fx);
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  first_two_requests(fx, &t1, &t2, &status);
+  assert_int_equal(status, 503);
+  /* the backoff alone would be at most retry_initial (50 ms) */
+  assert_true(t2 - t1 >= 1000);
+  assert_true(t2 - t1 < 3000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 10);
+  assert_int_equal(fw_stats(fx).requests_5xx, 1);
+}
+
+static void retry_after_as_an_http_date_holds_the_next_request(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t1, t2, status;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":429,\"retry_after_in_s\":2}]");
+  fx_open(fx);
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  first_two_requests(fx, &t1, &t2, &status);
+  assert_int_equal(status, 429);
+  /* a date has whole seconds: 2 s from the reply is more than 1 s away */
+  assert_true(t2 - t1 >= 1000);
+  assert_true(t2 - t1 < 4000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 10);
+}
+
+static void cut_and_garbled_replies_are_retried_and_nothing_is_lost(void **s)
+{
+  struct fx *fx = *s;
+
+  fx->cfg.upstream.batch_max_events = 10;
+  up_start(fx, NULL);
+  /* accept false: the service never saw it, so an event deleted on such
+   * a reply would never arrive; accepted ones come again (duplicates) */
+  ctl_post(fx, "/_test/script",
+           "[{\"cut\":true,\"accept\":false},"
+           "{\"garbled\":true,\"accept\":false},"
+           "{\"cut\":true},{\"garbled\":true}]");
+  fx_open(fx);
+  append_events(fx, 0, 40);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "cuts"), 2);
+  assert_int_equal(up_stat(fx, "garbled"), 2);
+  assert_int_equal(up_stat(fx, "unique_ids"), 40);
+  assert_true(up_stat(fx, "duplicates") >= 10);
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, 40);
+  assert_true(fw_stats(fx).requests_error >= 2);
+  assert_true(fw_stats(fx).retried >= 40);
+}
+
+static void max_attempts_dead_letters_events_that_keep_failing(void **s)
+{
+  struct fx *fx = *s;
+  struct dead_seen d = { 0 };
+
+  fx->cfg.upstream.max_attempts = 2;
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":500,\"repeat\":2}]");
+  fx_open(fx);
+  append_events(fx, 0, 5);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "requests"), 2);
+  assert_int_equal(up_stat(fx, "unique_ids"), 0);
+  assert_int_equal(spool_stats(fx).dead, 5);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 5);
+  assert_string_equal(d.reason, "attempts");
+  assert_int_equal(d.status, 500);
+  assert_int_equal(fw_stats(fx).dead_attempts, 5);
+}
+
+static void closing_with_a_request_in_flight_keeps_its_events(void **s)
+{
+  struct fx *fx = *s;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"delay_ms\":3000}]");
+  fx_open(fx);
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, in_flight, WAIT_MS));
+  emd_forward_close(fx->fw);
+  fx->fw = NULL;
+  run_for(fx, 100);
+  assert_int_equal(spool_stats(fx).pending, 10);
+
+  /* the next start sends them again */
+  assert_int_equal(emd_forward_open(&fx->loop, &fx->cfg, fx->sp, &fx->fw),
+                   0);
+  emd_forward_kick(fx->fw);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "unique_ids"), 10);
+}
+
 int main(void)
 {
-  const struct CMUnitTest tests[] = {
+  const struct CMUnitTest classify[] = {
     cmocka_unit_test(any_2xx_is_done),
     cmocka_unit_test(status_401_pauses_and_never_dead_letters),
     cmocka_unit_test(status_403_pauses_like_401),
@@ -166,6 +1092,34 @@ int main(void)
     cmocka_unit_test(nonsense_statuses_retry_rather_than_lose_events),
     cmocka_unit_test(state_names_match_the_status_reply),
   };
+#define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
+  const struct CMUnitTest live[] = {
+    T(batch_mode_sends_every_event_once_with_fin_on_each_last),
+    T(batch_mode_json_with_gzip_arrives),
+    T(batch_mode_protobuf_with_zstd_arrives),
+    T(batch_mode_json_with_zstd_arrives),
+    T(single_mode_sends_one_event_per_request),
+    T(single_mode_json_with_gzip_arrives),
+    T(single_mode_protobuf_with_zstd_arrives),
+    T(a_batch_larger_than_batch_max_bytes_is_cut),
+    T(every_auth_style_reaches_a_keyed_upstream),
+    T(unauthorized_pauses_and_a_key_file_rewrite_resumes),
+    T(forbidden_pauses_until_a_reload_brings_another_key),
+    T(a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing),
+    T(a_poisoned_event_in_a_batch_ends_dead_alone),
+    T(an_event_the_service_rejects_becomes_a_dead_letter),
+    T(retry_after_in_seconds_holds_the_next_request),
+    T(retry_after_as_an_http_date_holds_the_next_request),
+    T(cut_and_garbled_replies_are_retried_and_nothing_is_lost),
+    T(max_attempts_dead_letters_events_that_keep_failing),
+    T(closing_with_a_request_in_flight_keeps_its_events),
+  };
+#undef T
+  int failed;
 
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  failed = cmocka_run_group_tests_name("classify", classify, NULL, NULL);
+  failed += cmocka_run_group_tests_name("live", live, NULL, NULL);
+  curl_global_cleanup();
+  return failed;
 }
