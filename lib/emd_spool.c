@@ -1184,8 +1184,9 @@ static int expire_pending(struct txn *t)
 static int expire_ids(struct txn *t)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[16], id[KEY_MAX];
+  uint8_t key[KEY_MAX], id[KEY_MAX];
   size_t idlen;
+  bool bad;
   MDB_val k, v;
   int rc;
 
@@ -1194,15 +1195,13 @@ static int expire_ids(struct txn *t)
     if (rc != 0)
       return rc == MDB_NOTFOUND ? 0 : rc;
     /* A garbled row is dropped, not allowed to stop every commit. */
-    bool bad = k.mv_size != 16 || v.mv_size > KEY_MAX;
-
+    bad = k.mv_size != 16 || v.mv_size > KEY_MAX;
     if (!bad && !older(get_be64(k.mv_data), w->k.dedup_window_ms, t->now_ms))
       return 0;
-    memcpy(key, k.mv_data, k.mv_size < 16 ? k.mv_size : 16);
+    memcpy(key, k.mv_data, k.mv_size);
     idlen = bad ? 0 : v.mv_size;
     memcpy(id, v.mv_data, idlen);
     k.mv_data = key;
-    k.mv_size = k.mv_size < 16 ? k.mv_size : 16;
     rc = mdb_del(t->txn, t->sp->db_delivered, &k, NULL);
     if (rc == 0 && idlen > 0)
       rc = forget_id(t, id, idlen, get_be64(key + 8));
@@ -1447,16 +1446,37 @@ static void writer_sync(struct emd_spool *sp)
   uv_async_send(&sp->async);
 }
 
+/* True when the parked groups' sync is due; else *wait_ns (if not NULL)
+ * is how long until it is. */
+static bool sync_due(const struct writer *w, uint64_t *wait_ns)
+{
+  uint64_t now = uv_hrtime();
+  uint64_t due = w->last_sync_ns + w->k.sync_interval_ms * 1000000u;
+
+  if (now >= due)
+    return true;
+  if (wait_ns != NULL)
+    *wait_ns = due - now;
+  return false;
+}
+
 static void writer_main(void *arg)
 {
   struct emd_spool *sp = arg;
   struct writer *w = &sp->w;
   struct group *g;
-  uint64_t now, due;
+  uint64_t wait_ns;
 
   uv_mutex_lock(&sp->mu);
   for (;;) {
     w->k = sp->k_shared;
+    /* A due sync goes before the next group, so steady traffic cannot
+     * hold replies back; at stop, after the last group. */
+    if (w->unsynced.head != NULL &&
+        (sync_due(w, NULL) || (sp->stop && sp->todo.head == NULL))) {
+      writer_sync(sp);
+      continue;
+    }
     g = queue_pop(&sp->todo);
     if (g != NULL) {
       sp->busy = true;
@@ -1475,13 +1495,8 @@ static void writer_main(void *arg)
       continue;
     }
     if (w->unsynced.head != NULL) {
-      now = uv_hrtime();
-      due = w->last_sync_ns + w->k.sync_interval_ms * 1000000u;
-      if (sp->stop || now >= due) {
-        writer_sync(sp);
-        continue;
-      }
-      uv_cond_timedwait(&sp->cv, &sp->mu, due - now);
+      if (!sync_due(w, &wait_ns))
+        uv_cond_timedwait(&sp->cv, &sp->mu, wait_ns);
       continue;
     }
     if (sp->stop)
@@ -1596,9 +1611,18 @@ static void on_idle(uv_idle_t *h)
   on_turn_end(h->data);
 }
 
-/* Runs the callbacks of a durable group and recycles it. */
+/* Runs the callbacks of a durable group and recycles it. The figures
+ * come first, so a callback sees its own commit in emd_spool_stats. */
 static void group_finish(struct emd_spool *sp, struct group *g)
 {
+  sp->st.next_seq = g->after.next_seq;
+  sp->st.pending = g->after.pending;
+  sp->st.pending_bytes = g->after.pending_bytes;
+  sp->st.dead = g->after.dead;
+  sp->st.dropped = g->after.dropped;
+  sp->st.expired = g->after.expired;
+  sp->st.oldest_ms = g->oldest_ms;
+  sp->st.commits = g->commits;
   for (size_t i = 0; i < g->nops; i++) {
     struct op *op = &g->ops[i];
 
@@ -1608,14 +1632,6 @@ static void group_finish(struct emd_spool *sp, struct group *g)
              op->u.count.cb != NULL)
       op->u.count.cb(op->u.count.data, op->u.count.rc, op->u.count.n);
   }
-  sp->st.next_seq = g->after.next_seq;
-  sp->st.pending = g->after.pending;
-  sp->st.pending_bytes = g->after.pending_bytes;
-  sp->st.dead = g->after.dead;
-  sp->st.dropped = g->after.dropped;
-  sp->st.expired = g->after.expired;
-  sp->st.oldest_ms = g->oldest_ms;
-  sp->st.commits = g->commits;
   emd_arena_reset(&g->arena);
   g->nops = 0;
   g->next = sp->free_groups;
@@ -1744,20 +1760,23 @@ static void knobs_from(struct knobs *k, const struct emd_config *cfg)
 static int dir_lock(struct emd_spool *sp, const char *dir, char *err,
                     size_t errlen)
 {
+  int e;
+
   if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    e = errno;
     errf(err, errlen, "cannot create spool directory %s: %s", dir,
-         strerror(errno));
-    return -errno;
+         strerror(e));
+    return -e;
   }
   sp->lockfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (sp->lockfd < 0) {
+    e = errno;
     errf(err, errlen, "cannot open spool directory %s: %s", dir,
-         strerror(errno));
-    return -errno;
+         strerror(e));
+    return -e;
   }
   if (flock(sp->lockfd, LOCK_EX | LOCK_NB) != 0) {
-    int e = errno;
-
+    e = errno;
     errf(err, errlen, "spool %s is in use by another emitd (%s)", dir,
          e == EWOULDBLOCK ? "locked" : strerror(e));
     return e == EWOULDBLOCK ? -EBUSY : -e;
@@ -1845,8 +1864,10 @@ static int spool_create(struct emd_spool *sp, const char *dir, char *err,
   int rc;
 
   if (getrandom(sp->instance, INSTANCE_LEN, 0) != INSTANCE_LEN) {
-    errf(err, errlen, "getrandom: %s", strerror(errno));
-    return -errno;
+    int e = errno;
+
+    errf(err, errlen, "getrandom: %s", strerror(e));
+    return -e;
   }
   rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
   for (int i = 0; i < 6 && rc == 0; i++)

@@ -284,6 +284,12 @@ static void on_visible(void *data, const struct emd_spool_result *res)
   assert_true(emd_spool_read(v->f->sp, 0, 100, SIZE_MAX, find_seq,
                              &want) >= 1);
   v->seen_in_spool = want == 0;
+  /* The figures already include this commit. */
+  struct emd_spool_stats st;
+
+  emd_spool_stats(v->f->sp, &st);
+  assert_true(st.pending >= 1);
+  assert_true(st.next_seq > res->seq);
 }
 
 static void append_replies_only_after_commit(void **state)
