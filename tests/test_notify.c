@@ -321,8 +321,11 @@ static void restore_fds(struct fx *f)
 /* A listening (or, for type SOCK_DGRAM, bound) Unix socket at fd 3 + i. */
 static void pass_socket(struct fx *f, int i, int type)
 {
-  snprintf(f->sock_paths[i], sizeof(f->sock_paths[i]), "%s/passed%d.sock",
-           f->dir, i);
+  char path[sizeof(f->sock_paths[i])];
+
+  /* Through a local: gcc -O2 cannot tell f->dir from f->sock_paths. */
+  snprintf(path, sizeof(path), "%s/passed%d.sock", f->dir, i);
+  memcpy(f->sock_paths[i], path, sizeof(path));
   place_fd(f, unix_socket(type, f->sock_paths[i], type == SOCK_STREAM),
            FIRST_FD + i);
 }
