@@ -16,6 +16,7 @@
 #include "emd_err.h"
 #include "emd_ingest.h"
 #include "emd_log.h"
+#include "emd_notify.h"
 #include "emd_spool.h"
 
 extern char **environ;
@@ -30,6 +31,9 @@ struct emitd {
   struct emd_spool *spool;
   struct emd_enrich *enrich;
   struct emd_ingest *ingest;
+  struct emd_notify *notify;       /* systemd; a no-op outside it */
+  int listen_fd;                   /* passed by systemd, or -1 */
+  uv_timer_t status_timer;         /* STATUS= for systemd, every second */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t grace;                /* bounds the shutdown */
   bool stopping;
@@ -81,6 +85,9 @@ static void teardown(struct emitd *d)
   d->ingest = NULL;
   emd_spool_close(d->spool);
   d->spool = NULL;
+  emd_notify_close(d->notify);
+  d->notify = NULL;
+  uv_close((uv_handle_t *)&d->status_timer, NULL);
   uv_close((uv_handle_t *)&d->sigterm, NULL);
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
@@ -110,6 +117,7 @@ static void begin_shutdown(struct emitd *d, const char *why)
   if (d->stopping)
     return;
   d->stopping = true;
+  emd_notify_stopping(d->notify);
   emd_log_info("emitd", "%s: stopping (grace %llu ms)", why,
                (unsigned long long)d->cfg.agent.shutdown_grace_ms);
   uv_timer_start(&d->grace, on_grace, d->cfg.agent.shutdown_grace_ms, 0);
@@ -170,6 +178,23 @@ static void on_spool_changed(void *data)
     emd_ingest_spool_changed(d->ingest);
 }
 
+static void status_text(struct emitd *d, char *buf, size_t len)
+{
+  struct emd_spool_stats st;
+
+  emd_spool_stats(d->spool, &st);
+  snprintf(buf, len, "pending %llu", (unsigned long long)st.pending);
+}
+
+static void on_status_timer(uv_timer_t *t)
+{
+  struct emitd *d = t->data;
+  char buf[128];
+
+  status_text(d, buf, sizeof(buf));
+  emd_notify_status(d->notify, buf);
+}
+
 static int check_config(const char *path)
 {
   struct emd_config cfg;
@@ -204,7 +229,7 @@ static int run(struct emitd *d)
     emd_log_error("emitd", "cannot set up enrichment: %s", emd_strerror(rc));
     goto fail;
   }
-  rc = emd_ingest_open(&d->loop, &d->cfg, d->spool, d->enrich, -1,
+  rc = emd_ingest_open(&d->loop, &d->cfg, d->spool, d->enrich, d->listen_fd,
                        &d->ingest, err, sizeof(err));
   if (rc != 0) {
     emd_log_error("emitd", "%s", err[0] ? err : emd_strerror(rc));
@@ -221,12 +246,20 @@ static int run(struct emitd *d)
   uv_signal_start(&d->sighup, on_sighup, SIGHUP);
   uv_timer_init(&d->loop, &d->grace);
   d->grace.data = d;
+  uv_timer_init(&d->loop, &d->status_timer);
+  d->status_timer.data = d;
+  uv_timer_start(&d->status_timer, on_status_timer, 1000, 1000);
+  uv_unref((uv_handle_t *)&d->status_timer);
 
   struct emd_spool_stats st;
   emd_spool_stats(d->spool, &st);
-  emd_log_info("emitd", "emitd %s listening on %s; spool %s (%llu pending)",
-               EMD_VERSION, d->cfg.agent.socket, d->cfg.spool.dir,
+  emd_log_info("emitd", "emitd %s listening on %s%s; spool %s (%llu "
+               "pending)", EMD_VERSION, d->cfg.agent.socket,
+               d->listen_fd >= 0 ? " (from systemd)" : "", d->cfg.spool.dir,
                (unsigned long long)st.pending);
+  char buf[128];
+  status_text(d, buf, sizeof(buf));
+  emd_notify_ready(d->notify, buf);
   uv_run(&d->loop, UV_RUN_DEFAULT);
   emd_enrich_close(d->enrich);
   return d->exit_code;
@@ -270,6 +303,10 @@ int main(int argc, char **argv)
   }
   if (check)
     return check_config(d.config_path);
+  /* Before any thread starts: it unsets the LISTEN_* variables. */
+  d.listen_fd = emd_notify_listen_fd(NULL);
+  if (d.listen_fd < -1)
+    return 1;
   if (emd_config_load(&d.cfg, d.config_path, environ, err, sizeof(err)) != 0) {
     fprintf(stderr, "emitd: %s\n", err);
     return 1;
@@ -278,7 +315,12 @@ int main(int argc, char **argv)
                 emd_log_journal_detect(), 2);
   signal(SIGPIPE, SIG_IGN);
   uv_loop_init(&d.loop);
+  if (emd_notify_open(&d.loop, &d.notify) != 0) {
+    fprintf(stderr, "emitd: out of memory\n");
+    return 1;
+  }
   rc = run(&d);
+  emd_notify_close(d.notify);     /* NULL when teardown already did */
   uv_walk(&d.loop, close_walk, NULL);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&d.loop) != 0)

@@ -786,6 +786,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
   else
     feed_binary(c, buf->base, (size_t)nread);
   conn_flush(c);
+  /* The spool may have filled up (block mode) or fallen far behind. */
+  if (!in->blocked && !emd_spool_has_room(in->sp))
+    emd_ingest_spool_changed(in);
 }
 
 /* Reads unless the client has too many unsent replies, the spool is full
