@@ -947,6 +947,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static bool peer_gone(struct conn *c);
 
 /* Reads while there is room and input may come; once the client is done
  * and every reply is out, closes its side. */
@@ -956,6 +957,13 @@ static void conn_update(struct conn *c)
 
   if (c->closing)
     return;
+  /* A client that left entirely cannot read the answer of the command
+   * it waits for; let its owner know (orphaned) and stop here. */
+  if (c->eof && c->cur != NULL && peer_gone(c)) {
+    emd_log_debug("control", "client left while a command was running");
+    conn_close(c);
+    return;
+  }
   want = !c->eof && c->len < IN_MAX;
   if (want && !c->reading) {
     if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) != 0) {
@@ -1066,13 +1074,6 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     return;
   if (nread == UV_EOF) {
     c->eof = true;
-    /* A client that left entirely cannot read the answer of the command
-     * it is waiting for; let its owner know (orphaned) and stop here. */
-    if (c->cur != NULL && peer_gone(c)) {
-      emd_log_debug("control", "client left while a command was running");
-      conn_close(c);
-      return;
-    }
     conn_process(c);
     return;
   }

@@ -761,6 +761,30 @@ static void client_leaving_before_an_async_reply_is_harmless(void **state)
   assert_int_equal(fx->status_calls, 0);
 }
 
+static void client_gone_before_its_last_unterminated_command(void **state)
+{
+  struct fx *fx = *state;
+  static struct rd rd;
+  int fd = client(fx);
+  uint64_t end;
+
+  memset(&rd, 0, sizeof(rd));
+  /* No newline: the command runs only once EOF says the line is whole,
+   * and by then the client is gone. */
+  send_str(fd, S("flush 1m"));
+  close(fd);
+  end = mono_ms() + 2000;
+  while ((fx->held == NULL || !emd_control_reply_orphaned(fx->held)) &&
+         mono_ms() < end)
+    pump(fx, -1, &rd, 1, false, 10);
+  assert_non_null(fx->held);
+  assert_true(emd_control_reply_orphaned(fx->held));
+  emd_control_reply_flush(fx->held, 0, 0, 60000, NULL);
+  fx->held = NULL;
+  pump(fx, -1, &rd, 1, false, 50);
+  assert_int_equal(emd_control_clients(fx->ctl), 0);
+}
+
 static void reply_completed_after_close_is_safe(void **state)
 {
   struct fx *fx = *state;
@@ -1023,6 +1047,7 @@ int main(void)
     T(a_line_of_exactly_the_limit_is_a_command),
     T(eof_after_the_last_command_answers_all_then_closes),
     T(client_leaving_before_an_async_reply_is_harmless),
+    T(client_gone_before_its_last_unterminated_command),
     T(reply_completed_after_close_is_safe),
     T(close_with_clients_connected_leaves_the_loop_clean),
     T(metrics_reply_ends_with_eof_even_when_the_callback_forgot),
