@@ -49,7 +49,13 @@ class FakeControl:
         self.thread.start()
 
     def _accept(self):
+        # Polls, so that close() can stop this thread before the socket
+        # goes: a thread still inside accept() on a closed socket could
+        # accept on its reused fd number, i.e. for the next test's server.
         while not self.stopping:
+            ready, _, _ = select.select([self.sock], [], [], 0.05)
+            if not ready:
+                continue
             try:
                 conn, _ = self.sock.accept()
             except OSError:
@@ -92,6 +98,7 @@ class FakeControl:
 
     def close(self):
         self.stopping = True
+        self.thread.join(5)
         self.sock.close()
 
 
