@@ -262,11 +262,14 @@ static void conn_free(struct conn *c)
   free(c);
   if (in->st.clients > 0)
     in->st.clients--;
+  emd_log_debug("ingest", "client gone (%llu left)",
+                (unsigned long long)in->st.clients);
   if (in->stopping && in->conns == NULL && in->idle_cb != NULL) {
     emd_ingest_idle_cb cb = in->idle_cb;
 
     in->idle_cb = NULL;
-    cb(in->idle_data);
+    cb(in->idle_data);    /* may close and free in: touch it no more */
+    return;
   }
   ingest_maybe_free(in);
 }
@@ -888,6 +891,8 @@ static void on_connection(uv_stream_t *server, int status)
   in->conns = c;
   in->st.clients++;
   in->st.connections++;
+  emd_log_debug("ingest", "client connected (%llu now)",
+                (unsigned long long)in->st.clients);
   if (in->stopping) {
     c->refuse = true;
     c->line = 0;

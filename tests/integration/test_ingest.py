@@ -31,7 +31,7 @@ def test_each_error_code_names_the_line_and_the_problem(make_emitd):
         SMALLEST,
         '{"context": [',                         # bad_json
         '[1,2,3]',                               # invalid: not an object
-        line(event(collection="ab")),            # invalid: a rule
+        line({"collection": "ab", "event": event()}),  # invalid: a rule
         line(event(id="x" * 2000)),              # too_large
         SMALLEST,
     ])
@@ -380,6 +380,7 @@ def test_drop_oldest_evicts_and_counts(make_emitd):
 
 def test_max_clients_turns_away_the_extra_client_only(make_emitd):
     d = make_emitd(conf={"ingest": {"max_clients": 2}})
+    time.sleep(0.3)     # the start-up probe's connection is gone by now
     a, b = d.client(), d.client()
     time.sleep(0.1)
     c = d.client()
