@@ -52,7 +52,7 @@
  *                         script; each telemetry request takes the next
  *                         step, and once none is left all is normal.
  *                         A step is an object with any of:
- *       "status": S        not 2xx: answer S at once (after any delay),
+ *       "status": S        200..599; not 2xx: answer S at once (after any delay),
  *                          no auth or body checks, nothing recorded;
  *                          2xx: handle as usual but answer S
  *       "body": "text"     the body of that scripted reply
@@ -119,7 +119,7 @@
 #include "emd_err.h"
 #include "emd_event.h"
 
-#define DEFAULT_LISTEN "127.0.0.1:8099"
+#define DEFAULT_LISTEN "127.0.0.1:8787"
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
 #define MAX_STEPS 10000
 #define MAX_DELAY_MS 600000
@@ -1545,6 +1545,16 @@ static int parse_style(const char *s, unsigned *out)
   return -1;
 }
 
+/* No control bytes, which would end the header early. */
+static bool header_safe(const char *v)
+{
+  for (; *v != '\0'; v++) {
+    if ((unsigned char)*v < 0x20 || *v == 0x7f)
+      return false;
+  }
+  return true;
+}
+
 /* Reads one step object at token *i (advanced past it). */
 static int parse_step(const struct jdoc *d, int *i, struct step *st,
                       long long *repeat, char *msg, size_t msglen)
@@ -1566,7 +1576,7 @@ static int parse_step(const struct jdoc *d, int *i, struct step *st,
     bool ok;
 
     if (jeq(d, k, "status"))
-      ok = jint(d, val, 100, 599, &v) == 0 && (st->status = (int)v, true);
+      ok = jint(d, val, 200, 599, &v) == 0 && (st->status = (int)v, true);
     else if (jeq(d, k, "delay_ms"))
       ok = jint(d, val, 0, MAX_DELAY_MS, &v) == 0 &&
            (st->delay_ms = (int)v, true);
@@ -1577,7 +1587,8 @@ static int parse_step(const struct jdoc *d, int *i, struct step *st,
       ok = jint(d, val, 0, INT_MAX, &v) == 0 &&
            snprintf(st->retry_after, sizeof(st->retry_after), "%lld", v);
     else if (jeq(d, k, "retry_after"))
-      ok = jstr(d, val, st->retry_after, sizeof(st->retry_after)) == 0;
+      ok = jstr(d, val, st->retry_after, sizeof(st->retry_after)) == 0 &&
+           header_safe(st->retry_after);
     else if (jeq(d, k, "body"))
       ok = jstr(d, val, st->body, sizeof(st->body)) == 0;
     else if (jeq(d, k, "cut"))

@@ -530,6 +530,8 @@ def poisoned_ids_sink_their_whole_request_with_400(s):
 
 def bad_control_bodies_get_400_and_change_nothing(s):
     for path, raw in [("script", "{}"), ("script", "[{\"status\":99}]"),
+                      ("script", "[{\"status\":100}]"),
+                      ("script", "[{\"retry_after\":\"1\\r\\nX: y\"}]"),
                       ("script", "[{\"bogus\":1}]"), ("script", "[1]"),
                       ("script", "not json"), ("script", "[] []"),
                       ("reject", "{\"ids\":[1]}"), ("poison", "[]"),
@@ -566,6 +568,37 @@ def keep_alive_serves_many_requests_on_one_connection(s):
     expect(st == 200 and c.sock is sock, "connection was not reused")
     c.close()
     expect(s.stats()["events"] == 20, s.stats())
+
+
+def parallel_clients_lose_and_mix_up_nothing(s):
+    errors = []
+
+    def client(k):
+        try:
+            c = s.conn()
+            for r in range(15):
+                names = ids("par%02dr%02dn" % (k, r), 10)
+                body = delimited([event(n) for n in names])
+                st, _, reply = s.post(STREAM, body, conn=c)
+                got = [g["eid"] for g in parse_event_ids(reply)]
+                if st != 200 or got != names:
+                    errors.append((k, r, st, got))
+            c.close()
+        except Exception as e:
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expect(not errors, errors[:3])
+    st = s.stats()
+    expect(st["requests"] == 120 and st["events"] == 1200 and
+           st["unique_ids"] == 1200, st)
+    reqs = sorted(r["req"] for r in s.request_log())
+    expect(reqs == list(range(1, 121)), reqs)
+    expect(len(s.events()) == 1200, "records")
 
 
 def json_bodies_decode_and_reply_one_line_per_event(s):
@@ -638,6 +671,7 @@ TESTS = [
     bad_control_bodies_get_400_and_change_nothing,
     the_record_and_request_files_match_memory,
     keep_alive_serves_many_requests_on_one_connection,
+    parallel_clients_lose_and_mix_up_nothing,
     json_bodies_decode_and_reply_one_line_per_event,
     reset_clears_script_rules_and_records,
 ]
