@@ -52,9 +52,9 @@
  *                         script; each telemetry request takes the next
  *                         step, and once none is left all is normal.
  *                         A step is an object with any of:
- *       "status": S        200..599; not 2xx: answer S at once (after any delay),
- *                          no auth or body checks, nothing recorded;
- *                          2xx: handle as usual but answer S
+ *       "status": S        200..599; not 2xx: answer S at once (after
+ *                          any delay), no auth or body checks, nothing
+ *                          recorded; 2xx: handle as usual but answer S
  *       "body": "text"     the body of that scripted reply
  *       "retry_after": "2" or 2 or "Wed, 21 Oct 2015 07:28:00 GMT"
  *                          a Retry-After header, as given
@@ -1373,6 +1373,7 @@ static void commit(struct exchange *x)
   struct upstream *up = x->up;
   struct sb line = { 0 };
   uint64_t ms = mono_ms() - x->r->t0_mono;
+  char status[32];
   size_t i;
 
   sb_printf(&line, "{\"t_ms\":%" PRIu64 ",\"req\":%" PRIu64 ",\"method\":",
@@ -1425,10 +1426,14 @@ static void commit(struct exchange *x)
   }
   pthread_mutex_unlock(&up->mu);
   sb_free(&line);
+  if (x->status == 0)
+    snprintf(status, sizeof(status), "cut, no reply");
+  else
+    snprintf(status, sizeof(status), "%d", x->status);
   if (!up->o->quiet)
-    fprintf(stderr, "emd-upstream: req %" PRIu64 " %s %s -> %d, %zu "
+    fprintf(stderr, "emd-upstream: req %" PRIu64 " %s %s -> %s, %zu "
             "events (%zu accepted)%s%s\n", x->req, x->method, x->path,
-            x->status, x->nev, x->naccepted, x->msg[0] ? ": " : "", x->msg);
+            status, x->nev, x->naccepted, x->msg[0] ? ": " : "", x->msg);
 }
 
 static void exchange_free(struct exchange *x)
