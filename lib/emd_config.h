@@ -1,6 +1,18 @@
 /* emd_config.h: emitd's configuration (SPEC 5). An INI file, then
  * EMITD_<SECTION>_<KEY> environment overrides, validated into one immutable
- * struct. Any thread; no global state. */
+ * struct. Any thread; no global state.
+ *
+ * The file: "[section]" and "key = value" lines; lines starting with '#' or
+ * ';' are comments, and " ;" starts a comment after a value (inih's rule);
+ * values are taken literally (no quotes), lines are at most 199 characters.
+ * An empty value unsets an optional key; a key with a default cannot be
+ * empty. A key given twice: the later line wins. Enum values match without
+ * regard to case. Sizes: a whole number with B, KiB, MiB or GiB (a bare
+ * number is bytes; KB, MB and GB are refused). Durations: a whole number
+ * with ms, s, m, h or d (the unit is required). allow_uids/allow_gids take
+ * numbers only, separated by commas or spaces. When both upstream.api_key
+ * and upstream.api_key_file are set, api_key_file wins: it can be rotated
+ * and re-read, so the loaded struct carries api_key NULL. */
 #ifndef EMD_CONFIG_H
 #define EMD_CONFIG_H
 
@@ -91,14 +103,21 @@ struct emd_config {
 int emd_config_defaults(struct emd_config *cfg);
 
 /* Loads the configuration: defaults, then the INI file at path, then the
- * environment envp (NULL-terminated "NAME=value" strings; pass environ), then
- * conf_validate(). path NULL means EMD_CONFIG_DEFAULT_PATH if it exists,
- * else defaults and environment alone; a path given explicitly must exist.
- * On failure returns EMD_ECONFIG and writes one line (no newline) naming the
- * file, line and key and what was expected into err, e.g.
- *   "agent.conf:12: [spool] sycn: unknown key"
- *   "EMITD_SPOOL_MAX_BYTES: bad size \"12XB\": expected a number with B, KiB, MiB or GiB"
- * and leaves *cfg empty (nothing to free). Never prints the API key. */
+ * environment envp (NULL-terminated "NAME=value" strings; pass environ; NULL
+ * for none), then the cross-field checks. path NULL means
+ * EMD_CONFIG_DEFAULT_PATH if it exists, else defaults and environment
+ * alone; a path given explicitly must exist. Every EMITD_* variable must
+ * name a key. *cfg is overwritten, not freed; on success it is the
+ * caller's, to release with emd_config_free(). Returns 0, EMD_ECONFIG (or
+ * -ENOMEM). On failure writes one line (no newline) into err naming where
+ * the value came from (path as given and line, or the variable), the key
+ * and what was expected, e.g.
+ *   "agent.conf:12: [spool] sycn: unknown key (did you mean sync?)"
+ *   "agent.conf:7: unknown section [spol] (did you mean [spool]?)"
+ *   "EMITD_SPOOL_MAX_BYTES: bad size \"12XB\": expected a number with B,
+ *    KiB, MiB or GiB"
+ *   "/etc/x.conf: cannot open: No such file or directory"
+ * and leaves *cfg zeroed (nothing to free). Never prints the API key. */
 int emd_config_load(struct emd_config *cfg, const char *path,
                     char *const *envp, char *err, size_t errlen);
 
@@ -110,11 +129,24 @@ void emd_config_free(struct emd_config *cfg);
 void emd_config_dump(const struct emd_config *cfg, FILE *f);
 
 /* Reads the key file: its content trimmed of surrounding white space.
- * *out is the caller's (free()); NULL when the file is empty. */
-int emd_config_read_key_file(const char *path, char **out);
+ * *out is the caller's (free()); NULL when the file is empty. Returns 0;
+ * -errno when the file cannot be opened or read; EMD_ECONFIG when it is
+ * over 64 KiB or the key holds white space, control or non-ASCII bytes
+ * (it goes into an HTTP header). On failure writes one line naming path
+ * into err, never the file's content. */
+int emd_config_read_key_file(const char *path, char **out, char *err,
+                             size_t errlen);
 
-/* Parsers for one value, exposed for the fuzzer and unit tests.
- * Return 0, or EMD_ECONFIG with a reason ("bad unit \"x\"") in err. */
+/* The key table, for tests and documentation: the i-th key's section, name
+ * and default exactly as agent.conf.example writes it (*def NULL: unset by
+ * default). Returns false when i is past the last key. */
+bool emd_config_key(size_t i, const char **section, const char **key,
+                    const char **def);
+
+/* Parsers for one value, exposed for the fuzzer and unit tests. Whole
+ * numbers only, no sign; one optional space before the unit. Return 0, or
+ * EMD_ECONFIG with the reason in err, e.g.
+ *   "bad duration \"5x\": expected a number with ms, s, m, h or d" */
 int emd_config_parse_size(const char *s, uint64_t *out, char *err, size_t n);
 int emd_config_parse_duration(const char *s, uint64_t *out, char *err,
                               size_t n);

@@ -1,2 +1,2510 @@
-/* placeholder until the spool module lands */
+/* emd_spool.c: see emd_spool.h.
+ *
+ * Threads. The loop thread gathers appends and outcomes into a group
+ * (struct group: an arena for the events and an array of ops). At the end
+ * of a loop turn (uv_check) the group goes to the writer thread if the
+ * writer has nothing left to commit; otherwise it keeps gathering. The
+ * writer runs one write transaction per group and hands the group back
+ * (uv_async) once it is durable per spool.sync; the loop then runs the
+ * group's callbacks in order and recycles it. Groups move between the
+ * threads only under sp->mu, which orders everything written to them.
+ * With spool.sync = interval the writer commits without fsync, parks the
+ * group until the next mdb_env_sync and meanwhile takes the next group,
+ * so up to MAX_INFLIGHT groups may wait for one sync.
+ *
+ * Databases (keys and values big-endian):
+ *   pending    seq(8) -> SpoolRecord
+ *   ids        event id -> seq(8) delivered_ms(8), 0 while held (pending
+ *              or dead)
+ *   timers     timer -> next ordinal(4) last used ms(8)
+ *   dead       seq(8) -> DeadRecord
+ *   delivered  delivered_ms(8) seq(8) -> event id
+ *   meta       "schema_version" -> u32, "instance_id" -> 16 bytes,
+ *              "state" -> struct counters as 6 x u64
+ * SpoolRecord and DeadRecord are written and read on the wire level here,
+ * so events are packed once, straight into LMDB's page, and never
+ * unpacked. */
 #include "emd_spool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+
+#include "emd_err.h"
+#include "emd_log.h"
+
+#define SCHEMA_VERSION 1u
+#define META_SCHEMA "schema_version"
+#define META_INSTANCE "instance_id"
+#define META_STATE "state"
+#define STATE_LEN 48            /* struct counters on disk */
+#define INSTANCE_LEN 16
+#define MAX_INFLIGHT 16         /* groups handed to the writer at once */
+#define GATHER_MAX_OPS 65536    /* no room while a group waits this big */
+#define GATHER_MAX_BYTES ((size_t)64 << 20)
+#define EXCERPT_MAX 512
+#define KEY_MAX 511             /* LMDB's default maximum key size */
+#define WALK_MAX 65536          /* expiry rows per transaction */
+#define MAP_HEADROOM ((uint64_t)4 << 30)  /* ids, timers, dead, free pages */
+#define MIB ((uint64_t)1 << 20)
+
+enum op_kind {
+  OP_APPEND,
+  OP_DELETE,
+  OP_ATTEMPTED,
+  OP_DEAD,
+  OP_MAINT,         /* nothing: a transaction for expiry while idle */
+  OP_RETRY,
+  OP_PURGE
+};
+
+struct op {
+  enum op_kind kind;
+  union {
+    struct {
+      emd_event *ev;
+      emd_spool_cb cb;
+      void *data;
+      uint32_t ordinal0, index0;  /* as given, restored if refused */
+      struct emd_spool_result res;
+    } app;
+    struct {
+      const uint64_t *seqs;       /* copy in the group's arena */
+      size_t n;
+    } seqs;
+    struct {
+      uint64_t seq;
+      const char *reason;         /* copies in the group's arena */
+      size_t reason_len;
+      unsigned status;
+      const uint8_t *excerpt;
+      size_t excerpt_len;
+    } dead;
+    struct {
+      uint64_t seq;               /* OP_RETRY: 0 for all */
+      emd_spool_count_cb cb;
+      void *data;
+      int rc;
+      uint64_t n;
+    } count;
+  } u;
+};
+
+/* The figures kept in meta "state". */
+struct counters {
+  uint64_t next_seq;
+  uint64_t pending;
+  uint64_t pending_bytes;
+  uint64_t dead;
+  uint64_t dropped;
+  uint64_t expired;
+};
+
+struct group {
+  struct group *next;        /* in a queue or the free list */
+  struct emd_arena arena;    /* the events and copies of the ops' input */
+  struct op *ops;
+  size_t nops, cap;
+  bool changed;              /* its commit changed the spool */
+  struct counters after;     /* the writer's figures after it */
+  uint64_t oldest_ms;
+  uint64_t commits;
+};
+
+/* Settings that may change live; the loop's copy is sp->k, the writer's
+ * sp->w.k, taken under sp->mu from sp->k_shared before each group. */
+struct knobs {
+  enum emd_sync sync;
+  uint64_t sync_interval_ms;
+  uint64_t max_bytes;        /* 0: no bound */
+  enum emd_on_full on_full;
+  uint64_t max_age_ms;       /* 0: never expire */
+  uint64_t dead_max;
+  uint64_t timer_ttl_ms;     /* 0: keep counters forever */
+  uint64_t dedup_window_ms;  /* 0: forget ids once delivered */
+};
+
+/* One timer counter in the writer's per-transaction map. */
+struct tslot {
+  uint32_t next;             /* the ordinal the next event gets */
+  uint8_t len;
+  bool used;
+  bool dirty;                /* to be written at the end of the txn */
+  uint8_t key[EMD_TIMER_MAX];
+};
+
+struct group_queue {
+  struct group *head, *tail;
+};
+
+/* What only the writer thread touches (after open). */
+struct writer {
+  struct knobs k;
+  struct counters c;         /* as of the last commit */
+  uint64_t oldest_ms;
+  uint64_t commits;
+  struct tslot *slots;       /* open addressing; nslots is a power of 2 */
+  size_t nslots;
+  size_t *touched;           /* slots used in this txn */
+  size_t ntouched;
+  uint8_t *scratch;
+  size_t scratch_cap;
+  uint64_t next_sweep_ms;
+  struct group_queue unsynced;  /* committed, waiting for mdb_env_sync */
+  uint64_t last_sync_ns;
+};
+
+struct emd_spool {
+  uv_loop_t *loop;
+  uv_async_t async;          /* writer -> loop: groups done */
+  uv_check_t check;          /* end of a loop turn: hand the group over */
+  uv_idle_t idle;            /* keeps poll from blocking while ops wait */
+  uv_timer_t maint;          /* expiry while no group comes by */
+  int nhandles;              /* open handles; the last close frees */
+
+  MDB_env *env;
+  MDB_dbi db_pending, db_ids, db_timers, db_dead, db_delivered, db_meta;
+  MDB_txn *rtxn;             /* the loop's reader, reset between reads */
+  MDB_cursor *rcur;
+  bool reading;
+  int lockfd;                /* the spool directory, flock()ed */
+
+  /* Loop thread. */
+  struct knobs k;
+  struct group *gather;      /* the group being gathered */
+  struct group *free_groups;
+  size_t inflight;           /* groups at the writer */
+  struct emd_spool_stats st;
+  uint8_t instance[INSTANCE_LEN];
+  emd_spool_changed_cb changed_cb;
+  void *changed_data;
+  bool room_was;             /* emd_spool_has_room at the last check */
+  struct emd_arena spare;    /* emd_spool_arena after close ran short */
+  bool closing;
+
+  /* Shared, under mu. */
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  bool sync_init;
+  struct group_queue todo;   /* handed over, not yet taken */
+  struct group_queue done;   /* durable: callbacks to run */
+  bool busy;                 /* the writer holds an uncommitted group */
+  bool stop;
+  bool exited;
+  struct knobs k_shared;
+
+  uv_thread_t thread;
+  bool thread_started;
+  struct writer w;
+};
+
+/* One write transaction of the writer. */
+struct txn {
+  struct emd_spool *sp;
+  MDB_txn *txn;
+  uint64_t now_ms;
+  bool dirty;
+  uint64_t dropped;          /* evicted for room, for one log line */
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static uint64_t wall_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+  for (int i = 7; i >= 0; i--) {
+    p[i] = (uint8_t)v;
+    v >>= 8;
+  }
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+  uint64_t v = 0;
+
+  for (int i = 0; i < 8; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+static int err_from_mdb(int rc)
+{
+  switch (rc) {
+  case MDB_SUCCESS:
+    return 0;
+  case MDB_MAP_FULL:
+  case MDB_TXN_FULL:
+  case ENOSPC:
+    return EMD_ESPOOLFULL;
+  case MDB_CORRUPTED:
+  case MDB_PAGE_NOTFOUND:
+  case MDB_INVALID:
+  case MDB_VERSION_MISMATCH:
+  case MDB_INCOMPATIBLE:
+    return EMD_ESPOOLBAD;
+  default:
+    return rc > 0 ? -rc : EMD_EINTERNAL;
+  }
+}
+
+/* Text for a code from LMDB (MDB_* or errno) or from us. */
+static const char *why(int rc)
+{
+  return rc < -1000 && rc > -2000 ? emd_strerror(rc) : mdb_strerror(rc);
+}
+
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (err == NULL || errlen == 0)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+/* ---- protobuf wire -------------------------------------------------- */
+
+static size_t varint_size(uint64_t v)
+{
+  size_t n = 1;
+
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+  while (v >= 0x80) {
+    *p++ = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = (uint8_t)v;
+  return p;
+}
+
+static int get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+  const uint8_t *p = *pp;
+  uint64_t r = 0;
+
+  for (unsigned shift = 0; shift < 64; shift += 7) {
+    if (p == end)
+      return -1;
+    r |= (uint64_t)(*p & 0x7f) << shift;
+    if ((*p++ & 0x80) == 0) {
+      *pp = p;
+      *v = r;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Reads the next field at *pp: its number, and its value (varint) or its
+ * bytes (length-delimited; *val is then the length). Fixed-width fields
+ * are skipped with *val 0. Returns 1, 0 at the end, -1 on bad input. */
+static int wire_next(const uint8_t **pp, const uint8_t *end, uint32_t *field,
+                     uint64_t *val, const uint8_t **bytes)
+{
+  uint64_t tag, len;
+
+  if (*pp == end)
+    return 0;
+  if (get_varint(pp, end, &tag) != 0 || tag >> 3 == 0 || tag >> 3 > UINT32_MAX)
+    return -1;
+  *field = (uint32_t)(tag >> 3);
+  *bytes = NULL;
+  *val = 0;
+  switch (tag & 7) {
+  case 0:
+    return get_varint(pp, end, val) == 0 ? 1 : -1;
+  case 1:
+  case 5:
+    len = (tag & 7) == 1 ? 8 : 4;
+    break;
+  case 2:
+    if (get_varint(pp, end, &len) != 0)
+      return -1;
+    *val = len;
+    *bytes = *pp;
+    break;
+  default:
+    return -1;                      /* groups: never in our messages */
+  }
+  if (len > (uint64_t)(end - *pp))
+    return -1;
+  *pp += len;
+  return 1;
+}
+
+/* A SpoolRecord, as pointers into its bytes. */
+struct rec {
+  const uint8_t *event;
+  size_t event_len;
+  uint64_t accepted_ms;
+  uint32_t attempts;
+};
+
+static int rec_parse(const void *buf, size_t n, struct rec *r)
+{
+  const uint8_t *p = buf, *end = p + n, *b;
+  uint32_t f;
+  uint64_t v;
+  int rc;
+
+  memset(r, 0, sizeof(*r));
+  while ((rc = wire_next(&p, end, &f, &v, &b)) == 1) {
+    if (f == 1 && b != NULL) {
+      r->event = b;
+      r->event_len = (size_t)v;
+    } else if (f == 2 && b == NULL) {
+      r->accepted_ms = v;
+    } else if (f == 3 && b == NULL) {
+      r->attempts = (uint32_t)v;
+    }
+  }
+  return rc == 0 && r->event != NULL ? 0 : -1;
+}
+
+/* SpoolRecord in the field order and with the zero omissions of
+ * protobuf-c's own output. */
+static size_t rec_size(size_t event_len, uint64_t accepted_ms,
+                       uint32_t attempts)
+{
+  size_t n = 1 + varint_size(event_len) + event_len;
+
+  if (accepted_ms != 0)
+    n += 1 + varint_size(accepted_ms);
+  if (attempts != 0)
+    n += 1 + varint_size(attempts);
+  return n;
+}
+
+static uint8_t *rec_head(uint8_t *p, size_t event_len)
+{
+  *p++ = 0x0a;
+  return put_varint(p, event_len);
+}
+
+static uint8_t *rec_tail(uint8_t *p, uint64_t accepted_ms, uint32_t attempts)
+{
+  if (accepted_ms != 0) {
+    *p++ = 0x10;
+    p = put_varint(p, accepted_ms);
+  }
+  if (attempts != 0) {
+    *p++ = 0x18;
+    p = put_varint(p, attempts);
+  }
+  return p;
+}
+
+/* Finds the last length-delimited field f in buf. */
+static int wire_find(const uint8_t *buf, size_t n, uint32_t want,
+                     const uint8_t **out, size_t *outlen)
+{
+  const uint8_t *p = buf, *end = buf + n, *b;
+  uint32_t f;
+  uint64_t v;
+  int rc;
+  bool found = false;
+
+  while ((rc = wire_next(&p, end, &f, &v, &b)) == 1)
+    if (f == want && b != NULL) {
+      *out = b;
+      *outlen = (size_t)v;
+      found = true;
+    }
+  return rc == 0 && found ? 0 : -1;
+}
+
+/* The TelemetryEvent id inside a packed Event (Event.event = 5, id = 2). */
+static int event_id(const uint8_t *ev, size_t n, const uint8_t **id,
+                    size_t *idlen)
+{
+  const uint8_t *te;
+  size_t telen;
+
+  if (wire_find(ev, n, 5, &te, &telen) != 0)
+    return -1;
+  if (wire_find(te, telen, 2, id, idlen) != 0 || *idlen == 0 ||
+      *idlen > KEY_MAX)
+    return -1;
+  return 0;
+}
+
+/* A DeadRecord, as pointers into its bytes. */
+struct deadrec {
+  const uint8_t *rec;
+  size_t rec_len;
+  const uint8_t *reason;
+  size_t reason_len;
+  unsigned status;
+  const uint8_t *excerpt;
+  size_t excerpt_len;
+  uint64_t time_ms;
+};
+
+static int dead_parse(const void *buf, size_t n, struct deadrec *d)
+{
+  const uint8_t *p = buf, *end = p + n, *b;
+  uint32_t f;
+  uint64_t v;
+  int rc;
+
+  memset(d, 0, sizeof(*d));
+  while ((rc = wire_next(&p, end, &f, &v, &b)) == 1) {
+    if (f == 1 && b != NULL) {
+      d->rec = b;
+      d->rec_len = (size_t)v;
+    } else if (f == 2 && b != NULL) {
+      d->reason = b;
+      d->reason_len = (size_t)v;
+    } else if (f == 3 && b == NULL) {
+      d->status = (unsigned)v;
+    } else if (f == 4 && b != NULL) {
+      d->excerpt = b;
+      d->excerpt_len = (size_t)v;
+    } else if (f == 5 && b == NULL) {
+      d->time_ms = v;
+    }
+  }
+  return rc == 0 && d->rec != NULL ? 0 : -1;
+}
+
+static size_t len_field_size(size_t n)
+{
+  return n == 0 ? 0 : 1 + varint_size(n) + n;
+}
+
+static uint8_t *put_len_field(uint8_t *p, uint8_t tag, const void *b,
+                              size_t n)
+{
+  if (n == 0)
+    return p;
+  *p++ = tag;
+  p = put_varint(p, n);
+  memcpy(p, b, n);
+  return p + n;
+}
+
+/* ---- the writer: one transaction per group ------------------------------ */
+
+/* True when at_ms lies age_ms or more before now_ms. */
+static bool older(uint64_t at_ms, uint64_t age_ms, uint64_t now_ms)
+{
+  return now_ms >= at_ms && now_ms - at_ms >= age_ms;
+}
+
+static int scratch_reserve(struct writer *w, size_t n)
+{
+  uint8_t *p;
+  size_t cap = w->scratch_cap ? w->scratch_cap : 4096;
+
+  if (n <= w->scratch_cap)
+    return 0;
+  while (cap < n)
+    cap *= 2;
+  p = realloc(w->scratch, cap);
+  if (p == NULL)
+    return -ENOMEM;
+  w->scratch = p;
+  w->scratch_cap = cap;
+  return 0;
+}
+
+static int first_row(struct txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v)
+{
+  MDB_cursor *c;
+  int rc;
+
+  rc = mdb_cursor_open(t->txn, dbi, &c);
+  if (rc != 0)
+    return rc;
+  rc = mdb_cursor_get(c, k, v, MDB_FIRST);
+  mdb_cursor_close(c);
+  return rc;
+}
+
+/* Drops ids[id] if it still names seq. id must not point into the map. */
+static int forget_id(struct txn *t, const void *id, size_t idlen,
+                     uint64_t seq)
+{
+  MDB_val k = { idlen, (void *)id }, v;
+  int rc;
+
+  rc = mdb_get(t->txn, t->sp->db_ids, &k, &v);
+  if (rc == MDB_NOTFOUND)
+    return 0;
+  if (rc != 0)
+    return rc;
+  if (v.mv_size == 16 && get_be64(v.mv_data) == seq)
+    return mdb_del(t->txn, t->sp->db_ids, &k, NULL);
+  return 0;
+}
+
+/* Copies the id of a packed record (in the map) into buf. */
+static int rec_id_copy(const void *recbuf, size_t reclen, uint8_t *buf,
+                       size_t *len)
+{
+  struct rec r;
+  const uint8_t *id;
+
+  if (rec_parse(recbuf, reclen, &r) != 0 ||
+      event_id(r.event, r.event_len, &id, len) != 0)
+    return -1;
+  memcpy(buf, id, *len);
+  return 0;
+}
+
+/* Deletes the oldest dead letters while there are more than dead_max. */
+static int trim_dead(struct txn *t)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t key[8], id[KEY_MAX];
+  size_t idlen;
+  struct deadrec d;
+  MDB_val k, v;
+  int rc;
+
+  while (w->c.dead > w->k.dead_max) {
+    rc = first_row(t, t->sp->db_dead, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+      w->c.dead = 0;              /* the count had drifted */
+      break;
+    }
+    if (rc != 0)
+      return rc;
+    memcpy(key, k.mv_data, 8);
+    idlen = 0;
+    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
+        rec_id_copy(d.rec, d.rec_len, id, &idlen) != 0)
+      idlen = 0;
+    k.mv_data = key;
+    rc = mdb_del(t->txn, t->sp->db_dead, &k, NULL);
+    if (rc == 0 && idlen > 0)
+      rc = forget_id(t, id, idlen, get_be64(key));
+    if (rc != 0)
+      return rc;
+    w->c.dead--;
+    t->dirty = true;
+  }
+  return 0;
+}
+
+/* Moves pending[seq] (its record rec, still in the map) to dead. */
+static int to_dead(struct txn *t, uint64_t seq, const void *rec,
+                   size_t reclen, const char *reason, size_t reason_len,
+                   unsigned status, const void *excerpt, size_t excerpt_len)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t key[8], *p;
+  size_t n;
+  MDB_val k = { 8, key }, v;
+  int rc;
+
+  n = len_field_size(reclen) + len_field_size(reason_len) +
+      (status ? 1 + varint_size(status) : 0) + len_field_size(excerpt_len) +
+      1 + varint_size(t->now_ms);
+  if (reclen == 0)
+    n += 2;                        /* an empty record is still present */
+  if (scratch_reserve(w, n) != 0)
+    return ENOMEM;
+  p = w->scratch;
+  if (reclen == 0) {
+    *p++ = 0x0a;
+    *p++ = 0;
+  }
+  p = put_len_field(p, 0x0a, rec, reclen);
+  p = put_len_field(p, 0x12, reason, reason_len);
+  if (status != 0) {
+    *p++ = 0x18;
+    p = put_varint(p, status);
+  }
+  p = put_len_field(p, 0x22, excerpt, excerpt_len);
+  *p++ = 0x28;
+  p = put_varint(p, t->now_ms);
+  put_be64(key, seq);
+  v.mv_size = (size_t)(p - w->scratch);
+  v.mv_data = w->scratch;
+  rc = mdb_put(t->txn, t->sp->db_dead, &k, &v, 0);
+  if (rc == 0)
+    rc = mdb_del(t->txn, t->sp->db_pending, &k, NULL);
+  if (rc != 0)
+    return rc;
+  w->c.pending--;
+  w->c.pending_bytes -= reclen;
+  w->c.dead++;
+  t->dirty = true;
+  return trim_dead(t);
+}
+
+/* Moves the oldest pending record to dead with reason. *none is set when
+ * nothing is pending. */
+static int evict_first(struct txn *t, const char *reason, bool *none)
+{
+  MDB_val k, v;
+  int rc;
+
+  rc = first_row(t, t->sp->db_pending, &k, &v);
+  *none = rc == MDB_NOTFOUND;
+  if (rc != 0)
+    return *none ? 0 : rc;
+  return to_dead(t, get_be64(k.mv_data), v.mv_data, v.mv_size, reason,
+                 strlen(reason), 0, NULL, 0);
+}
+
+/* Makes room for a record of size bytes per on_full. Sets *refused when
+ * it cannot go in. */
+static int make_room(struct txn *t, size_t size, bool *refused)
+{
+  struct writer *w = &t->sp->w;
+  bool none = false;
+  int rc;
+
+  *refused = false;
+  if (w->k.max_bytes == 0 || w->c.pending_bytes + size <= w->k.max_bytes)
+    return 0;
+  switch (w->k.on_full) {
+  case EMD_FULL_BLOCK:
+    return 0;                      /* soft: the ingest stops reading */
+  case EMD_FULL_REJECT:
+    *refused = true;
+    return 0;
+  case EMD_FULL_DROP_OLDEST:
+    if (size > w->k.max_bytes) {
+      *refused = true;
+      return 0;
+    }
+    while (w->c.pending_bytes + size > w->k.max_bytes && !none) {
+      rc = evict_first(t, "dropped", &none);
+      if (rc != 0)
+        return rc;
+      if (!none) {
+        w->c.dropped++;
+        t->dropped++;
+      }
+    }
+    return 0;
+  }
+  return 0;
+}
+
+static uint32_t fnv1a(const uint8_t *p, size_t n)
+{
+  uint32_t h = 2166136261u;
+
+  while (n-- > 0)
+    h = (h ^ *p++) * 16777619u;
+  return h;
+}
+
+/* Readies the timer map for a group of nappends appends. */
+static int timers_begin(struct writer *w, size_t nappends)
+{
+  size_t need = 64;
+
+  while (need < 2 * nappends)
+    need *= 2;
+  for (size_t i = 0; i < w->ntouched; i++)
+    w->slots[w->touched[i]].used = false;
+  w->ntouched = 0;
+  if (need <= w->nslots)
+    return 0;
+  free(w->slots);
+  free(w->touched);
+  w->slots = calloc(need, sizeof(*w->slots));
+  w->touched = calloc(need / 2, sizeof(*w->touched));
+  w->nslots = w->slots && w->touched ? need : 0;
+  return w->nslots ? 0 : ENOMEM;
+}
+
+/* The counter of timer key, from the map or the database. */
+static int timer_get(struct txn *t, const uint8_t *key, size_t len,
+                     struct tslot **out)
+{
+  struct writer *w = &t->sp->w;
+  size_t mask = w->nslots - 1, i = fnv1a(key, len) & mask;
+  struct tslot *s;
+  MDB_val k = { len, (void *)key }, v;
+  int rc;
+
+  for (;; i = (i + 1) & mask) {
+    s = &w->slots[i];
+    if (!s->used)
+      break;
+    if (s->len == len && memcmp(s->key, key, len) == 0) {
+      *out = s;
+      return 0;
+    }
+  }
+  rc = mdb_get(t->txn, t->sp->db_timers, &k, &v);
+  if (rc != 0 && rc != MDB_NOTFOUND)
+    return rc;
+  s->next = rc == 0 && v.mv_size >= 4 ? get_be32(v.mv_data) : 1;
+  if (s->next == 0)
+    s->next = 1;
+  s->len = (uint8_t)len;
+  memcpy(s->key, key, len);
+  s->used = true;
+  s->dirty = false;
+  w->touched[w->ntouched++] = i;
+  *out = s;
+  return 0;
+}
+
+/* Writes each counter moved in this transaction, once. */
+static int timers_flush(struct txn *t)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t val[12];
+  MDB_val k, v = { sizeof(val), val };
+  int rc;
+
+  put_be64(val + 4, t->now_ms);
+  for (size_t i = 0; i < w->ntouched; i++) {
+    struct tslot *s = &w->slots[w->touched[i]];
+
+    if (!s->dirty)
+      continue;
+    put_be32(val, s->next);
+    k.mv_size = s->len;
+    k.mv_data = s->key;
+    rc = mdb_put(t->txn, t->sp->db_timers, &k, &v, 0);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+static void app_restore(struct op *op)
+{
+  op->u.app.ev->event->ordinal = op->u.app.ordinal0;
+  op->u.app.ev->index = op->u.app.index0;
+}
+
+/* Packs ev as a SpoolRecord into pending[seq], in place. */
+static int put_record(struct txn *t, uint64_t seq, emd_event *ev,
+                      size_t evlen, size_t size)
+{
+  uint8_t key[8], *p;
+  MDB_val k = { 8, key }, v = { size, NULL };
+  int rc;
+
+  put_be64(key, seq);
+  /* Seqs only grow, so MDB_APPEND skips the search; MDB_RESERVE lets the
+   * event be packed straight into the page. */
+  rc = mdb_put(t->txn, t->sp->db_pending, &k, &v, MDB_APPEND | MDB_RESERVE);
+  if (rc != 0)
+    return rc;
+  p = rec_head(v.mv_data, evlen);
+  if (buildless__service__v1__event__pack(ev, p) != evlen)
+    return EMD_EINTERNAL;
+  rec_tail(p + evlen, t->now_ms, 0);
+  return 0;
+}
+
+static int apply_append(struct txn *t, struct op *op, bool allowed)
+{
+  struct writer *w = &t->sp->w;
+  struct emd_spool_result *res = &op->u.app.res;
+  emd_event *ev = op->u.app.ev;
+  emd_tevent *te = ev->event;
+  struct tslot *slot = NULL;
+  uint8_t val[16];
+  MDB_val k, v;
+  size_t evlen, size;
+  bool refused;
+  int rc;
+
+  app_restore(op);
+  memset(res, 0, sizeof(*res));
+  if (!allowed) {
+    res->rc = EMD_ESPOOLFULL;
+    return 0;
+  }
+  k.mv_data = te->id;
+  k.mv_size = te->id ? strlen(te->id) : 0;
+  if (k.mv_size == 0 || k.mv_size > KEY_MAX ||
+      te->timer.len > EMD_TIMER_MAX) {
+    res->rc = EMD_EINVALID;
+    return 0;
+  }
+  /* One search does both the duplicate check and the insert: with
+   * MDB_NOOVERWRITE a known id comes back as MDB_KEYEXIST with its value
+   * in v. */
+  put_be64(val, w->c.next_seq);
+  put_be64(val + 8, 0);
+  v.mv_size = sizeof(val);
+  v.mv_data = val;
+  rc = mdb_put(t->txn, t->sp->db_ids, &k, &v, MDB_NOOVERWRITE);
+  if (rc == MDB_KEYEXIST) {
+    res->duplicate = true;
+    res->seq = v.mv_size >= 8 ? get_be64(v.mv_data) : 0;
+    return 0;
+  }
+  if (rc != 0)
+    return rc;
+  if (te->ordinal == 0 && te->timer.len > 0) {
+    rc = timer_get(t, te->timer.data, te->timer.len, &slot);
+    if (rc != 0)
+      return rc;
+    te->ordinal = slot->next;
+  }
+  if (ev->index == 0)
+    ev->index = te->ordinal;
+  evlen = buildless__service__v1__event__get_packed_size(ev);
+  size = rec_size(evlen, t->now_ms, 0);
+  rc = make_room(t, size, &refused);
+  if (rc != 0)
+    return rc;
+  if (refused) {
+    app_restore(op);
+    res->rc = EMD_ESPOOLFULL;
+    return mdb_del(t->txn, t->sp->db_ids, &k, NULL);
+  }
+  rc = put_record(t, w->c.next_seq, ev, evlen, size);
+  if (rc != 0)
+    return rc;
+  if (slot != NULL) {
+    slot->next = slot->next == UINT32_MAX ? 1 : slot->next + 1;
+    slot->dirty = true;
+  }
+  res->seq = w->c.next_seq++;
+  res->ordinal = te->ordinal;
+  w->c.pending++;
+  w->c.pending_bytes += size;
+  t->dirty = true;
+  return 0;
+}
+
+/* Remembers a delivered id for dedup_window, or forgets it now. */
+static int id_delivered(struct txn *t, const uint8_t *id, size_t idlen,
+                        uint64_t seq)
+{
+  uint8_t val[16], key[16];
+  MDB_val k = { idlen, (void *)id }, v = { 16, val };
+  int rc;
+
+  if (t->sp->w.k.dedup_window_ms == 0)
+    return forget_id(t, id, idlen, seq);
+  put_be64(val, seq);
+  put_be64(val + 8, t->now_ms);
+  rc = mdb_put(t->txn, t->sp->db_ids, &k, &v, 0);
+  if (rc != 0)
+    return rc;
+  put_be64(key, t->now_ms);
+  put_be64(key + 8, seq);
+  k.mv_size = 16;
+  k.mv_data = key;
+  v.mv_size = idlen;
+  v.mv_data = (void *)id;
+  return mdb_put(t->txn, t->sp->db_delivered, &k, &v, 0);
+}
+
+static int apply_delete(struct txn *t, uint64_t seq)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t key[8], id[KEY_MAX];
+  size_t idlen = 0, len;
+  MDB_val k = { 8, key }, v;
+  int rc;
+
+  put_be64(key, seq);
+  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
+  if (rc != 0)
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  len = v.mv_size;
+  if (rec_id_copy(v.mv_data, v.mv_size, id, &idlen) != 0)
+    idlen = 0;
+  rc = mdb_del(t->txn, t->sp->db_pending, &k, NULL);
+  if (rc != 0)
+    return rc;
+  w->c.pending--;
+  w->c.pending_bytes -= len;
+  t->dirty = true;
+  return idlen > 0 ? id_delivered(t, id, idlen, seq) : 0;
+}
+
+static int apply_attempted(struct txn *t, uint64_t seq)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t key[8], *p;
+  MDB_val k = { 8, key }, v;
+  struct rec r;
+  size_t size;
+  int rc;
+
+  put_be64(key, seq);
+  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
+  if (rc != 0)
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  if (rec_parse(v.mv_data, v.mv_size, &r) != 0)
+    return 0;                     /* leave a garbled record alone */
+  size = rec_size(r.event_len, r.accepted_ms, r.attempts + 1);
+  /* The record is rebuilt beside the map: the value we read may sit in a
+   * page this transaction already dirtied, which the put overwrites. */
+  if (scratch_reserve(w, size) != 0)
+    return ENOMEM;
+  p = rec_head(w->scratch, r.event_len);
+  memcpy(p, r.event, r.event_len);
+  rec_tail(p + r.event_len, r.accepted_ms, r.attempts + 1);
+  w->c.pending_bytes += size - v.mv_size;
+  v.mv_size = size;
+  v.mv_data = w->scratch;
+  rc = mdb_put(t->txn, t->sp->db_pending, &k, &v, 0);
+  t->dirty = true;
+  return rc;
+}
+
+static int apply_dead(struct txn *t, const struct op *op)
+{
+  uint8_t key[8];
+  MDB_val k = { 8, key }, v;
+  int rc;
+
+  put_be64(key, op->u.dead.seq);
+  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
+  if (rc != 0)
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  return to_dead(t, op->u.dead.seq, v.mv_data, v.mv_size, op->u.dead.reason,
+                 op->u.dead.reason_len, op->u.dead.status,
+                 op->u.dead.excerpt, op->u.dead.excerpt_len);
+}
+
+/* Moves the dead letter at key k (value v, in the map) back to pending
+ * under a new seq. */
+static int revive(struct txn *t, MDB_val *k, MDB_val *v)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t key[8], val[16], id[KEY_MAX], *p;
+  const uint8_t *idp;
+  size_t idlen = 0, size;
+  struct deadrec d;
+  struct rec r;
+  MDB_val nk = { 8, key }, nv;
+  uint64_t seq = w->c.next_seq;
+  int rc;
+
+  memcpy(val, k->mv_data, 8);      /* the old seq, for the delete */
+  if (dead_parse(v->mv_data, v->mv_size, &d) != 0 ||
+      rec_parse(d.rec, d.rec_len, &r) != 0)
+    return mdb_del(t->txn, t->sp->db_dead, k, NULL) == 0 ? 0 : EIO;
+  if (event_id(r.event, r.event_len, &idp, &idlen) == 0)
+    memcpy(id, idp, idlen);
+  else
+    idlen = 0;
+  size = rec_size(r.event_len, t->now_ms, 0);
+  if (scratch_reserve(w, size) != 0)
+    return ENOMEM;
+  p = rec_head(w->scratch, r.event_len);
+  memcpy(p, r.event, r.event_len);
+  rec_tail(p + r.event_len, t->now_ms, 0);
+  put_be64(key, seq);
+  nv.mv_size = size;
+  nv.mv_data = w->scratch;
+  rc = mdb_put(t->txn, t->sp->db_pending, &nk, &nv, MDB_APPEND);
+  if (rc != 0)
+    return rc;
+  nk.mv_data = val;
+  rc = mdb_del(t->txn, t->sp->db_dead, &nk, NULL);
+  if (rc == 0 && idlen > 0) {
+    put_be64(val, seq);
+    put_be64(val + 8, 0);
+    nk.mv_size = idlen;
+    nk.mv_data = id;
+    nv.mv_size = 16;
+    nv.mv_data = val;
+    rc = mdb_put(t->txn, t->sp->db_ids, &nk, &nv, 0);
+  }
+  if (rc != 0)
+    return rc;
+  w->c.next_seq++;
+  w->c.pending++;
+  w->c.pending_bytes += size;
+  w->c.dead--;
+  t->dirty = true;
+  return 0;
+}
+
+static int apply_retry(struct txn *t, struct op *op)
+{
+  uint8_t key[8];
+  MDB_val k = { 8, key }, v;
+  int rc;
+
+  if (op->u.count.seq != 0) {
+    put_be64(key, op->u.count.seq);
+    rc = mdb_get(t->txn, t->sp->db_dead, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+      op->u.count.rc = EMD_ENOTFOUND;
+      return 0;
+    }
+    if (rc == 0)
+      rc = revive(t, &k, &v);
+    op->u.count.n = rc == 0;
+    return rc;
+  }
+  while ((rc = first_row(t, t->sp->db_dead, &k, &v)) == 0) {
+    rc = revive(t, &k, &v);
+    if (rc != 0)
+      return rc;
+    op->u.count.n++;
+  }
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int apply_purge(struct txn *t, struct op *op)
+{
+  uint8_t key[8], id[KEY_MAX];
+  size_t idlen;
+  struct deadrec d;
+  MDB_val k, v;
+  int rc;
+
+  while ((rc = first_row(t, t->sp->db_dead, &k, &v)) == 0) {
+    memcpy(key, k.mv_data, 8);
+    idlen = 0;
+    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
+        rec_id_copy(d.rec, d.rec_len, id, &idlen) != 0)
+      idlen = 0;
+    k.mv_data = key;
+    rc = mdb_del(t->txn, t->sp->db_dead, &k, NULL);
+    if (rc == 0 && idlen > 0)
+      rc = forget_id(t, id, idlen, get_be64(key));
+    if (rc != 0)
+      return rc;
+    op->u.count.n++;
+    t->dirty = true;
+  }
+  t->sp->w.c.dead = 0;
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int apply_op(struct txn *t, struct op *op, bool appends)
+{
+  int rc = 0;
+
+  switch (op->kind) {
+  case OP_APPEND:
+    return apply_append(t, op, appends);
+  case OP_DELETE:
+  case OP_ATTEMPTED:
+    for (size_t i = 0; i < op->u.seqs.n && rc == 0; i++)
+      rc = op->kind == OP_DELETE ? apply_delete(t, op->u.seqs.seqs[i])
+                                 : apply_attempted(t, op->u.seqs.seqs[i]);
+    return rc;
+  case OP_DEAD:
+    return apply_dead(t, op);
+  case OP_MAINT:
+    return 0;
+  case OP_RETRY:
+    op->u.count.rc = 0;
+    op->u.count.n = 0;
+    return apply_retry(t, op);
+  case OP_PURGE:
+    op->u.count.rc = 0;
+    op->u.count.n = 0;
+    return apply_purge(t, op);
+  }
+  return 0;
+}
+
+/* max_age: pending records accepted before now - max_age become dead
+ * letters "expired". Seqs follow acceptance, so the walk stops at the
+ * first young one. */
+static int expire_pending(struct txn *t)
+{
+  struct writer *w = &t->sp->w;
+  struct rec r;
+  MDB_val k, v;
+  int rc;
+
+  if (w->k.max_age_ms == 0)
+    return 0;
+  for (int i = 0; i < WALK_MAX; i++) {
+    rc = first_row(t, t->sp->db_pending, &k, &v);
+    if (rc != 0)
+      return rc == MDB_NOTFOUND ? 0 : rc;
+    /* A record we cannot read counts as old: it goes to the dead letters
+     * instead of blocking the front of the queue. */
+    if (rec_parse(v.mv_data, v.mv_size, &r) != 0)
+      r.accepted_ms = 0;
+    if (!older(r.accepted_ms, w->k.max_age_ms, t->now_ms))
+      return 0;
+    rc = to_dead(t, get_be64(k.mv_data), v.mv_data, v.mv_size, "expired",
+                 7, 0, NULL, 0);
+    if (rc != 0)
+      return rc;
+    w->c.expired++;
+  }
+  return 0;
+}
+
+/* dedup_window: forgets ids delivered before now - dedup_window. */
+static int expire_ids(struct txn *t)
+{
+  struct writer *w = &t->sp->w;
+  uint8_t key[KEY_MAX], id[KEY_MAX];
+  size_t idlen;
+  bool bad;
+  MDB_val k, v;
+  int rc;
+
+  for (int i = 0; i < WALK_MAX; i++) {
+    rc = first_row(t, t->sp->db_delivered, &k, &v);
+    if (rc != 0)
+      return rc == MDB_NOTFOUND ? 0 : rc;
+    /* A garbled row is dropped, not allowed to stop every commit. */
+    bad = k.mv_size != 16 || v.mv_size > KEY_MAX;
+    if (!bad && !older(get_be64(k.mv_data), w->k.dedup_window_ms, t->now_ms))
+      return 0;
+    memcpy(key, k.mv_data, k.mv_size);
+    idlen = bad ? 0 : v.mv_size;
+    memcpy(id, v.mv_data, idlen);
+    k.mv_data = key;
+    rc = mdb_del(t->txn, t->sp->db_delivered, &k, NULL);
+    if (rc == 0 && idlen > 0)
+      rc = forget_id(t, id, idlen, get_be64(key + 8));
+    if (rc != 0)
+      return rc;
+    t->dirty = true;
+  }
+  return 0;
+}
+
+/* timer_ttl: forgets counters idle that long. The timers database is
+ * small (one row per live timer), so a full walk now and then is fine. */
+static int sweep_timers(struct txn *t)
+{
+  struct writer *w = &t->sp->w;
+  MDB_cursor *c;
+  MDB_val k, v;
+  uint64_t every;
+  int rc;
+
+  if (w->k.timer_ttl_ms == 0 || t->now_ms < w->next_sweep_ms)
+    return 0;
+  every = w->k.timer_ttl_ms / 2;
+  every = every < 10 ? 10 : every > 60000 ? 60000 : every;
+  w->next_sweep_ms = t->now_ms + every;
+  rc = mdb_cursor_open(t->txn, t->sp->db_timers, &c);
+  if (rc != 0)
+    return rc;
+  rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+  while (rc == 0) {
+    if (v.mv_size < 12 || older(get_be64((uint8_t *)v.mv_data + 4),
+                                w->k.timer_ttl_ms, t->now_ms)) {
+      rc = mdb_cursor_del(c, 0);
+      if (rc != 0)
+        break;
+      t->dirty = true;
+    }
+    /* After a delete the cursor already sits on the next row, and
+     * MDB_NEXT knows it. */
+    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+  }
+  mdb_cursor_close(c);
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int put_state(struct txn *t)
+{
+  const struct counters *c = &t->sp->w.c;
+  uint8_t val[STATE_LEN];
+  MDB_val k = { sizeof(META_STATE) - 1, META_STATE }, v = { STATE_LEN, val };
+
+  put_be64(val, c->next_seq);
+  put_be64(val + 8, c->pending);
+  put_be64(val + 16, c->pending_bytes);
+  put_be64(val + 24, c->dead);
+  put_be64(val + 32, c->dropped);
+  put_be64(val + 40, c->expired);
+  return mdb_put(t->txn, t->sp->db_meta, &k, &v, 0);
+}
+
+static int oldest_in(MDB_txn *txn, MDB_dbi dbi, uint64_t *ms)
+{
+  MDB_cursor *c;
+  MDB_val k, v;
+  struct rec r;
+  int rc;
+
+  *ms = 0;
+  rc = mdb_cursor_open(txn, dbi, &c);
+  if (rc != 0)
+    return rc;
+  rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+  if (rc == 0 && rec_parse(v.mv_data, v.mv_size, &r) == 0)
+    *ms = r.accepted_ms;
+  mdb_cursor_close(c);
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* One write transaction for group g; appends false refuses every append
+ * (the retry after the map filled up). Returns an MDB or emd error; on
+ * error nothing was committed. */
+static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
+{
+  struct writer *w = &sp->w;
+  struct txn t = { sp, NULL, wall_ms(), false, 0 };
+  size_t nappends = 0;
+  uint64_t oldest;
+  int rc;
+
+  for (size_t i = 0; i < g->nops; i++)
+    nappends += g->ops[i].kind == OP_APPEND;
+  rc = timers_begin(w, nappends);
+  if (rc != 0)
+    return rc;
+  rc = mdb_txn_begin(sp->env, NULL, 0, &t.txn);
+  if (rc != 0)
+    return rc;
+  for (size_t i = 0; i < g->nops && rc == 0; i++)
+    rc = apply_op(&t, &g->ops[i], appends);
+  if (rc == 0)
+    rc = timers_flush(&t);
+  if (rc == 0)
+    rc = expire_pending(&t);
+  if (rc == 0)
+    rc = expire_ids(&t);
+  if (rc == 0)
+    rc = sweep_timers(&t);
+  if (rc == 0)
+    rc = trim_dead(&t);            /* dead_max may have been lowered */
+  if (rc == 0 && t.dirty)
+    rc = put_state(&t);
+  if (rc == 0)
+    rc = oldest_in(t.txn, sp->db_pending, &oldest);
+  if (rc != 0 || !t.dirty) {
+    mdb_txn_abort(t.txn);
+    return rc;
+  }
+  rc = mdb_txn_commit(t.txn);
+  if (rc != 0)
+    return rc;
+  w->commits++;
+  w->oldest_ms = oldest;
+  g->changed = true;
+  if (t.dropped > 0)
+    emd_log_warn("spool", "spool full (max_bytes %llu): dropped the %llu "
+                 "oldest pending events to dead letters (%llu ever)",
+                 (unsigned long long)w->k.max_bytes,
+                 (unsigned long long)t.dropped,
+                 (unsigned long long)w->c.dropped);
+  return 0;
+}
+
+/* Every op of g failed with rc: nothing of it was committed. */
+static void group_fail(struct group *g, int rc)
+{
+  for (size_t i = 0; i < g->nops; i++) {
+    struct op *op = &g->ops[i];
+
+    if (op->kind == OP_APPEND) {
+      app_restore(op);
+      memset(&op->u.app.res, 0, sizeof(op->u.app.res));
+      op->u.app.res.rc = rc;
+    } else if (op->kind == OP_RETRY || op->kind == OP_PURGE) {
+      op->u.count.rc = rc;
+      op->u.count.n = 0;
+    }
+  }
+}
+
+static size_t group_appends(const struct group *g)
+{
+  size_t n = 0;
+
+  for (size_t i = 0; i < g->nops; i++)
+    n += g->ops[i].kind == OP_APPEND;
+  return n;
+}
+
+static void writer_group(struct emd_spool *sp, struct group *g)
+{
+  struct writer *w = &sp->w;
+  struct counters saved = w->c;
+  int rc;
+
+  g->changed = false;
+  if (g->nops == 0)
+    goto out;                      /* only arena memory to give back */
+  rc = group_apply(sp, g, true);
+  if (err_from_mdb(rc) == EMD_ESPOOLFULL && group_appends(g) > 0) {
+    emd_log_error("spool", "spool map full (%s): refusing %zu new events, "
+                  "applying the rest", why(rc), group_appends(g));
+    w->c = saved;
+    rc = group_apply(sp, g, false);
+  }
+  if (rc != 0) {
+    emd_log_error("spool", "group commit failed: %s", why(rc));
+    w->c = saved;
+    group_fail(g, err_from_mdb(rc));
+  }
+out:
+  g->after = w->c;
+  g->oldest_ms = w->oldest_ms;
+  g->commits = w->commits;
+}
+
+static void queue_push(struct group_queue *q, struct group *g)
+{
+  g->next = NULL;
+  if (q->tail != NULL)
+    q->tail->next = g;
+  else
+    q->head = g;
+  q->tail = g;
+}
+
+static struct group *queue_pop(struct group_queue *q)
+{
+  struct group *g = q->head;
+
+  if (g != NULL) {
+    q->head = g->next;
+    if (q->head == NULL)
+      q->tail = NULL;
+    g->next = NULL;
+  }
+  return g;
+}
+
+static void queue_move(struct group_queue *to, struct group_queue *from)
+{
+  struct group *g;
+
+  while ((g = queue_pop(from)) != NULL)
+    queue_push(to, g);
+}
+
+/* The groups parked for a sync failed it: their appends are committed but
+ * maybe not on disk, so they report the error. */
+static void unsynced_fail(struct group_queue *q, int rc)
+{
+  for (struct group *g = q->head; g != NULL; g = g->next)
+    for (size_t i = 0; i < g->nops; i++)
+      if (g->ops[i].kind == OP_APPEND && g->ops[i].u.app.res.rc == 0)
+        g->ops[i].u.app.res.rc = rc;
+}
+
+/* Called with sp->mu held; returns with it held. */
+static void writer_sync(struct emd_spool *sp)
+{
+  struct writer *w = &sp->w;
+  int rc;
+
+  uv_mutex_unlock(&sp->mu);
+  rc = mdb_env_sync(sp->env, 1);
+  if (rc != 0) {
+    emd_log_error("spool", "sync failed: %s", mdb_strerror(rc));
+    unsynced_fail(&w->unsynced, err_from_mdb(rc));
+  }
+  w->last_sync_ns = uv_hrtime();
+  uv_mutex_lock(&sp->mu);
+  queue_move(&sp->done, &w->unsynced);
+  uv_async_send(&sp->async);
+}
+
+/* True when the parked groups' sync is due; else *wait_ns (if not NULL)
+ * is how long until it is. */
+static bool sync_due(const struct writer *w, uint64_t *wait_ns)
+{
+  uint64_t now = uv_hrtime();
+  uint64_t due = w->last_sync_ns + w->k.sync_interval_ms * 1000000u;
+
+  if (now >= due)
+    return true;
+  if (wait_ns != NULL)
+    *wait_ns = due - now;
+  return false;
+}
+
+static void writer_main(void *arg)
+{
+  struct emd_spool *sp = arg;
+  struct writer *w = &sp->w;
+  struct group *g;
+  uint64_t wait_ns;
+
+  uv_mutex_lock(&sp->mu);
+  for (;;) {
+    w->k = sp->k_shared;
+    /* A due sync goes before the next group, so steady traffic cannot
+     * hold replies back; at stop, after the last group. */
+    if (w->unsynced.head != NULL &&
+        (sync_due(w, NULL) || (sp->stop && sp->todo.head == NULL))) {
+      writer_sync(sp);
+      continue;
+    }
+    g = queue_pop(&sp->todo);
+    if (g != NULL) {
+      sp->busy = true;
+      uv_mutex_unlock(&sp->mu);
+      writer_group(sp, g);
+      uv_mutex_lock(&sp->mu);
+      sp->busy = false;
+      /* A group that changed nothing may pass parked ones only if none
+       * is parked: its duplicates may name events not yet synced. */
+      if (w->k.sync == EMD_SYNC_INTERVAL &&
+          (g->changed || w->unsynced.head != NULL))
+        queue_push(&w->unsynced, g);
+      else
+        queue_push(&sp->done, g);
+      uv_async_send(&sp->async);   /* done, or ready for the next group */
+      continue;
+    }
+    if (w->unsynced.head != NULL) {
+      if (!sync_due(w, &wait_ns))
+        uv_cond_timedwait(&sp->cv, &sp->mu, wait_ns);
+      continue;
+    }
+    if (sp->stop)
+      break;
+    uv_cond_wait(&sp->cv, &sp->mu);
+  }
+  sp->exited = true;
+  uv_async_send(&sp->async);
+  uv_mutex_unlock(&sp->mu);
+}
+
+/* ---- the loop side -------------------------------------------------- */
+
+static struct group *group_take(struct emd_spool *sp)
+{
+  struct group *g = sp->free_groups;
+
+  if (g != NULL) {
+    sp->free_groups = g->next;
+    g->next = NULL;
+    return g;
+  }
+  return calloc(1, sizeof(*g));
+}
+
+static void group_free(struct group *g)
+{
+  emd_arena_free(&g->arena);
+  free(g->ops);
+  free(g);
+}
+
+static bool group_empty(const struct group *g)
+{
+  return g == NULL || (g->nops == 0 && g->arena.total == 0);
+}
+
+/* Hands the gathered group to the writer when the writer has committed
+ * everything it holds; otherwise the group keeps growing. */
+static void maybe_submit(struct emd_spool *sp, bool force)
+{
+  struct group *g = sp->gather, *next;
+  bool ready;
+
+  if (group_empty(g))
+    return;
+  if (!force && sp->inflight >= MAX_INFLIGHT)
+    return;
+  next = group_take(sp);
+  if (next == NULL && !force)
+    return;                        /* try again next turn */
+  uv_mutex_lock(&sp->mu);
+  ready = force || (sp->todo.head == NULL && !sp->busy);
+  if (ready) {
+    queue_push(&sp->todo, g);
+    uv_cond_signal(&sp->cv);
+  }
+  uv_mutex_unlock(&sp->mu);
+  if (!ready) {
+    next->next = sp->free_groups;
+    sp->free_groups = next;
+    return;
+  }
+  /* At close, out of memory: nothing more is gathered anyway. */
+  sp->gather = next;
+  sp->inflight++;
+  uv_ref((uv_handle_t *)&sp->async);
+}
+
+bool emd_spool_has_room(const struct emd_spool *sp)
+{
+  const struct group *g = sp->gather;
+
+  /* A writer far behind: the group waiting for it would grow without
+   * bound if the ingest kept reading. */
+  if (g != NULL &&
+      (g->nops >= GATHER_MAX_OPS || g->arena.total >= GATHER_MAX_BYTES))
+    return false;
+  return sp->k.on_full != EMD_FULL_BLOCK || sp->k.max_bytes == 0 ||
+         sp->st.pending_bytes < sp->k.max_bytes;
+}
+
+/* Calls the changed callback after a commit that changed the spool, or
+ * when there is room again. */
+static void notify_changed(struct emd_spool *sp, bool changed)
+{
+  bool room = emd_spool_has_room(sp);
+
+  if (room && !sp->room_was)
+    changed = true;
+  sp->room_was = room;
+  if (changed && !sp->closing && sp->changed_cb != NULL)
+    sp->changed_cb(sp->changed_data);
+}
+
+static void on_turn_end(struct emd_spool *sp)
+{
+  if (sp->closing)
+    return;
+  maybe_submit(sp, false);
+  uv_idle_stop(&sp->idle);
+  notify_changed(sp, false);       /* room again, e.g. after a reconfigure */
+}
+
+static void on_check(uv_check_t *h)
+{
+  on_turn_end(h->data);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+  on_turn_end(h->data);
+}
+
+/* Runs the callbacks of a durable group and recycles it. The figures
+ * come first, so a callback sees its own commit in emd_spool_stats. */
+static void group_finish(struct emd_spool *sp, struct group *g)
+{
+  sp->st.next_seq = g->after.next_seq;
+  sp->st.pending = g->after.pending;
+  sp->st.pending_bytes = g->after.pending_bytes;
+  sp->st.dead = g->after.dead;
+  sp->st.dropped = g->after.dropped;
+  sp->st.expired = g->after.expired;
+  sp->st.oldest_ms = g->oldest_ms;
+  sp->st.commits = g->commits;
+  for (size_t i = 0; i < g->nops; i++) {
+    struct op *op = &g->ops[i];
+
+    if (op->kind == OP_APPEND)
+      op->u.app.cb(op->u.app.data, &op->u.app.res);
+    else if ((op->kind == OP_RETRY || op->kind == OP_PURGE) &&
+             op->u.count.cb != NULL)
+      op->u.count.cb(op->u.count.data, op->u.count.rc, op->u.count.n);
+  }
+  emd_arena_reset(&g->arena);
+  g->nops = 0;
+  g->next = sp->free_groups;
+  sp->free_groups = g;
+}
+
+static void spool_free(struct emd_spool *sp)
+{
+  struct group *g;
+
+  if (sp->gather != NULL)
+    group_free(sp->gather);
+  while ((g = sp->free_groups) != NULL) {
+    sp->free_groups = g->next;
+    group_free(g);
+  }
+  emd_arena_free(&sp->spare);
+  if (sp->sync_init) {
+    uv_cond_destroy(&sp->cv);
+    uv_mutex_destroy(&sp->mu);
+  }
+  free(sp->w.slots);
+  free(sp->w.touched);
+  free(sp->w.scratch);
+  free(sp);
+}
+
+static void env_close(struct emd_spool *sp)
+{
+  if (sp->rcur != NULL)
+    mdb_cursor_close(sp->rcur);
+  if (sp->rtxn != NULL)
+    mdb_txn_abort(sp->rtxn);
+  sp->rcur = NULL;
+  sp->rtxn = NULL;
+  if (sp->env != NULL)
+    mdb_env_close(sp->env);
+  sp->env = NULL;
+  if (sp->lockfd >= 0)
+    close(sp->lockfd);
+  sp->lockfd = -1;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+  struct emd_spool *sp = h->data;
+
+  if (--sp->nhandles == 0)
+    spool_free(sp);
+}
+
+static void on_async(uv_async_t *h)
+{
+  struct emd_spool *sp = h->data;
+  struct group_queue done;
+  struct group *g;
+  bool changed = false, exited;
+
+  uv_mutex_lock(&sp->mu);
+  done = sp->done;
+  sp->done.head = sp->done.tail = NULL;
+  exited = sp->exited;
+  uv_mutex_unlock(&sp->mu);
+  for (g = done.head; g != NULL; g = g->next)
+    sp->inflight--;
+  /* The writer is free: give it the next group before running this
+   * group's callbacks, so the two overlap. */
+  if (!sp->closing)
+    maybe_submit(sp, false);
+  while ((g = queue_pop(&done)) != NULL) {
+    changed |= g->changed;
+    group_finish(sp, g);
+  }
+  if (!sp->closing)
+    notify_changed(sp, changed);
+  if (sp->inflight == 0 && !sp->closing)
+    uv_unref((uv_handle_t *)&sp->async);
+  if (sp->closing && exited && sp->thread_started) {
+    uv_thread_join(&sp->thread);
+    sp->thread_started = false;
+    env_close(sp);
+    uv_close((uv_handle_t *)&sp->async, on_closed);
+  }
+}
+
+static struct op *op_add(struct emd_spool *sp, enum op_kind kind);
+
+static void on_maint(uv_timer_t *h)
+{
+  struct emd_spool *sp = h->data;
+
+  if (sp->closing || sp->inflight > 0 || sp->gather->nops > 0)
+    return;                        /* a commit is coming anyway */
+  (void)op_add(sp, OP_MAINT);
+}
+
+/* How often the loop makes sure a transaction runs the expiry walks. */
+static uint64_t maint_period(const struct knobs *k)
+{
+  uint64_t p = 1000, v[3] = { k->max_age_ms, k->dedup_window_ms,
+                              k->timer_ttl_ms };
+
+  for (int i = 0; i < 3; i++)
+    if (v[i] != 0 && v[i] / 4 < p)
+      p = v[i] / 4;
+  return p < 10 ? 10 : p;
+}
+
+static void knobs_from(struct knobs *k, const struct emd_config *cfg)
+{
+  k->sync = cfg->spool.sync;
+  k->sync_interval_ms = cfg->spool.sync_interval_ms;
+  k->max_bytes = cfg->spool.max_bytes;
+  k->on_full = cfg->spool.on_full;
+  k->max_age_ms = cfg->spool.max_age_ms;
+  k->dead_max = cfg->spool.dead_max;
+  k->timer_ttl_ms = cfg->spool.timer_ttl_ms;
+  k->dedup_window_ms = cfg->spool.dedup_window_ms;
+}
+
+/* ---- open ------------------------------------------------------------ */
+
+/* Creates the directory if needed and takes an exclusive lock on it:
+ * LMDB must not be opened twice in one process, and two emitd on one
+ * spool would hand out the same seqs. */
+static int dir_lock(struct emd_spool *sp, const char *dir, char *err,
+                    size_t errlen)
+{
+  int e;
+
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    e = errno;
+    errf(err, errlen, "cannot create spool directory %s: %s", dir,
+         strerror(e));
+    return -e;
+  }
+  sp->lockfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (sp->lockfd < 0) {
+    e = errno;
+    errf(err, errlen, "cannot open spool directory %s: %s", dir,
+         strerror(e));
+    return -e;
+  }
+  if (flock(sp->lockfd, LOCK_EX | LOCK_NB) != 0) {
+    e = errno;
+    errf(err, errlen, "spool %s is in use by another emitd (%s)", dir,
+         e == EWOULDBLOCK ? "locked" : strerror(e));
+    return e == EWOULDBLOCK ? -EBUSY : -e;
+  }
+  return 0;
+}
+
+static size_t map_size(uint64_t max_bytes)
+{
+  uint64_t m = 64 * MIB + MAP_HEADROOM;
+
+  if (max_bytes > (UINT64_MAX - m) / 2)
+    return SIZE_MAX / 2;
+  m += 2 * max_bytes;
+  return m > SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)m;
+}
+
+/* Refuses a data.mdb shorter than the pages LMDB thinks it has: reading
+ * past its end would be a SIGBUS, not an error. */
+static int env_check_size(struct emd_spool *sp, const char *dir, char *err,
+                          size_t errlen)
+{
+  char path[4096];
+  struct stat st;
+  MDB_envinfo info;
+  MDB_stat ms;
+
+  snprintf(path, sizeof(path), "%s/data.mdb", dir);
+  if (stat(path, &st) != 0 || mdb_env_info(sp->env, &info) != 0 ||
+      mdb_env_stat(sp->env, &ms) != 0)
+    return 0;
+  if ((uint64_t)st.st_size < ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize) {
+    errf(err, errlen, "spool %s: data.mdb is truncated (%lld bytes, needs "
+         "%llu); move the spool aside", dir, (long long)st.st_size,
+         ((unsigned long long)info.me_last_pgno + 1) * ms.ms_psize);
+    return EMD_ESPOOLBAD;
+  }
+  return 0;
+}
+
+static int env_open(struct emd_spool *sp, const char *dir, char *err,
+                    size_t errlen)
+{
+  unsigned flags = sp->k.sync == EMD_SYNC_ALWAYS ? 0 : MDB_NOSYNC;
+  int rc;
+
+  rc = mdb_env_create(&sp->env);
+  if (rc == 0)
+    rc = mdb_env_set_maxdbs(sp->env, 8);
+  if (rc == 0)
+    rc = mdb_env_set_mapsize(sp->env, map_size(sp->k.max_bytes));
+  if (rc == 0)
+    rc = mdb_env_open(sp->env, dir, flags, 0600);
+  if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
+    errf(err, errlen, "spool %s: data.mdb is not an LMDB database this "
+         "emitd can read (%s); move the spool aside (emitd then starts a "
+         "new one)", dir, mdb_strerror(rc));
+    return EMD_ESPOOLBAD;
+  }
+  if (rc != 0) {
+    errf(err, errlen, "cannot open spool %s: %s", dir, mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  return env_check_size(sp, dir, err, errlen);
+}
+
+static const char *const db_names[] = { "pending", "ids", "timers", "dead",
+                                        "delivered", "meta" };
+
+static MDB_dbi *db_slot(struct emd_spool *sp, int i)
+{
+  MDB_dbi *dbs[] = { &sp->db_pending, &sp->db_ids, &sp->db_timers,
+                     &sp->db_dead, &sp->db_delivered, &sp->db_meta };
+
+  return dbs[i];
+}
+
+/* A new spool: every database and meta in one transaction. */
+static int spool_create(struct emd_spool *sp, const char *dir, char *err,
+                        size_t errlen)
+{
+  uint8_t ver[4], state[STATE_LEN] = { 0 };
+  MDB_val k, v;
+  MDB_txn *txn = NULL;
+  int rc;
+
+  if (getrandom(sp->instance, INSTANCE_LEN, 0) != INSTANCE_LEN) {
+    int e = errno;
+
+    errf(err, errlen, "getrandom: %s", strerror(e));
+    return -e;
+  }
+  rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+  for (int i = 0; i < 6 && rc == 0; i++)
+    rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, db_slot(sp, i));
+  put_be32(ver, SCHEMA_VERSION);
+  put_be64(state, 1);              /* next_seq: seqs start at 1 */
+  k.mv_size = sizeof(META_SCHEMA) - 1;
+  k.mv_data = META_SCHEMA;
+  v.mv_size = 4;
+  v.mv_data = ver;
+  if (rc == 0)
+    rc = mdb_put(txn, sp->db_meta, &k, &v, 0);
+  k.mv_size = sizeof(META_INSTANCE) - 1;
+  k.mv_data = META_INSTANCE;
+  v.mv_size = INSTANCE_LEN;
+  v.mv_data = sp->instance;
+  if (rc == 0)
+    rc = mdb_put(txn, sp->db_meta, &k, &v, 0);
+  k.mv_size = sizeof(META_STATE) - 1;
+  k.mv_data = META_STATE;
+  v.mv_size = STATE_LEN;
+  v.mv_data = state;
+  if (rc == 0)
+    rc = mdb_put(txn, sp->db_meta, &k, &v, 0);
+  if (rc == 0)
+    rc = mdb_txn_commit(txn);
+  else if (txn != NULL)
+    mdb_txn_abort(txn);
+  if (rc != 0) {
+    errf(err, errlen, "cannot create spool %s: %s", dir, mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  sp->w.c.next_seq = 1;
+  return 0;
+}
+
+static int meta_get(MDB_txn *txn, MDB_dbi dbi, const char *key, MDB_val *v)
+{
+  MDB_val k = { strlen(key), (void *)key };
+
+  return mdb_get(txn, dbi, &k, v);
+}
+
+/* next_seq must lie past every seq in use, or every append would fail
+ * (MDB_APPEND) or reuse a dead letter's key. One cursor step. */
+static int seq_check(struct emd_spool *sp, MDB_txn *txn, MDB_dbi dbi,
+                     const char *dir)
+{
+  MDB_cursor *c;
+  MDB_val k, v;
+  uint64_t last;
+  int rc;
+
+  rc = mdb_cursor_open(txn, dbi, &c);
+  if (rc != 0)
+    return rc;
+  rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+  mdb_cursor_close(c);
+  if (rc == MDB_NOTFOUND)
+    return 0;
+  if (rc != 0 || k.mv_size != 8)
+    return rc != 0 ? rc : MDB_CORRUPTED;
+  last = get_be64(k.mv_data);
+  if (last >= sp->w.c.next_seq) {
+    emd_log_warn("spool", "spool %s: next seq %llu was behind seq %llu in "
+                 "use; continuing from %llu", dir,
+                 (unsigned long long)sp->w.c.next_seq,
+                 (unsigned long long)last, (unsigned long long)last + 1);
+    sp->w.c.next_seq = last + 1;
+  }
+  return 0;
+}
+
+/* Reads meta of an existing spool; opens the other databases. Nothing is
+ * written. */
+static int spool_load(struct emd_spool *sp, MDB_txn *txn, const char *dir,
+                      char *err, size_t errlen)
+{
+  struct counters *c = &sp->w.c;
+  MDB_val v;
+  uint32_t ver;
+  int rc;
+
+  rc = mdb_dbi_open(txn, "meta", 0, &sp->db_meta);
+  if (rc != 0) {
+    errf(err, errlen, "spool %s holds data but no emitd meta (%s): not an "
+         "emitd spool; move it aside", dir, mdb_strerror(rc));
+    return EMD_ESPOOLBAD;
+  }
+  rc = meta_get(txn, sp->db_meta, META_SCHEMA, &v);
+  if (rc != 0 || v.mv_size != 4 || get_be32(v.mv_data) == 0) {
+    errf(err, errlen, "spool %s: schema version missing or garbled; move "
+         "the spool aside", dir);
+    return EMD_ESPOOLBAD;
+  }
+  ver = get_be32(v.mv_data);
+  if (ver > SCHEMA_VERSION) {
+    errf(err, errlen, "spool %s has schema version %u, newer than the %u "
+         "this emitd knows: upgrade emitd or move the spool aside", dir,
+         ver, SCHEMA_VERSION);
+    return EMD_ESPOOLVER;
+  }
+  rc = meta_get(txn, sp->db_meta, META_INSTANCE, &v);
+  if (rc != 0 || v.mv_size != INSTANCE_LEN) {
+    errf(err, errlen, "spool %s: instance ID missing or garbled; move the "
+         "spool aside", dir);
+    return EMD_ESPOOLBAD;
+  }
+  memcpy(sp->instance, v.mv_data, INSTANCE_LEN);
+  rc = meta_get(txn, sp->db_meta, META_STATE, &v);
+  if (rc != 0 || v.mv_size != STATE_LEN) {
+    errf(err, errlen, "spool %s: state missing or garbled; move the spool "
+         "aside", dir);
+    return EMD_ESPOOLBAD;
+  }
+  c->next_seq = get_be64(v.mv_data);
+  c->pending = get_be64((uint8_t *)v.mv_data + 8);
+  c->pending_bytes = get_be64((uint8_t *)v.mv_data + 16);
+  c->dead = get_be64((uint8_t *)v.mv_data + 24);
+  c->dropped = get_be64((uint8_t *)v.mv_data + 32);
+  c->expired = get_be64((uint8_t *)v.mv_data + 40);
+  for (int i = 0; i < 5; i++) {
+    rc = mdb_dbi_open(txn, db_names[i], 0, db_slot(sp, i));
+    if (rc != 0) {
+      errf(err, errlen, "spool %s: database \"%s\" missing (%s); move the "
+           "spool aside", dir, db_names[i], mdb_strerror(rc));
+      return EMD_ESPOOLBAD;
+    }
+  }
+  rc = oldest_in(txn, sp->db_pending, &sp->w.oldest_ms);
+  if (rc == 0)
+    rc = seq_check(sp, txn, sp->db_pending, dir);
+  if (rc == 0)
+    rc = seq_check(sp, txn, sp->db_dead, dir);
+  if (rc != 0) {
+    errf(err, errlen, "spool %s: %s", dir, mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  return 0;
+}
+
+static int spool_meta(struct emd_spool *sp, const char *dir, char *err,
+                      size_t errlen)
+{
+  MDB_txn *txn = NULL;
+  MDB_dbi main_db;
+  MDB_stat ms;
+  int rc;
+
+  rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+  if (rc == 0)
+    rc = mdb_dbi_open(txn, NULL, 0, &main_db);
+  if (rc == 0)
+    rc = mdb_stat(txn, main_db, &ms);
+  if (rc != 0) {
+    if (txn != NULL)
+      mdb_txn_abort(txn);
+    errf(err, errlen, "cannot read spool %s: %s", dir, mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  if (ms.ms_entries == 0) {
+    mdb_txn_abort(txn);
+    return spool_create(sp, dir, err, errlen);
+  }
+  rc = spool_load(sp, txn, dir, err, errlen);
+  if (rc != 0) {
+    mdb_txn_abort(txn);
+    return rc;
+  }
+  /* Committing keeps the database handles opened in it. */
+  rc = mdb_txn_commit(txn);
+  if (rc != 0) {
+    errf(err, errlen, "cannot read spool %s: %s", dir, mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  return 0;
+}
+
+static void stats_from_writer(struct emd_spool *sp)
+{
+  sp->st.next_seq = sp->w.c.next_seq;
+  sp->st.pending = sp->w.c.pending;
+  sp->st.pending_bytes = sp->w.c.pending_bytes;
+  sp->st.dead = sp->w.c.dead;
+  sp->st.dropped = sp->w.c.dropped;
+  sp->st.expired = sp->w.c.expired;
+  sp->st.oldest_ms = sp->w.oldest_ms;
+  sp->st.commits = 0;
+}
+
+/* The handles and the writer thread, last: nothing before can fail with
+ * a handle open. */
+static int spool_start(struct emd_spool *sp)
+{
+  uint64_t period = maint_period(&sp->k);
+  int rc;
+
+  rc = uv_async_init(sp->loop, &sp->async, on_async);
+  if (rc != 0)
+    return rc;
+  sp->async.data = sp;
+  uv_unref((uv_handle_t *)&sp->async);
+  uv_check_init(sp->loop, &sp->check);
+  sp->check.data = sp;
+  uv_check_start(&sp->check, on_check);
+  uv_unref((uv_handle_t *)&sp->check);
+  uv_idle_init(sp->loop, &sp->idle);
+  sp->idle.data = sp;
+  uv_timer_init(sp->loop, &sp->maint);
+  sp->maint.data = sp;
+  uv_timer_start(&sp->maint, on_maint, period, period);
+  uv_unref((uv_handle_t *)&sp->maint);
+  sp->nhandles = 4;
+  rc = uv_thread_create(&sp->thread, writer_main, sp);
+  if (rc != 0) {
+    sp->closing = true;
+    env_close(sp);
+    uv_close((uv_handle_t *)&sp->async, on_closed);
+    uv_close((uv_handle_t *)&sp->check, on_closed);
+    uv_close((uv_handle_t *)&sp->idle, on_closed);
+    uv_close((uv_handle_t *)&sp->maint, on_closed);
+    return rc;
+  }
+  sp->thread_started = true;
+  return 0;
+}
+
+int emd_spool_open(uv_loop_t *loop, const struct emd_config *cfg,
+                   struct emd_spool **out, char *err, size_t errlen)
+{
+  struct emd_spool *sp;
+  const char *dir = cfg->spool.dir;
+  int rc;
+
+  *out = NULL;
+  if (dir == NULL || *dir == '\0') {
+    errf(err, errlen, "spool.dir is not set");
+    return EMD_ECONFIG;
+  }
+  sp = calloc(1, sizeof(*sp));
+  if (sp == NULL)
+    return -ENOMEM;
+  sp->loop = loop;
+  sp->lockfd = -1;
+  knobs_from(&sp->k, cfg);
+  sp->k_shared = sp->k;
+  sp->w.k = sp->k;
+  rc = -ENOMEM;
+  sp->gather = calloc(1, sizeof(*sp->gather));
+  if (sp->gather == NULL || uv_mutex_init(&sp->mu) != 0)
+    goto fail;
+  if (uv_cond_init(&sp->cv) != 0) {
+    uv_mutex_destroy(&sp->mu);
+    goto fail;
+  }
+  sp->sync_init = true;
+  rc = dir_lock(sp, dir, err, errlen);
+  if (rc == 0)
+    rc = env_open(sp, dir, err, errlen);
+  if (rc == 0)
+    rc = spool_meta(sp, dir, err, errlen);
+  if (rc != 0)
+    goto fail;
+  stats_from_writer(sp);
+  sp->room_was = emd_spool_has_room(sp);
+  sp->w.last_sync_ns = uv_hrtime();
+  rc = spool_start(sp);
+  if (rc != 0) {
+    errf(err, errlen, "cannot start the spool: %s", uv_strerror(rc));
+    if (sp->nhandles > 0)
+      return rc;                   /* freed by the handles' close */
+    goto fail;
+  }
+  *out = sp;
+  return 0;
+
+fail:
+  env_close(sp);
+  spool_free(sp);
+  return rc;
+}
+
+void emd_spool_close(struct emd_spool *sp)
+{
+  if (sp == NULL || sp->closing)
+    return;
+  sp->closing = true;
+  uv_close((uv_handle_t *)&sp->check, on_closed);
+  uv_close((uv_handle_t *)&sp->idle, on_closed);
+  uv_close((uv_handle_t *)&sp->maint, on_closed);
+  if (sp->gather != NULL && sp->gather->nops > 0)
+    maybe_submit(sp, true);
+  uv_mutex_lock(&sp->mu);
+  sp->stop = true;
+  uv_cond_signal(&sp->cv);
+  uv_mutex_unlock(&sp->mu);
+  /* The writer finishes what it holds, syncs, and says it exited; on_async
+   * then joins it and closes the last handle. */
+  uv_ref((uv_handle_t *)&sp->async);
+}
+
+void emd_spool_reconfigure(struct emd_spool *sp, const struct emd_config *cfg)
+{
+  enum emd_sync sync = sp->k.sync;
+  uint64_t period;
+
+  knobs_from(&sp->k, cfg);
+  sp->k.sync = sync;               /* fixed at open (MDB_NOSYNC) */
+  uv_mutex_lock(&sp->mu);
+  sp->k_shared = sp->k;
+  uv_cond_signal(&sp->cv);         /* a shorter sync_interval applies now */
+  uv_mutex_unlock(&sp->mu);
+  if (sp->closing)
+    return;
+  period = maint_period(&sp->k);
+  uv_timer_start(&sp->maint, on_maint, period, period);
+  if (!sp->room_was && emd_spool_has_room(sp))
+    uv_idle_start(&sp->idle, on_idle);   /* on_turn_end tells the user */
+}
+
+struct emd_arena *emd_spool_arena(struct emd_spool *sp)
+{
+  return sp->gather != NULL ? &sp->gather->arena : &sp->spare;
+}
+
+/* A new op in the gathered group, or NULL (ENOMEM). */
+static struct op *op_add(struct emd_spool *sp, enum op_kind kind)
+{
+  struct group *g = sp->gather;
+  struct op *op;
+
+  if (g->nops == g->cap) {
+    size_t cap = g->cap ? 2 * g->cap : 64;
+
+    op = realloc(g->ops, cap * sizeof(*op));
+    if (op == NULL)
+      return NULL;
+    g->ops = op;
+    g->cap = cap;
+  }
+  op = &g->ops[g->nops++];
+  op->kind = kind;
+  uv_idle_start(&sp->idle, on_idle);
+  return op;
+}
+
+int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
+                     void *data)
+{
+  struct op *op;
+
+  if (sp->closing)
+    return EMD_ESHUTDOWN;
+  if (ev == NULL || ev->event == NULL || cb == NULL)
+    return EMD_EINVALID;
+  op = op_add(sp, OP_APPEND);
+  if (op == NULL)
+    return -ENOMEM;
+  op->u.app.ev = ev;
+  op->u.app.cb = cb;
+  op->u.app.data = data;
+  op->u.app.ordinal0 = ev->event->ordinal;
+  op->u.app.index0 = ev->index;
+  return 0;
+}
+
+void emd_spool_set_changed_cb(struct emd_spool *sp, emd_spool_changed_cb cb,
+                              void *data)
+{
+  sp->changed_cb = cb;
+  sp->changed_data = data;
+}
+
+static int queue_seqs(struct emd_spool *sp, enum op_kind kind,
+                      const uint64_t *seqs, size_t n)
+{
+  uint64_t *copy;
+  struct op *op;
+
+  if (sp->closing)
+    return EMD_ESHUTDOWN;
+  if (n == 0)
+    return 0;
+  if (n > SIZE_MAX / sizeof(*seqs))
+    return -ENOMEM;
+  copy = emd_arena_alloc(&sp->gather->arena, n * sizeof(*seqs));
+  if (copy == NULL)
+    return -ENOMEM;
+  memcpy(copy, seqs, n * sizeof(*seqs));
+  op = op_add(sp, kind);
+  if (op == NULL)
+    return -ENOMEM;
+  op->u.seqs.seqs = copy;
+  op->u.seqs.n = n;
+  return 0;
+}
+
+int emd_spool_delete(struct emd_spool *sp, const uint64_t *seqs, size_t n)
+{
+  return queue_seqs(sp, OP_DELETE, seqs, n);
+}
+
+int emd_spool_attempted(struct emd_spool *sp, const uint64_t *seqs, size_t n)
+{
+  return queue_seqs(sp, OP_ATTEMPTED, seqs, n);
+}
+
+int emd_spool_dead(struct emd_spool *sp, uint64_t seq, const char *reason,
+                   unsigned status, const void *excerpt, size_t excerpt_len)
+{
+  struct emd_arena *a;
+  size_t rlen = reason ? strlen(reason) : 0;
+  char *r;
+  uint8_t *ex = NULL;
+  struct op *op;
+
+  if (sp->closing)
+    return EMD_ESHUTDOWN;
+  a = &sp->gather->arena;
+  if (excerpt_len > EXCERPT_MAX)
+    excerpt_len = EXCERPT_MAX;
+  if (excerpt == NULL)
+    excerpt_len = 0;
+  r = emd_arena_strndup(a, reason ? reason : "", rlen);
+  if (excerpt_len > 0)
+    ex = emd_arena_alloc(a, excerpt_len);
+  if (r == NULL || (excerpt_len > 0 && ex == NULL))
+    return -ENOMEM;
+  if (excerpt_len > 0)
+    memcpy(ex, excerpt, excerpt_len);
+  op = op_add(sp, OP_DEAD);
+  if (op == NULL)
+    return -ENOMEM;
+  op->u.dead.seq = seq;
+  op->u.dead.reason = r;
+  op->u.dead.reason_len = rlen;
+  op->u.dead.status = status;
+  op->u.dead.excerpt = ex;
+  op->u.dead.excerpt_len = excerpt_len;
+  return 0;
+}
+
+static int queue_count(struct emd_spool *sp, enum op_kind kind, uint64_t seq,
+                       emd_spool_count_cb cb, void *data)
+{
+  struct op *op;
+
+  if (sp->closing)
+    return EMD_ESHUTDOWN;
+  op = op_add(sp, kind);
+  if (op == NULL)
+    return -ENOMEM;
+  op->u.count.seq = seq;
+  op->u.count.cb = cb;
+  op->u.count.data = data;
+  op->u.count.rc = 0;
+  op->u.count.n = 0;
+  return 0;
+}
+
+int emd_spool_dead_retry(struct emd_spool *sp, uint64_t seq,
+                         emd_spool_count_cb cb, void *data)
+{
+  return queue_count(sp, OP_RETRY, seq, cb, data);
+}
+
+int emd_spool_dead_purge(struct emd_spool *sp, emd_spool_count_cb cb,
+                         void *data)
+{
+  return queue_count(sp, OP_PURGE, 0, cb, data);
+}
+
+void emd_spool_stats(const struct emd_spool *sp, struct emd_spool_stats *st)
+{
+  *st = sp->st;
+}
+
+const uint8_t *emd_spool_instance_id(const struct emd_spool *sp)
+{
+  return sp->instance;
+}
+
+/* ---- reads on the loop thread ------------------------------------------ */
+
+/* Positions the loop's reader on dbi at key (or the first row if key is
+ * NULL). The reader transaction is reset, not freed, between reads: the
+ * renewal costs no allocation. */
+static int reader_begin(struct emd_spool *sp, MDB_dbi dbi)
+{
+  int rc;
+
+  if (sp->closing)
+    return EMD_ESHUTDOWN;
+  if (sp->reading)
+    return -EBUSY;                 /* a read from inside a read callback */
+  if (sp->rtxn == NULL)
+    rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &sp->rtxn);
+  else
+    rc = mdb_txn_renew(sp->rtxn);
+  if (rc != 0)
+    return err_from_mdb(rc);
+  if (sp->rcur != NULL)
+    mdb_cursor_close(sp->rcur);
+  sp->rcur = NULL;
+  rc = mdb_cursor_open(sp->rtxn, dbi, &sp->rcur);
+  if (rc != 0) {
+    mdb_txn_reset(sp->rtxn);
+    return err_from_mdb(rc);
+  }
+  sp->reading = true;
+  return 0;
+}
+
+static void reader_end(struct emd_spool *sp)
+{
+  mdb_cursor_close(sp->rcur);
+  sp->rcur = NULL;
+  mdb_txn_reset(sp->rtxn);
+  sp->reading = false;
+}
+
+static int reader_first(struct emd_spool *sp, uint64_t from, MDB_val *k,
+                        MDB_val *v)
+{
+  uint8_t key[8];
+
+  put_be64(key, from);
+  k->mv_size = 8;
+  k->mv_data = key;
+  /* The key buffer is only read by the lookup; k then points into the
+   * map. */
+  return mdb_cursor_get(sp->rcur, k, v, MDB_SET_RANGE);
+}
+
+int emd_spool_read(struct emd_spool *sp, uint64_t after, size_t max_events,
+                   size_t max_bytes, emd_spool_read_fn fn, void *data)
+{
+  struct emd_spool_entry e;
+  struct rec r;
+  MDB_val k, v;
+  size_t n = 0, bytes = 0;
+  int rc;
+
+  if (max_events == 0 || after == UINT64_MAX)
+    return sp->closing ? EMD_ESHUTDOWN : 0;
+  rc = reader_begin(sp, sp->db_pending);
+  if (rc != 0)
+    return rc;
+  for (rc = reader_first(sp, after + 1, &k, &v); rc == 0;
+       rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != 8 || rec_parse(v.mv_data, v.mv_size, &r) != 0) {
+      emd_log_error("spool", "pending record %llu is garbled; skipped (it "
+                    "goes to the dead letters at max_age)",
+                    k.mv_size == 8 ? (unsigned long long)get_be64(k.mv_data)
+                                   : 0ull);
+      continue;
+    }
+    if (n > 0 && bytes + r.event_len > max_bytes)
+      break;
+    e.seq = get_be64(k.mv_data);
+    e.event = r.event;
+    e.event_len = r.event_len;
+    e.accepted_ms = r.accepted_ms;
+    e.attempts = r.attempts;
+    n++;
+    bytes += r.event_len;
+    if (fn(data, &e) != 0 || n == max_events)
+      break;
+  }
+  reader_end(sp);
+  return rc == 0 || rc == MDB_NOTFOUND ? (int)n : err_from_mdb(rc);
+}
+
+static void item_from_rec(struct emd_spool_item *it, const struct rec *r)
+{
+  const uint8_t *id;
+
+  it->event = r->event;
+  it->event_len = r->event_len;
+  it->accepted_ms = r->accepted_ms;
+  it->attempts = r->attempts;
+  if (event_id(r->event, r->event_len, &id, &it->id_len) == 0)
+    it->id = (const char *)id;
+}
+
+static int list(struct emd_spool *sp, MDB_dbi dbi, size_t limit,
+                emd_spool_list_fn fn, void *data)
+{
+  struct emd_spool_item it;
+  struct deadrec d;
+  struct rec r;
+  MDB_val k, v;
+  size_t n = 0;
+  int rc;
+
+  if (limit == 0)
+    return sp->closing ? EMD_ESHUTDOWN : 0;
+  rc = reader_begin(sp, dbi);
+  if (rc != 0)
+    return rc;
+  for (rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_NEXT)) {
+    memset(&it, 0, sizeof(it));
+    it.seq = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
+    if (dbi == sp->db_dead) {
+      if (dead_parse(v.mv_data, v.mv_size, &d) != 0)
+        continue;
+      it.reason = (const char *)d.reason;
+      it.reason_len = d.reason_len;
+      if (it.reason == NULL)
+        it.reason = "";
+      it.status = d.status;
+      it.excerpt = d.excerpt;
+      it.excerpt_len = d.excerpt_len;
+      it.time_ms = d.time_ms;
+      v.mv_data = (void *)d.rec;
+      v.mv_size = d.rec_len;
+    }
+    if (rec_parse(v.mv_data, v.mv_size, &r) != 0)
+      continue;
+    item_from_rec(&it, &r);
+    n++;
+    if (fn(data, &it) != 0 || n == limit)
+      break;
+  }
+  reader_end(sp);
+  return rc == 0 || rc == MDB_NOTFOUND ? (int)n : err_from_mdb(rc);
+}
+
+int emd_spool_list_pending(struct emd_spool *sp, size_t limit,
+                           emd_spool_list_fn fn, void *data)
+{
+  return list(sp, sp->db_pending, limit, fn, data);
+}
+
+int emd_spool_list_dead(struct emd_spool *sp, size_t limit,
+                        emd_spool_list_fn fn, void *data)
+{
+  return list(sp, sp->db_dead, limit, fn, data);
+}

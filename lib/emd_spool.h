@@ -29,7 +29,8 @@ struct emd_spool;
 struct emd_spool_result {
   int rc;              /* 0; EMD_ESPOOLFULL (on_full = reject); <0 other */
   uint64_t seq;        /* its seq, or the stored one's for a duplicate */
-  uint32_t ordinal;    /* the event's ordinal (kept or assigned) */
+  uint32_t ordinal;    /* the event's ordinal (kept or assigned); 0 for a
+                        * duplicate */
   bool duplicate;      /* the id was known: nothing stored */
 };
 
@@ -63,7 +64,9 @@ void emd_spool_reconfigure(struct emd_spool *sp, const struct emd_config *cfg);
 
 /* The arena of the group being gathered. Events passed to
  * emd_spool_append must live in it (or outlive their callback); it is
- * reset after every callback of its group has run. */
+ * reset after every callback of its group (and of the groups before it)
+ * has run. The group changes between loop turns, so ask again for each
+ * event rather than keeping the pointer. */
 struct emd_arena *emd_spool_arena(struct emd_spool *sp);
 
 /* Queues ev (enriched: id, timer set) for the next group commit. In that
@@ -75,8 +78,10 @@ struct emd_arena *emd_spool_arena(struct emd_spool *sp);
 int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
                      void *data);
 
-/* True unless on_full = block and the spool is at max_bytes: the ingest
- * stops reading while this is false and resumes on the changed callback. */
+/* True unless on_full = block and the spool is at max_bytes, or the
+ * writer has fallen far behind (the group being gathered holds 65536
+ * events or 64 MiB): the ingest stops reading while this is false and
+ * resumes on the changed callback. Appends made anyway are still taken. */
 bool emd_spool_has_room(const struct emd_spool *sp);
 
 void emd_spool_set_changed_cb(struct emd_spool *sp, emd_spool_changed_cb cb,
@@ -118,7 +123,8 @@ struct emd_spool_stats {
   uint64_t oldest_ms;      /* accepted_ms of the oldest pending, 0 if none */
   uint64_t dead;           /* dead letters kept */
   uint64_t next_seq;       /* the seq the next event gets */
-  uint64_t dropped;        /* evicted by on_full = drop_oldest, ever */
+  uint64_t dropped;        /* evicted by on_full = drop_oldest, ever (they
+                            * become dead letters "dropped") */
   uint64_t expired;        /* moved to dead by max_age, ever */
   uint64_t commits;        /* group commits since open */
 };
@@ -128,5 +134,51 @@ void emd_spool_stats(const struct emd_spool *sp, struct emd_spool_stats *st);
 
 /* The spool's instance ID (16 random bytes made once per spool). */
 const uint8_t *emd_spool_instance_id(const struct emd_spool *sp);
+
+/* For the control socket (SPEC 6). One pending record or dead letter as
+ * `pending` and `dead list` show it; the pointers are valid only during
+ * the callback. reason is NULL (and status, excerpt, time_ms are 0) for a
+ * pending record. */
+struct emd_spool_item {
+  uint64_t seq;
+  const char *id;          /* the event's id, not NUL-terminated */
+  size_t id_len;
+  const uint8_t *event;    /* a packed buildless.service.v1.Event */
+  size_t event_len;
+  uint64_t accepted_ms;
+  uint32_t attempts;
+  const char *reason;      /* dead letters: "rejected", "expired", ... */
+  size_t reason_len;
+  unsigned status;         /* dead letters: HTTP status, 0 if none */
+  const uint8_t *excerpt;  /* dead letters: start of the reply */
+  size_t excerpt_len;
+  uint64_t time_ms;        /* dead letters: when it was dead-lettered */
+};
+typedef int (*emd_spool_list_fn)(void *data, const struct emd_spool_item *it);
+
+/* Call fn for the oldest limit pending records, or dead letters, in seq
+ * order; stop early when fn returns non-zero. Read-only, on the loop
+ * thread. Return how many fn saw, or <0. */
+int emd_spool_list_pending(struct emd_spool *sp, size_t limit,
+                           emd_spool_list_fn fn, void *data);
+int emd_spool_list_dead(struct emd_spool *sp, size_t limit,
+                        emd_spool_list_fn fn, void *data);
+
+/* Runs exactly once, on the loop, after the commit that applied a
+ * dead-letter command: rc 0 and n the number of letters it touched, or
+ * rc <0 (EMD_ENOTFOUND: no dead letter with that seq). */
+typedef void (*emd_spool_count_cb)(void *data, int rc, uint64_t n);
+
+/* Moves the dead letter seq (0: every one) back to pending, in the next
+ * group commit: it gets a new seq (after every other pending record),
+ * accepted_ms = now and attempts 0, so max_age counts from the retry.
+ * Returns 0 and cb runs once, or <0 and cb never runs. */
+int emd_spool_dead_retry(struct emd_spool *sp, uint64_t seq,
+                         emd_spool_count_cb cb, void *data);
+
+/* Deletes every dead letter (and forgets their ids) in the next group
+ * commit. Returns 0 and cb runs once, or <0 and cb never runs. */
+int emd_spool_dead_purge(struct emd_spool *sp, emd_spool_count_cb cb,
+                         void *data);
 
 #endif

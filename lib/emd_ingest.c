@@ -1,0 +1,1079 @@
+/* emd_ingest.c: see emd_ingest.h.
+ *
+ * Life of a connection: read callbacks hand in bytes (into one buffer
+ * shared by every connection, since each read is consumed at once); whole
+ * lines are decoded and queued on the spool straight away, and only an
+ * unfinished line is copied into the connection's own buffer. Every line
+ * that needs a reply takes a slot in the connection's reply ring, in line
+ * order: an error is ready at once, an event waits for its spool callback.
+ * Ready slots at the head of the ring are formatted into an output buffer
+ * and written. The connection is freed only when its handle is closed and
+ * no spool callback is owed to it. */
+#include "emd_ingest.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "emd_codec.h"
+#include "emd_err.h"
+#include "emd_log.h"
+
+#define READ_BUF (64 * 1024)          /* the shared read buffer */
+#define MAX_SLOTS 8192                /* unsent replies before pausing */
+#define MAX_OUT (1024 * 1024)         /* unwritten reply bytes, likewise */
+#define MSG_MAX 512                   /* longest error message */
+
+enum conn_mode { MODE_UNKNOWN, MODE_TEXT, MODE_BINARY };
+enum slot_state { SLOT_WAIT, SLOT_READY };
+
+struct slot {
+  uint8_t state;                      /* enum slot_state */
+  uint8_t id_len;
+  uint8_t timer_len;
+  bool duplicate;
+  int rc;                             /* 0 or an emd_err */
+  uint32_t line;                      /* line or frame number, from 1 */
+  uint32_t ordinal;
+  uint64_t seq;
+  char *msg;                          /* error message (malloc'd) or NULL */
+  char id[EMD_ID_MAX];
+  uint8_t timer[EMD_TIMER_MAX];
+};
+
+struct outbuf {
+  char *data;
+  size_t len;
+  size_t cap;
+};
+
+struct conn {
+  uv_pipe_t pipe;                     /* pipe.data = this */
+  struct emd_ingest *in;
+  struct conn *prev, *next;           /* in in->conns */
+  enum conn_mode mode;
+  uint32_t line;                      /* lines (frames) seen so far */
+  char *partial;                      /* unfinished line or frame */
+  size_t plen, pcap;
+  uint64_t skip;                      /* binary: bytes of a refused frame
+                                       * still to skip */
+  bool skipping;                      /* text: inside an over-long line */
+  bool reading;                       /* uv_read_start is in force */
+  bool paused;                        /* stopped: client not reading */
+  bool eof;                           /* no more input: close when done */
+  bool shut;                          /* uv_shutdown called */
+  bool closed;                        /* uv_close called */
+  bool handle_gone;                   /* close callback ran */
+  bool refuse;                        /* turned away at accept */
+  struct slot *slots;                 /* ring of replies in line order */
+  size_t cap, head, count;
+  size_t fill;                        /* offset from head of the next slot
+                                       * a spool callback may be for */
+  size_t owed;                        /* spool callbacks still to come */
+  struct outbuf out[2];               /* out[cur] gathers, the other is
+                                       * being written */
+  int cur;
+  bool writing;
+  uv_write_t wreq;
+  uv_shutdown_t sreq;
+  struct emd_enrich_conn enrich;
+  uid_t uid;
+  gid_t gid;
+  pid_t pid;
+};
+
+struct emd_ingest {
+  uv_loop_t *loop;
+  const struct emd_config *cfg;
+  struct emd_spool *sp;
+  struct emd_enrich *en;
+  uv_pipe_t server;
+  bool server_open;                   /* until its close callback */
+  bool server_closing;
+  bool bound;                         /* we made the socket file */
+  bool stopping;                      /* emd_ingest_stop was called */
+  bool closing;                       /* emd_ingest_close was called */
+  bool blocked;                       /* spool full (on_full = block) */
+  struct conn *conns;
+  emd_ingest_idle_cb idle_cb;
+  void *idle_data;
+  struct emd_ingest_stats st;
+  struct emd_codec_opts opts;
+  char readbuf[READ_BUF];
+  bool readbuf_busy;
+};
+
+static void conn_flush(struct conn *c);
+static void conn_update_reading(struct conn *c);
+static void ingest_maybe_free(struct emd_ingest *in);
+
+static uint64_t now_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+static int out_reserve(struct outbuf *o, size_t n)
+{
+  size_t cap;
+  char *p;
+
+  if (o->len + n <= o->cap)
+    return 0;
+  cap = o->cap ? o->cap : 4096;
+  while (cap < o->len + n)
+    cap *= 2;
+  p = realloc(o->data, cap);
+  if (p == NULL)
+    return -ENOMEM;
+  o->data = p;
+  o->cap = cap;
+  return 0;
+}
+
+/* Appends s as the inside of a JSON string. Bytes outside ASCII become '?':
+ * messages are ours and ASCII, and a client's bytes quoted in one may not
+ * be valid UTF-8. */
+static void out_json_str(struct outbuf *o, const char *s, size_t n)
+{
+  static const char hex[] = "0123456789abcdef";
+  char *d = o->data + o->len;
+
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+
+    if (ch == '"' || ch == '\\') {
+      *d++ = '\\';
+      *d++ = (char)ch;
+    } else if (ch < 0x20) {
+      memcpy(d, "\\u00", 4);
+      d[4] = hex[ch >> 4];
+      d[5] = hex[ch & 15];
+      d += 6;
+    } else {
+      *d++ = ch < 0x80 ? (char)ch : '?';
+    }
+  }
+  o->len = (size_t)(d - o->data);
+}
+
+static void format_text(struct outbuf *o, const struct slot *s)
+{
+  char *d;
+  int n;
+
+  /* Worst case: every message byte escaped to 6, plus the frame. */
+  if (out_reserve(o, 256 + EMD_ID_MAX + 64 + (s->msg ? 6 * strlen(s->msg) : 0))
+      != 0)
+    return;
+  d = o->data + o->len;
+  if (s->rc != 0) {
+    n = sprintf(d, "{\"ok\":false,\"line\":%" PRIu32 ",\"error\":\"%s\","
+                "\"message\":\"", s->line, emd_errcode(s->rc));
+    o->len += (size_t)n;
+    const char *m = s->msg ? s->msg : emd_strerror(s->rc);
+    out_json_str(o, m, strlen(m));
+    memcpy(o->data + o->len, "\"}\n", 3);
+    o->len += 3;
+    return;
+  }
+  n = sprintf(d, "{\"ok\":true,\"id\":\"%.*s\",\"seq\":%" PRIu64,
+              (int)s->id_len, s->id, s->seq);
+  d += n;
+  if (s->duplicate) {
+    memcpy(d, ",\"duplicate\":true}\n", 19);
+    d += 19;
+  } else {
+    memcpy(d, ",\"timer\":\"", 10);
+    d += 10;
+    d += emd_codec_base64(s->timer, s->timer_len, d);
+    d += sprintf(d, "\",\"ordinal\":%" PRIu32 "}\n", s->ordinal);
+  }
+  o->len = (size_t)(d - o->data);
+}
+
+static void format_binary(struct outbuf *o, const struct slot *s)
+{
+  emd_ack ack = EMITD__V1__ACK__INIT;
+  size_t n;
+
+  ack.ok = s->rc == 0;
+  if (s->rc == 0) {
+    ack.id = (char *)s->id;      /* packed at once, never written */
+    ack.seq = s->seq;
+    ack.duplicate = s->duplicate;
+    if (!s->duplicate) {
+      ack.timer.data = (uint8_t *)s->timer;
+      ack.timer.len = s->timer_len;
+      ack.ordinal = s->ordinal;
+    }
+  } else {
+    ack.error = (char *)emd_errcode(s->rc);
+    ack.message = s->msg ? s->msg : (char *)emd_strerror(s->rc);
+    ack.line = s->line;
+  }
+  char idbuf[EMD_ID_MAX + 1];
+  if (s->rc == 0) {
+    memcpy(idbuf, s->id, s->id_len);
+    idbuf[s->id_len] = '\0';
+    ack.id = idbuf;
+  }
+  n = emitd__v1__ack__get_packed_size(&ack);
+  if (out_reserve(o, n + 4) != 0)
+    return;
+  uint8_t *d = (uint8_t *)o->data + o->len;
+  d[0] = (uint8_t)(n >> 24);
+  d[1] = (uint8_t)(n >> 16);
+  d[2] = (uint8_t)(n >> 8);
+  d[3] = (uint8_t)n;
+  emitd__v1__ack__pack(&ack, d + 4);
+  o->len += n + 4;
+}
+
+/* ---- connection lifetime ------------------------------------------------ */
+
+static void conn_free(struct conn *c)
+{
+  struct emd_ingest *in = c->in;
+
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else if (in->conns == c)
+    in->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  for (size_t i = 0; i < c->count; i++)
+    free(c->slots[(c->head + i) % c->cap].msg);
+  free(c->slots);
+  free(c->partial);
+  free(c->out[0].data);
+  free(c->out[1].data);
+  free(c);
+  if (in->st.clients > 0)
+    in->st.clients--;
+  if (in->stopping && in->conns == NULL && in->idle_cb != NULL) {
+    emd_ingest_idle_cb cb = in->idle_cb;
+
+    in->idle_cb = NULL;
+    cb(in->idle_data);
+  }
+  ingest_maybe_free(in);
+}
+
+static void conn_maybe_free(struct conn *c)
+{
+  if (c->handle_gone && c->owed == 0)
+    conn_free(c);
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+  struct conn *c = h->data;
+
+  c->handle_gone = true;
+  conn_maybe_free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+  if (c->closed)
+    return;
+  c->closed = true;
+  c->reading = false;
+  uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+  (void)status;
+  conn_close(req->data);
+}
+
+/* Closes once input ended and every reply is out. */
+static void conn_maybe_finish(struct conn *c)
+{
+  /* While stopping, a client goes as soon as its replies are out; lines
+   * it sends until then are answered shutting_down. */
+  if (c->closed || c->shut || c->count > 0 || c->writing)
+    return;
+  if (!c->eof && !c->in->stopping)
+    return;
+  c->shut = true;
+  c->sreq.data = c;
+  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->pipe, on_shutdown) != 0)
+    conn_close(c);
+}
+
+/* ---- reply ring ---------------------------------------------------------- */
+
+static struct slot *slot_push(struct conn *c)
+{
+  struct slot *s;
+
+  if (c->count == c->cap) {
+    size_t cap = c->cap ? c->cap * 2 : 64;
+    struct slot *n = malloc(cap * sizeof(*n));
+
+    if (n == NULL)
+      return NULL;
+    for (size_t i = 0; i < c->count; i++)
+      n[i] = c->slots[(c->head + i) % c->cap];
+    free(c->slots);
+    c->slots = n;
+    c->cap = cap;
+    c->head = 0;
+  }
+  s = &c->slots[(c->head + c->count) % c->cap];
+  c->count++;
+  memset(s, 0, offsetof(struct slot, id));
+  s->line = c->line;
+  return s;
+}
+
+static void count_reply(struct emd_ingest *in, const struct slot *s)
+{
+  in->st.received++;
+  switch (s->rc) {
+  case 0:
+    if (s->duplicate)
+      in->st.duplicates++;
+    else
+      in->st.accepted++;
+    break;
+  case EMD_EBADJSON: in->st.bad_json++; break;
+  case EMD_ETOOLARGE: in->st.too_large++; break;
+  case EMD_ESPOOLFULL: in->st.spool_full++; break;
+  case EMD_ESHUTDOWN: in->st.shutting_down++; break;
+  default: in->st.invalid++; break;
+  }
+}
+
+/* Queues a reply that is ready now (an error). */
+static void reply_error(struct conn *c, int rc, const char *msg)
+{
+  struct slot *s = slot_push(c);
+
+  if (s == NULL) {
+    emd_log_error("ingest", "out of memory for a reply; closing client");
+    conn_close(c);
+    return;
+  }
+  s->state = SLOT_READY;
+  s->rc = rc;
+  s->msg = msg != NULL ? strdup(msg) : NULL;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+  struct conn *c = req->data;
+
+  c->writing = false;
+  c->out[1 - c->cur].len = 0;
+  if (status != 0) {
+    /* The client went away: its events are stored, its replies are not
+     * wanted any more. */
+    c->eof = false;
+    conn_close(c);
+    return;
+  }
+  conn_flush(c);
+}
+
+/* Formats the ready slots at the head of the ring and starts a write if
+ * none is under way. */
+static void conn_flush(struct conn *c)
+{
+  struct emd_ingest *in = c->in;
+  struct outbuf *o = &c->out[c->cur];
+
+  while (c->count > 0) {
+    struct slot *s = &c->slots[c->head];
+
+    if (s->state != SLOT_READY)
+      break;
+    count_reply(in, s);
+    if (!c->closed) {
+      if (c->mode == MODE_BINARY)
+        format_binary(o, s);
+      else
+        format_text(o, s);
+    }
+    free(s->msg);
+    c->head = (c->head + 1) % c->cap;
+    c->count--;
+    if (c->fill > 0)
+      c->fill--;
+  }
+  if (c->closed) {
+    o->len = 0;
+    return;
+  }
+  if (!c->writing && o->len > 0) {
+    uv_buf_t b = uv_buf_init(o->data, (unsigned)o->len);
+
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write) != 0) {
+      o->len = 0;
+      conn_close(c);
+      return;
+    }
+    c->writing = true;
+    c->cur = 1 - c->cur;
+  }
+  conn_update_reading(c);
+  conn_maybe_finish(c);
+}
+
+/* A spool callback: fills the oldest slot still waiting for one. */
+static void on_spooled(void *data, const struct emd_spool_result *res)
+{
+  struct conn *c = data;
+  struct slot *s = NULL;
+
+  c->owed--;
+  while (c->fill < c->count) {
+    s = &c->slots[(c->head + c->fill) % c->cap];
+    c->fill++;
+    if (s->state == SLOT_WAIT)
+      break;
+    s = NULL;
+  }
+  if (s == NULL) {        /* cannot happen: callbacks run in append order */
+    emd_log_error("ingest", "spool reply with no line waiting for it");
+    conn_maybe_free(c);
+    return;
+  }
+  s->state = SLOT_READY;
+  s->rc = res->rc;
+  s->seq = res->seq;
+  s->ordinal = res->ordinal;
+  s->duplicate = res->duplicate;
+  if (c->handle_gone) {
+    /* Nobody to reply to; keep the ring moving so counts stay right. */
+    conn_flush(c);
+    conn_maybe_free(c);
+    return;
+  }
+  conn_flush(c);
+}
+
+/* ---- input --------------------------------------------------------------- */
+
+/* Takes one decoded event on to enrichment and the spool. */
+static void submit(struct conn *c, emd_event *ev)
+{
+  struct emd_ingest *in = c->in;
+  struct slot *s;
+  int rc;
+
+  rc = emd_enrich_apply(in->en, ev, &c->enrich, emd_spool_arena(in->sp),
+                        now_ms());
+  if (rc != 0) {
+    reply_error(c, rc, "out of memory");
+    return;
+  }
+  s = slot_push(c);
+  if (s == NULL) {
+    conn_close(c);
+    return;
+  }
+  s->state = SLOT_WAIT;
+  s->id_len = (uint8_t)strnlen(ev->event->id, EMD_ID_MAX);
+  memcpy(s->id, ev->event->id, s->id_len);
+  s->timer_len = (uint8_t)ev->event->timer.len;
+  memcpy(s->timer, ev->event->timer.data, s->timer_len);
+  rc = emd_spool_append(in->sp, ev, on_spooled, c);
+  if (rc != 0) {
+    s->state = SLOT_READY;
+    s->rc = rc;
+    return;
+  }
+  c->owed++;
+}
+
+static bool is_blank(const char *p, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
+      return false;
+  return true;
+}
+
+static void handle_line(struct conn *c, const char *p, size_t n)
+{
+  struct emd_ingest *in = c->in;
+  char msg[MSG_MAX];
+  emd_event *ev;
+  int rc;
+
+  c->line++;
+  if (n > 0 && p[n - 1] == '\r')
+    n--;
+  if (is_blank(p, n))
+    return;                 /* counted, but no reply (SPEC 2) */
+  if (in->stopping) {
+    reply_error(c, EMD_ESHUTDOWN, NULL);
+    return;
+  }
+  msg[0] = '\0';
+  rc = emd_codec_decode_json(p, n, &in->opts, emd_spool_arena(in->sp), &ev,
+                             msg, sizeof(msg));
+  if (rc != 0) {
+    reply_error(c, rc, msg[0] ? msg : NULL);
+    return;
+  }
+  submit(c, ev);
+}
+
+static void handle_frame(struct conn *c, const uint8_t *p, size_t n)
+{
+  struct emd_ingest *in = c->in;
+  char msg[MSG_MAX];
+  emd_event *ev;
+  int rc;
+
+  c->line++;
+  if (in->stopping) {
+    reply_error(c, EMD_ESHUTDOWN, NULL);
+    return;
+  }
+  msg[0] = '\0';
+  rc = emd_codec_decode_frame(p, n, &in->opts, emd_spool_arena(in->sp), &ev,
+                              msg, sizeof(msg));
+  if (rc != 0) {
+    reply_error(c, rc, msg[0] ? msg : NULL);
+    return;
+  }
+  submit(c, ev);
+}
+
+static int partial_append(struct conn *c, const char *p, size_t n)
+{
+  if (c->plen + n > c->pcap) {
+    size_t cap = c->pcap ? c->pcap : 1024;
+    char *q;
+
+    while (cap < c->plen + n)
+      cap *= 2;
+    q = realloc(c->partial, cap);
+    if (q == NULL)
+      return -ENOMEM;
+    c->partial = q;
+    c->pcap = cap;
+  }
+  memcpy(c->partial + c->plen, p, n);
+  c->plen += n;
+  return 0;
+}
+
+static void too_large(struct conn *c)
+{
+  char msg[128];
+
+  c->line++;
+  snprintf(msg, sizeof(msg), "line longer than ingest.max_event_bytes (%"
+           PRIu64 " bytes)", c->in->cfg->ingest.max_event_bytes);
+  reply_error(c, EMD_ETOOLARGE, msg);
+}
+
+/* Text mode: every complete line in p, the rest kept for later. */
+static void feed_text(struct conn *c, const char *p, size_t n)
+{
+  size_t max = c->in->cfg->ingest.max_event_bytes;
+  const char *nl;
+
+  while (n > 0 && !c->closed) {
+    nl = memchr(p, '\n', n);
+    if (c->skipping) {
+      if (nl == NULL)
+        return;
+      c->skipping = false;
+      n -= (size_t)(nl + 1 - p);
+      p = nl + 1;
+      continue;
+    }
+    if (nl == NULL) {
+      /* +1: a '\r' may still come before the newline. */
+      if (c->plen + n > max + 1) {
+        too_large(c);
+        c->plen = 0;
+        c->skipping = true;
+        return;
+      }
+      if (partial_append(c, p, n) != 0) {
+        reply_error(c, EMD_ETOOLARGE, "out of memory for the line");
+        c->plen = 0;
+        c->skipping = true;
+      }
+      return;
+    }
+    size_t len = (size_t)(nl - p);
+    if (c->plen > 0) {
+      if (c->plen + len > max + 1 || partial_append(c, p, len) != 0) {
+        too_large(c);
+      } else {
+        size_t l = c->plen;
+
+        if (l > 0 && c->partial[l - 1] == '\r')
+          l--;
+        if (l > max)
+          too_large(c);
+        else
+          handle_line(c, c->partial, c->plen);
+      }
+      c->plen = 0;
+    } else {
+      size_t l = len > 0 && p[len - 1] == '\r' ? len - 1 : len;
+
+      if (l > max)
+        too_large(c);
+      else
+        handle_line(c, p, len);
+    }
+    n -= len + 1;
+    p = nl + 1;
+  }
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+/* Binary mode: frames of a 4-byte big-endian length and an Event. */
+static void feed_binary(struct conn *c, const char *p, size_t n)
+{
+  uint64_t max = c->in->cfg->ingest.max_event_bytes;
+
+  while (n > 0 && !c->closed) {
+    if (c->skip > 0) {
+      size_t k = c->skip < n ? (size_t)c->skip : n;
+
+      c->skip -= k;
+      p += k;
+      n -= k;
+      continue;
+    }
+    /* Gather at least the header, and then the whole frame, contiguous. */
+    const uint8_t *f;
+    size_t avail;
+
+    if (c->plen > 0 || n < 4) {
+      size_t want = 4;
+
+      if (c->plen >= 4)
+        want = 4 + be32((uint8_t *)c->partial);
+      size_t k = want > c->plen ? want - c->plen : 0;
+      if (k > n)
+        k = n;
+      if (partial_append(c, p, k) != 0) {
+        conn_close(c);
+        return;
+      }
+      p += k;
+      n -= k;
+      if (c->plen < 4)
+        return;
+      uint32_t len = be32((uint8_t *)c->partial);
+      if (len > max) {
+        c->line++;
+        char msg[128];
+        snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer "
+                 "than ingest.max_event_bytes (%" PRIu64 ")", len, max);
+        reply_error(c, EMD_ETOOLARGE, msg);
+        c->skip = len - (c->plen - 4);
+        c->plen = 0;
+        continue;
+      }
+      if (c->plen < 4 + (size_t)len)
+        continue;        /* loop takes more bytes if there are any */
+      handle_frame(c, (uint8_t *)c->partial + 4, len);
+      c->plen = 0;
+      continue;
+    }
+    f = (const uint8_t *)p;
+    avail = n;
+    uint32_t len = be32(f);
+    if (len > max) {
+      char msg[128];
+
+      c->line++;
+      snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer "
+               "than ingest.max_event_bytes (%" PRIu64 ")", len, max);
+      reply_error(c, EMD_ETOOLARGE, msg);
+      c->skip = len;
+      p += 4;
+      n -= 4;
+      continue;
+    }
+    if (avail < 4 + (size_t)len) {
+      if (partial_append(c, p, n) != 0)
+        conn_close(c);
+      return;
+    }
+    handle_frame(c, f + 4, len);
+    p += 4 + len;
+    n -= 4 + len;
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+  struct conn *c = h->data;
+  struct emd_ingest *in = c->in;
+
+  (void)suggested;
+  if (in->readbuf_busy) {
+    /* Cannot happen on one loop; refuse politely if it ever does. */
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  in->readbuf_busy = true;
+  *buf = uv_buf_init(in->readbuf, sizeof(in->readbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+  struct conn *c = s->data;
+  struct emd_ingest *in = c->in;
+
+  if (buf->base == in->readbuf)
+    in->readbuf_busy = false;
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    if (nread != UV_EOF) {
+      /* Reset by the peer: nobody will read replies. Events already
+       * handed to the spool are still stored. */
+      conn_close(c);
+      return;
+    }
+    /* Half-close: a last line without a newline still counts. */
+    if (c->mode == MODE_TEXT && c->plen > 0 && !c->skipping) {
+      size_t l = c->plen;
+
+      if (l > c->in->cfg->ingest.max_event_bytes + 1)
+        too_large(c);
+      else
+        handle_line(c, c->partial, c->plen);
+    } else if (c->mode == MODE_BINARY && (c->plen > 0 || c->skip > 0)) {
+      c->line++;
+      reply_error(c, EMD_EINVALID, "truncated frame at end of input");
+    }
+    c->plen = 0;
+    c->eof = true;
+    uv_read_stop(s);
+    c->reading = false;
+    conn_flush(c);
+    return;
+  }
+  if (c->mode == MODE_UNKNOWN)
+    c->mode = buf->base[0] == '\0' ? MODE_BINARY : MODE_TEXT;
+  if (c->mode == MODE_TEXT)
+    feed_text(c, buf->base, (size_t)nread);
+  else
+    feed_binary(c, buf->base, (size_t)nread);
+  conn_flush(c);
+  /* The spool may have filled up (block mode) or fallen far behind. */
+  if (!in->blocked && !emd_spool_has_room(in->sp))
+    emd_ingest_spool_changed(in);
+}
+
+/* Reads unless the client has too many unsent replies, the spool is full
+ * in block mode, or input ended. */
+static void conn_update_reading(struct conn *c)
+{
+  struct emd_ingest *in = c->in;
+  size_t pending = c->out[0].len + c->out[1].len;
+  bool want;
+
+  if (c->closed || c->shut || c->eof || c->refuse)
+    want = false;
+  else if (c->count >= MAX_SLOTS || pending >= MAX_OUT)
+    want = false;
+  else if (c->paused)
+    /* Resume only once it drained well below the limit. */
+    want = c->count < MAX_SLOTS / 2 && pending < MAX_OUT / 2;
+  else
+    want = true;
+  if (in->blocked)
+    want = false;
+  if (want && !c->reading) {
+    if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) == 0)
+      c->reading = true;
+    c->paused = false;
+  } else if (!want && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    c->reading = false;
+    if (!in->blocked && !c->eof && !in->stopping && !c->closed) {
+      c->paused = true;
+      in->st.paused++;
+    }
+  }
+}
+
+/* ---- accepting ------------------------------------------------------------ */
+
+static bool id_allowed(const uint32_t *list, size_t n, uint32_t id)
+{
+  if (n == 0)
+    return true;
+  for (size_t i = 0; i < n; i++)
+    if (list[i] == id)
+      return true;
+  return false;
+}
+
+/* Reads the peer's credentials; false if they are not allowed in. */
+static bool peer_allowed(struct emd_ingest *in, struct conn *c)
+{
+  const struct emd_config *cfg = in->cfg;
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  uv_os_fd_t fd;
+
+  if (uv_fileno((uv_handle_t *)&c->pipe, &fd) != 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    return cfg->agent.n_allow_uids == 0 && cfg->agent.n_allow_gids == 0;
+  c->uid = cred.uid;
+  c->gid = cred.gid;
+  c->pid = cred.pid;
+  if (cfg->agent.n_allow_uids == 0 && cfg->agent.n_allow_gids == 0)
+    return true;
+  /* Either list admits: a user named in allow_uids, or a member of a
+   * group in allow_gids. */
+  if (cfg->agent.n_allow_uids > 0 &&
+      id_allowed(cfg->agent.allow_uids, cfg->agent.n_allow_uids, cred.uid))
+    return true;
+  if (cfg->agent.n_allow_gids > 0 &&
+      id_allowed(cfg->agent.allow_gids, cfg->agent.n_allow_gids, cred.gid))
+    return true;
+  return false;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+  struct emd_ingest *in = server->data;
+  struct conn *c;
+
+  if (status != 0) {
+    emd_log_warn("ingest", "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return;
+  c->in = in;
+  uv_pipe_init(in->loop, &c->pipe, 0);
+  c->pipe.data = c;
+  if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
+    free(c);
+    return;
+  }
+  c->next = in->conns;
+  if (in->conns != NULL)
+    in->conns->prev = c;
+  in->conns = c;
+  in->st.clients++;
+  in->st.connections++;
+  if (in->stopping) {
+    c->refuse = true;
+    c->line = 0;
+    reply_error(c, EMD_ESHUTDOWN, "emitd is shutting down");
+  } else if (in->st.clients > in->cfg->ingest.max_clients) {
+    char msg[128];
+
+    c->refuse = true;
+    snprintf(msg, sizeof(msg), "too many clients (ingest.max_clients = %"
+             PRIu64 "); try again later", in->cfg->ingest.max_clients);
+    reply_error(c, EMD_ETOOMANY, msg);
+    in->st.refused++;
+  } else if (!peer_allowed(in, c)) {
+    char msg[128];
+
+    c->refuse = true;
+    snprintf(msg, sizeof(msg), "uid %u gid %u is not in agent.allow_uids "
+             "or agent.allow_gids", (unsigned)c->uid, (unsigned)c->gid);
+    reply_error(c, EMD_EDENIED, msg);
+    in->st.refused++;
+    emd_log_warn("ingest", "refused pid %d uid %u gid %u: not allowed",
+                 (int)c->pid, (unsigned)c->uid, (unsigned)c->gid);
+  }
+  if (c->refuse) {
+    c->eof = true;
+    conn_flush(c);
+    return;
+  }
+  conn_update_reading(c);
+}
+
+static int bind_socket(struct emd_ingest *in, char *err, size_t errlen)
+{
+  const char *path = in->cfg->agent.socket;
+  struct stat st;
+  mode_t old;
+  int rc;
+
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      snprintf(err, errlen, "%s exists and is not a socket; move it away "
+               "or set agent.socket", path);
+      return -EEXIST;
+    }
+    unlink(path);          /* a socket left by an earlier run */
+  }
+  /* The mode is in force from the first moment the socket exists. */
+  old = umask(~in->cfg->agent.socket_mode & 0777);
+  rc = uv_pipe_bind(&in->server, path);
+  umask(old);
+  if (rc == 0) {
+    in->bound = true;
+    rc = chmod(path, in->cfg->agent.socket_mode) == 0 ? 0 : -errno;
+  }
+  if (rc != 0)
+    snprintf(err, errlen, "cannot listen on %s: %s", path, uv_strerror(rc));
+  return rc;
+}
+
+int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
+                    struct emd_spool *sp, struct emd_enrich *en,
+                    int listen_fd, struct emd_ingest **out, char *err,
+                    size_t errlen)
+{
+  struct emd_ingest *in;
+  int rc;
+
+  in = calloc(1, sizeof(*in));
+  if (in == NULL)
+    return -ENOMEM;
+  in->loop = loop;
+  in->cfg = cfg;
+  in->sp = sp;
+  in->en = en;
+  in->opts.ignore_unknown = cfg->ingest.unknown_fields == EMD_UNKNOWN_IGNORE;
+  rc = uv_pipe_init(loop, &in->server, 0);
+  if (rc != 0) {
+    free(in);
+    return rc;
+  }
+  in->server.data = in;
+  in->server_open = true;
+  if (listen_fd >= 0) {
+    rc = uv_pipe_open(&in->server, listen_fd);
+    if (rc != 0)
+      snprintf(err, errlen, "cannot use the listening socket passed as fd "
+               "%d: %s", listen_fd, uv_strerror(rc));
+  } else {
+    rc = bind_socket(in, err, errlen);
+  }
+  if (rc == 0) {
+    rc = uv_listen((uv_stream_t *)&in->server, 1024, on_connection);
+    if (rc != 0)
+      snprintf(err, errlen, "cannot listen on %s: %s", cfg->agent.socket,
+               uv_strerror(rc));
+  }
+  if (rc != 0) {
+    emd_ingest_close(in);
+    return rc;
+  }
+  *out = in;
+  return 0;
+}
+
+void emd_ingest_spool_changed(struct emd_ingest *in)
+{
+  bool blocked = !emd_spool_has_room(in->sp);
+
+  if (blocked == in->blocked)
+    return;
+  in->blocked = blocked;
+  if (blocked)
+    emd_log_warn("ingest", "spool is full: not reading from clients until "
+                 "there is room (spool.on_full = block)");
+  for (struct conn *c = in->conns; c != NULL; c = c->next)
+    conn_update_reading(c);
+}
+
+void emd_ingest_reconfigure(struct emd_ingest *in,
+                            const struct emd_config *cfg)
+{
+  in->cfg = cfg;
+  in->opts.ignore_unknown = cfg->ingest.unknown_fields == EMD_UNKNOWN_IGNORE;
+}
+
+static void ingest_maybe_free(struct emd_ingest *in)
+{
+  if (in->closing && !in->server_open && in->conns == NULL)
+    free(in);
+}
+
+static void on_server_closed(uv_handle_t *h)
+{
+  struct emd_ingest *in = h->data;
+
+  in->server_open = false;
+  ingest_maybe_free(in);
+}
+
+/* Stops accepting; removes the socket file if this process made it. */
+static void close_server(struct emd_ingest *in)
+{
+  if (!in->server_open || in->server_closing)
+    return;
+  in->server_closing = true;
+  uv_close((uv_handle_t *)&in->server, on_server_closed);
+  if (in->bound)
+    unlink(in->cfg->agent.socket);
+}
+
+void emd_ingest_stop(struct emd_ingest *in, emd_ingest_idle_cb cb,
+                     void *data)
+{
+  in->stopping = true;
+  in->idle_cb = cb;
+  in->idle_data = data;
+  close_server(in);
+  for (struct conn *c = in->conns, *next; c != NULL; c = next) {
+    next = c->next;
+    conn_maybe_finish(c);
+  }
+  if (in->conns == NULL && in->idle_cb != NULL) {
+    in->idle_cb = NULL;
+    cb(data);
+  }
+}
+
+void emd_ingest_close(struct emd_ingest *in)
+{
+  struct conn *c, *next;
+
+  if (in == NULL)
+    return;
+  in->stopping = true;
+  in->closing = true;
+  in->idle_cb = NULL;
+  for (c = in->conns; c != NULL; c = next) {
+    next = c->next;     /* conn_close never frees synchronously */
+    conn_close(c);
+  }
+  close_server(in);
+  ingest_maybe_free(in);
+}
+
+void emd_ingest_stats(const struct emd_ingest *in,
+                      struct emd_ingest_stats *st)
+{
+  *st = in->st;
+}

@@ -1,0 +1,1286 @@
+/* test_spool.c: lib/emd_spool.c against a real LMDB in a temp dir and a
+ * real uv loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "emd_err.h"
+#include "emd_log.h"
+#include "emd_spool.h"
+
+#define MAXR 6000
+
+struct fx {
+  char root[64];             /* mkdtemp */
+  char dir[128];             /* root/spool */
+  uv_loop_t loop;
+  struct emd_config cfg;
+  struct emd_spool *sp;
+};
+
+/* What the append callbacks saw, by append number. */
+struct seen {
+  int calls;
+  int rc[MAXR];
+  uint64_t seq[MAXR];
+  uint32_t ordinal[MAXR];
+  uint32_t index[MAXR];
+  bool dup[MAXR];
+};
+
+struct app {
+  struct seen *s;
+  int i;
+  emd_event *ev;
+};
+
+static void cfg_defaults(struct fx *f)
+{
+  memset(&f->cfg, 0, sizeof(f->cfg));
+  f->cfg.spool.dir = f->dir;
+  f->cfg.spool.sync = EMD_SYNC_ALWAYS;
+  f->cfg.spool.sync_interval_ms = 100;
+  f->cfg.spool.max_bytes = (uint64_t)1 << 30;
+  f->cfg.spool.on_full = EMD_FULL_REJECT;
+  f->cfg.spool.max_age_ms = 7ull * 24 * 3600 * 1000;
+  f->cfg.spool.dead_max = 10000;
+  f->cfg.spool.timer_ttl_ms = 24ull * 3600 * 1000;
+  f->cfg.spool.dedup_window_ms = 10 * 60 * 1000;
+}
+
+static int setup(void **state)
+{
+  struct fx *f = calloc(1, sizeof(*f));
+
+  assert_non_null(f);
+  strcpy(f->root, "/tmp/emd_spool_XXXXXX");
+  assert_non_null(mkdtemp(f->root));
+  snprintf(f->dir, sizeof(f->dir), "%s/spool", f->root);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  cfg_defaults(f);
+  /* Keep the expected warnings (drop_oldest) out of the test output. */
+  emd_log_setup(EMD_LOG_ERROR, EMD_LOG_TEXT, false, 2);
+  *state = f;
+  return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag,
+                  struct FTW *ftw)
+{
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static void close_spool(struct fx *f)
+{
+  emd_spool_close(f->sp);
+  f->sp = NULL;
+  assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+}
+
+static int teardown(void **state)
+{
+  struct fx *f = *state;
+
+  if (f->sp != NULL)
+    close_spool(f);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  nftw(f->root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  free(f);
+  return 0;
+}
+
+static void open_spool(struct fx *f)
+{
+  char err[256] = "";
+  int rc = emd_spool_open(&f->loop, &f->cfg, &f->sp, err, sizeof(err));
+
+  if (rc != 0)
+    fail_msg("open: %d %s", rc, err);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+  (void)t;
+}
+
+/* Runs the loop for about ms (the spool's own handles do not keep it
+ * alive while idle). */
+static void run_for(struct fx *f, uint64_t ms)
+{
+  uv_timer_t t;
+
+  uv_timer_init(&f->loop, &t);
+  uv_timer_start(&t, on_timeout, ms, 0);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+}
+
+static void drain(struct fx *f)
+{
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+}
+
+/* An event in the spool's arena: id, timer (tlen 0: none), the client's
+ * ordinal and index, and a user string of pad bytes. */
+static emd_event *mk_event(struct emd_spool *sp, const char *id,
+                           const char *timer, uint32_t ordinal,
+                           uint32_t index, size_t pad)
+{
+  struct emd_arena *a = emd_spool_arena(sp);
+  emd_event *ev = emd_arena_alloc(a, sizeof(*ev));
+  emd_tevent *te = emd_arena_alloc(a, sizeof(*te));
+
+  assert_non_null(ev);
+  assert_non_null(te);
+  *ev = (emd_event)BUILDLESS__SERVICE__V1__EVENT__INIT;
+  *te = (emd_tevent)BUILDLESS__TELEMETRY__TELEMETRY_EVENT__INIT;
+  ev->collection = "tests";
+  ev->index = index;
+  ev->event = te;
+  te->id = emd_arena_strndup(a, id, strlen(id));
+  if (timer != NULL) {
+    /* 16 bytes, like the timers emitd makes. */
+    uint8_t *t = emd_arena_calloc(a, EMD_TIMER_LEN);
+
+    memcpy(t, timer, strlen(timer) < 16 ? strlen(timer) : 16);
+    te->timer.data = t;
+    te->timer.len = EMD_TIMER_LEN;
+  }
+  te->ordinal = ordinal;
+  if (pad > 0) {
+    char *u = emd_arena_alloc(a, pad + 1);
+
+    memset(u, 'u', pad);
+    u[pad] = '\0';
+    te->user = u;
+  }
+  return ev;
+}
+
+static void on_appended(void *data, const struct emd_spool_result *res)
+{
+  struct app *a = data;
+  struct seen *s = a->s;
+
+  s->calls++;
+  s->rc[a->i] = res->rc;
+  s->seq[a->i] = res->seq;
+  s->ordinal[a->i] = res->ordinal;
+  s->dup[a->i] = res->duplicate;
+  s->index[a->i] = a->ev->index;
+  free(a);
+}
+
+/* Appends event i; its result lands in s at i. */
+static void append(struct fx *f, struct seen *s, int i, const char *id,
+                   const char *timer, uint32_t ordinal, uint32_t index,
+                   size_t pad)
+{
+  struct app *a = calloc(1, sizeof(*a));
+
+  assert_non_null(a);
+  a->s = s;
+  a->i = i;
+  a->ev = mk_event(f->sp, id, timer, ordinal, index, pad);
+  assert_int_equal(emd_spool_append(f->sp, a->ev, on_appended, a), 0);
+}
+
+static void idn(char *buf, size_t n, int i)
+{
+  snprintf(buf, n, "event%08dxyz", i);
+}
+
+/* Collects what emd_spool_read hands out. */
+struct got {
+  int n;
+  int stop_after;            /* 0: never stop */
+  uint64_t seq[MAXR];
+  uint32_t attempts[MAXR];
+  uint64_t accepted[MAXR];
+  char id[MAXR][65];
+  uint32_t ordinal[MAXR];
+  size_t len[MAXR];
+};
+
+static int on_entry(void *data, const struct emd_spool_entry *e)
+{
+  struct got *g = data;
+  emd_event *ev;
+
+  ev = buildless__service__v1__event__unpack(NULL, e->event_len, e->event);
+  assert_non_null(ev);
+  assert_non_null(ev->event);
+  g->seq[g->n] = e->seq;
+  g->attempts[g->n] = e->attempts;
+  g->accepted[g->n] = e->accepted_ms;
+  g->len[g->n] = e->event_len;
+  snprintf(g->id[g->n], sizeof(g->id[0]), "%s", ev->event->id);
+  g->ordinal[g->n] = ev->event->ordinal;
+  buildless__service__v1__event__free_unpacked(ev, NULL);
+  g->n++;
+  return g->stop_after != 0 && g->n >= g->stop_after;
+}
+
+static struct got *read_all(struct fx *f, uint64_t after, size_t max_events,
+                            size_t max_bytes, int *rc)
+{
+  struct got *g = calloc(1, sizeof(*g));
+
+  assert_non_null(g);
+  *rc = emd_spool_read(f->sp, after, max_events, max_bytes, on_entry, g);
+  return g;
+}
+
+static struct emd_spool_stats stats(struct fx *f)
+{
+  struct emd_spool_stats st;
+
+  emd_spool_stats(f->sp, &st);
+  return st;
+}
+
+/* ---- durability and numbering ---------------------------------------- */
+
+struct visible {
+  struct fx *f;
+  int calls;
+  bool seen_in_spool;
+};
+
+static int find_seq(void *data, const struct emd_spool_entry *e)
+{
+  uint64_t *want = data;
+
+  if (e->seq == *want)
+    *want = 0;
+  return 0;
+}
+
+static void on_visible(void *data, const struct emd_spool_result *res)
+{
+  struct visible *v = data;
+  uint64_t want = res->seq;
+
+  assert_int_equal(res->rc, 0);
+  v->calls++;
+  /* A fresh reader on the loop thread sees the event: it was committed
+   * before this reply. */
+  assert_true(emd_spool_read(v->f->sp, 0, 100, SIZE_MAX, find_seq,
+                             &want) >= 1);
+  v->seen_in_spool = want == 0;
+  /* The figures already include this commit. */
+  struct emd_spool_stats st;
+
+  emd_spool_stats(v->f->sp, &st);
+  assert_true(st.pending >= 1);
+  assert_true(st.next_seq > res->seq);
+}
+
+static void append_replies_only_after_commit(void **state)
+{
+  struct fx *f = *state;
+  struct visible v = { f, 0, false };
+  int rc;
+  struct got *g;
+
+  open_spool(f);
+  assert_int_equal(emd_spool_append(f->sp,
+                                    mk_event(f->sp, "aaaaaaaaaaaa1", "T", 0,
+                                             0, 10),
+                                    on_visible, &v),
+                   0);
+  assert_int_equal(v.calls, 0);          /* never from inside append */
+  g = read_all(f, 0, 100, SIZE_MAX, &rc);
+  assert_int_equal(rc, 0);               /* not committed yet */
+  free(g);
+  drain(f);
+  assert_int_equal(v.calls, 1);
+  assert_true(v.seen_in_spool);
+  assert_int_equal(stats(f).pending, 1);
+  assert_int_equal(stats(f).commits, 1);
+}
+
+static void seqs_grow_and_ordinals_count_per_timer(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  const char *timers[] = { "A", "A", "B", "A", "B", "C" };
+  const uint32_t want[] = { 1, 2, 1, 3, 2, 1 };
+  char id[32];
+
+  open_spool(f);
+  for (int i = 0; i < 6; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, timers[i], 0, 0, 0);
+  }
+  drain(f);
+  assert_int_equal(s->calls, 6);
+  for (int i = 0; i < 6; i++) {
+    assert_int_equal(s->rc[i], 0);
+    assert_int_equal(s->seq[i], (uint64_t)i + 1);
+    assert_int_equal(s->ordinal[i], want[i]);
+    assert_int_equal(s->index[i], want[i]);   /* index was 0 */
+  }
+  /* A later group continues the counters. */
+  idn(id, sizeof(id), 6);
+  append(f, s, 6, id, "B", 0, 0, 0);
+  drain(f);
+  assert_int_equal(s->ordinal[6], 3);
+  assert_int_equal(s->seq[6], 7);
+  assert_int_equal(stats(f).next_seq, 8);
+  free(s);
+}
+
+static void client_ordinal_is_kept_without_moving_the_counter(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct got *g;
+  int rc;
+
+  open_spool(f);
+  append(f, s, 0, "ordinalevent0", "A", 0, 0, 0);
+  append(f, s, 1, "ordinalevent1", "A", 77, 0, 0);   /* client's own */
+  append(f, s, 2, "ordinalevent2", "A", 0, 5, 0);    /* client's index */
+  append(f, s, 3, "ordinalevent3", NULL, 0, 0, 0);   /* no timer */
+  drain(f);
+  assert_int_equal(s->ordinal[0], 1);
+  assert_int_equal(s->index[0], 1);
+  assert_int_equal(s->ordinal[1], 77);
+  assert_int_equal(s->index[1], 77);      /* index follows the ordinal */
+  assert_int_equal(s->ordinal[2], 2);     /* 77 did not move the counter */
+  assert_int_equal(s->index[2], 5);       /* a set index is kept */
+  assert_int_equal(s->ordinal[3], 0);
+  assert_int_equal(s->index[3], 0);
+  /* What was stored carries the same ordinals. */
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 4);
+  assert_int_equal(g->ordinal[0], 1);
+  assert_int_equal(g->ordinal[1], 77);
+  assert_int_equal(g->ordinal[2], 2);
+  free(g);
+  free(s);
+}
+
+static void duplicate_id_answers_the_original_seq_and_is_stored_once(
+    void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+
+  open_spool(f);
+  append(f, s, 0, "duplicateid01", "A", 0, 0, 0);
+  drain(f);
+  append(f, s, 1, "duplicateid01", "A", 0, 0, 0);    /* a later group */
+  append(f, s, 2, "duplicateid02", "A", 0, 0, 0);
+  append(f, s, 3, "duplicateid02", "A", 0, 0, 0);    /* the same group */
+  drain(f);
+  assert_int_equal(s->calls, 4);
+  assert_false(s->dup[0]);
+  assert_true(s->dup[1]);
+  assert_int_equal(s->rc[1], 0);
+  assert_int_equal(s->seq[1], s->seq[0]);
+  assert_false(s->dup[2]);
+  assert_true(s->dup[3]);
+  assert_int_equal(s->seq[3], s->seq[2]);
+  assert_int_equal(s->ordinal[2], 2);     /* duplicates took no ordinal */
+  assert_int_equal(stats(f).pending, 2);
+  append(f, s, 4, "duplicateid03", "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(s->ordinal[4], 3);
+  free(s);
+}
+
+static void counters_and_instance_id_survive_reopen(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  uint8_t inst[16];
+  char id[32];
+
+  open_spool(f);
+  memcpy(inst, emd_spool_instance_id(f->sp), 16);
+  for (int i = 0; i < 3; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 100);
+  }
+  drain(f);
+  close_spool(f);
+
+  open_spool(f);
+  assert_memory_equal(emd_spool_instance_id(f->sp), inst, 16);
+  assert_int_equal(stats(f).pending, 3);
+  assert_int_equal(stats(f).next_seq, 4);
+  assert_true(stats(f).oldest_ms > 0);
+  idn(id, sizeof(id), 3);
+  append(f, s, 3, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 0);
+  append(f, s, 4, id, "A", 0, 0, 0);       /* still known after reopen */
+  drain(f);
+  assert_int_equal(s->ordinal[3], 4);      /* no ordinal handed out twice */
+  assert_int_equal(s->seq[3], 4);
+  assert_true(s->dup[4]);
+  assert_int_equal(s->seq[4], 1);
+  free(s);
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+static void read_honours_after_max_events_and_max_bytes(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct got *g;
+  char id[32];
+  int rc;
+
+  open_spool(f);
+  for (int i = 0; i < 10; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 50);
+  }
+  drain(f);
+  g = read_all(f, 0, 100, SIZE_MAX, &rc);
+  assert_int_equal(rc, 10);
+  for (int i = 0; i < 10; i++) {
+    idn(id, sizeof(id), i);
+    assert_int_equal(g->seq[i], (uint64_t)i + 1);
+    assert_string_equal(g->id[i], id);
+    assert_int_equal(g->attempts[i], 0);
+    assert_true(g->accepted[i] > 0);
+  }
+  size_t one = g->len[0];
+  free(g);
+
+  g = read_all(f, 3, 4, SIZE_MAX, &rc);
+  assert_int_equal(rc, 4);
+  assert_int_equal(g->seq[0], 4);
+  assert_int_equal(g->seq[3], 7);
+  free(g);
+
+  g = read_all(f, 0, 100, 2 * one + one / 2, &rc);
+  assert_int_equal(rc, 2);
+  free(g);
+  g = read_all(f, 0, 100, 1, &rc);       /* the first always goes */
+  assert_int_equal(rc, 1);
+  free(g);
+  g = read_all(f, 10, 100, SIZE_MAX, &rc);
+  assert_int_equal(rc, 0);
+  free(g);
+
+  g = calloc(1, sizeof(*g));
+  g->stop_after = 3;
+  assert_int_equal(emd_spool_read(f->sp, 0, 100, SIZE_MAX, on_entry, g), 3);
+  free(g);
+  free(s);
+}
+
+/* ---- outcomes --------------------------------------------------------- */
+
+struct listed {
+  int n;
+  uint64_t seq[64];
+  char reason[64][16];
+  unsigned status[64];
+  char excerpt[64][600];
+  size_t excerpt_len[64];
+  char id[64][65];
+  uint32_t attempts[64];
+};
+
+static int on_item(void *data, const struct emd_spool_item *it)
+{
+  struct listed *l = data;
+  int i = l->n++;
+
+  l->seq[i] = it->seq;
+  l->status[i] = it->status;
+  l->attempts[i] = it->attempts;
+  snprintf(l->id[i], sizeof(l->id[i]), "%.*s", (int)it->id_len, it->id);
+  if (it->reason != NULL)
+    snprintf(l->reason[i], sizeof(l->reason[i]), "%.*s",
+             (int)it->reason_len, it->reason);
+  l->excerpt_len[i] = it->excerpt_len;
+  if (it->excerpt_len > 0)
+    memcpy(l->excerpt[i], it->excerpt, it->excerpt_len);
+  return 0;
+}
+
+static void delete_attempted_and_dead_do_what_they_say(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct listed *l = calloc(1, sizeof(*l));
+  char big[700];
+  struct got *g;
+  char id[32];
+  int rc;
+
+  open_spool(f);
+  for (int i = 0; i < 4; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 20);
+  }
+  drain(f);
+  uint64_t bytes0 = stats(f).pending_bytes;
+
+  assert_int_equal(emd_spool_attempted(f->sp, (uint64_t[]){ 1, 1, 2 }, 3),
+                   0);
+  drain(f);
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 4);
+  assert_int_equal(g->attempts[0], 2);
+  assert_int_equal(g->attempts[1], 1);
+  assert_int_equal(g->attempts[2], 0);
+  free(g);
+  assert_true(stats(f).pending_bytes > bytes0);   /* attempts take bytes */
+
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1, 99 }, 2), 0);
+  memset(big, 'x', sizeof(big));
+  assert_int_equal(emd_spool_dead(f->sp, 2, "rejected", 400, big,
+                                  sizeof(big)), 0);
+  assert_int_equal(emd_spool_dead(f->sp, 3, "status", 0, NULL, 0), 0);
+  drain(f);
+  assert_int_equal(stats(f).pending, 1);
+  assert_int_equal(stats(f).dead, 2);
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 1);
+  assert_int_equal(g->seq[0], 4);
+  free(g);
+
+  assert_int_equal(emd_spool_list_dead(f->sp, 10, on_item, l), 2);
+  assert_int_equal(l->seq[0], 2);
+  assert_string_equal(l->reason[0], "rejected");
+  assert_int_equal(l->status[0], 400);
+  assert_int_equal(l->excerpt_len[0], 512);       /* cut at 512 */
+  idn(id, sizeof(id), 1);
+  assert_string_equal(l->id[0], id);
+  assert_int_equal(l->attempts[0], 1);
+  assert_string_equal(l->reason[1], "status");
+  assert_int_equal(l->excerpt_len[1], 0);
+
+  memset(l, 0, sizeof(*l));
+  assert_int_equal(emd_spool_list_pending(f->sp, 10, on_item, l), 1);
+  assert_int_equal(l->seq[0], 4);
+  assert_string_equal(l->reason[0], "");   /* pending: no reason */
+  assert_int_equal(l->attempts[0], 0);
+
+  /* A delivered id is still a duplicate within dedup_window. */
+  idn(id, sizeof(id), 0);
+  append(f, s, 10, id, "A", 0, 0, 0);
+  drain(f);
+  assert_true(s->dup[10]);
+  assert_int_equal(s->seq[10], 1);
+  /* And so is a dead one. */
+  idn(id, sizeof(id), 1);
+  append(f, s, 11, id, "A", 0, 0, 0);
+  drain(f);
+  assert_true(s->dup[11]);
+  free(l);
+  free(s);
+}
+
+static void dead_max_keeps_only_the_newest(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct listed *l = calloc(1, sizeof(*l));
+  char id[32];
+
+  f->cfg.spool.dead_max = 2;
+  open_spool(f);
+  for (int i = 0; i < 4; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 0);
+  }
+  drain(f);
+  for (uint64_t seq = 1; seq <= 4; seq++)
+    assert_int_equal(emd_spool_dead(f->sp, seq, "rejected", 422, "no", 2),
+                     0);
+  drain(f);
+  assert_int_equal(stats(f).dead, 2);
+  assert_int_equal(stats(f).pending, 0);
+  assert_int_equal(emd_spool_list_dead(f->sp, 10, on_item, l), 2);
+  assert_int_equal(l->seq[0], 3);
+  assert_int_equal(l->seq[1], 4);
+  /* The evicted letter's id is forgotten: it may come again. */
+  idn(id, sizeof(id), 0);
+  append(f, s, 4, id, "A", 0, 0, 0);
+  drain(f);
+  assert_false(s->dup[4]);
+  assert_int_equal(s->seq[4], 5);
+  free(l);
+  free(s);
+}
+
+struct counted {
+  int calls;
+  int rc;
+  uint64_t n;
+};
+
+static void on_count(void *data, int rc, uint64_t n)
+{
+  struct counted *c = data;
+
+  c->calls++;
+  c->rc = rc;
+  c->n = n;
+}
+
+static void dead_retry_and_purge_work_on_dead_letters(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct counted c1 = { 0 }, c2 = { 0 }, c3 = { 0 };
+  struct got *g;
+  char id[32];
+  int rc;
+
+  open_spool(f);
+  for (int i = 0; i < 3; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 0);
+  }
+  drain(f);
+  assert_int_equal(emd_spool_attempted(f->sp, (uint64_t[]){ 1 }, 1), 0);
+  for (uint64_t seq = 1; seq <= 3; seq++)
+    assert_int_equal(emd_spool_dead(f->sp, seq, "rejected", 400, NULL, 0),
+                     0);
+  drain(f);
+  assert_int_equal(emd_spool_dead_retry(f->sp, 1, on_count, &c1), 0);
+  assert_int_equal(emd_spool_dead_retry(f->sp, 42, on_count, &c2), 0);
+  drain(f);
+  assert_int_equal(c1.calls, 1);
+  assert_int_equal(c1.rc, 0);
+  assert_int_equal(c1.n, 1);
+  assert_int_equal(c2.rc, EMD_ENOTFOUND);
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 1);
+  assert_int_equal(g->seq[0], 4);          /* a new seq, after the rest */
+  assert_int_equal(g->attempts[0], 0);
+  idn(id, sizeof(id), 0);
+  assert_string_equal(g->id[0], id);
+  free(g);
+  assert_int_equal(stats(f).dead, 2);
+
+  assert_int_equal(emd_spool_dead_purge(f->sp, on_count, &c3), 0);
+  drain(f);
+  assert_int_equal(c3.n, 2);
+  assert_int_equal(stats(f).dead, 0);
+  /* Purged ids are forgotten; the retried one is pending again. */
+  idn(id, sizeof(id), 2);
+  append(f, s, 3, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 0);
+  append(f, s, 4, id, "A", 0, 0, 0);
+  drain(f);
+  assert_false(s->dup[3]);
+  assert_true(s->dup[4]);
+  assert_int_equal(s->seq[4], 4);
+  free(s);
+}
+
+/* ---- bounds ---------------------------------------------------------- */
+
+/* The pending bytes of one record with pad 100 (the ids used here all
+ * have the same length). */
+static uint64_t one_record(struct fx *f)
+{
+  struct seen *s = calloc(1, sizeof(*s));
+  uint64_t n;
+
+  open_spool(f);
+  append(f, s, 0, "sizingevent00", "A", 0, 0, 100);
+  drain(f);
+  n = stats(f).pending_bytes;
+  close_spool(f);
+  nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  free(s);
+  return n;
+}
+
+static void on_full_reject_refuses_what_does_not_fit(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  uint64_t one = one_record(f);
+  char id[32];
+
+  f->cfg.spool.max_bytes = 2 * one + one / 2;
+  open_spool(f);
+  for (int i = 0; i < 4; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 100);
+  }
+  drain(f);
+  assert_int_equal(s->calls, 4);
+  assert_int_equal(s->rc[0], 0);
+  assert_int_equal(s->rc[1], 0);
+  assert_int_equal(s->rc[2], EMD_ESPOOLFULL);
+  assert_int_equal(s->rc[3], EMD_ESPOOLFULL);
+  assert_int_equal(stats(f).pending, 2);
+  assert_true(emd_spool_has_room(f->sp));  /* reject never blocks */
+  /* Refused events took no ordinal, and their ids are not known. */
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1 }, 1), 0);
+  drain(f);
+  idn(id, sizeof(id), 2);
+  append(f, s, 4, id, "A", 0, 0, 100);
+  drain(f);
+  assert_int_equal(s->rc[4], 0);
+  assert_false(s->dup[4]);
+  assert_int_equal(s->ordinal[4], 3);
+  free(s);
+}
+
+static void on_full_drop_oldest_evicts_and_counts(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct listed *l = calloc(1, sizeof(*l));
+  uint64_t one = one_record(f);
+  struct got *g;
+  char id[32];
+  int rc;
+
+  f->cfg.spool.max_bytes = 2 * one + one / 2;
+  f->cfg.spool.on_full = EMD_FULL_DROP_OLDEST;
+  open_spool(f);
+  for (int i = 0; i < 5; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 100);
+  }
+  drain(f);
+  for (int i = 0; i < 5; i++)
+    assert_int_equal(s->rc[i], 0);
+  assert_int_equal(stats(f).pending, 2);
+  assert_int_equal(stats(f).dropped, 3);
+  assert_true(stats(f).pending_bytes <= f->cfg.spool.max_bytes);
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 2);
+  assert_int_equal(g->seq[0], 4);
+  assert_int_equal(g->seq[1], 5);
+  free(g);
+  assert_int_equal(emd_spool_list_dead(f->sp, 10, on_item, l), 3);
+  assert_string_equal(l->reason[0], "dropped");
+  assert_int_equal(l->seq[0], 1);
+  free(l);
+  free(s);
+}
+
+static void on_changed(void *data)
+{
+  (*(int *)data)++;
+}
+
+static void on_full_block_accepts_and_stops_reading_until_room(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  uint64_t one = one_record(f);
+  int changed = 0;
+  char id[32];
+
+  f->cfg.spool.max_bytes = 2 * one + one / 2;
+  f->cfg.spool.on_full = EMD_FULL_BLOCK;
+  open_spool(f);
+  emd_spool_set_changed_cb(f->sp, on_changed, &changed);
+  assert_true(emd_spool_has_room(f->sp));
+  for (int i = 0; i < 3; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 100);
+  }
+  drain(f);
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(s->rc[i], 0);
+  assert_false(emd_spool_has_room(f->sp));
+  assert_true(changed >= 1);
+  changed = 0;
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1, 2 }, 2), 0);
+  drain(f);
+  assert_true(emd_spool_has_room(f->sp));
+  assert_true(changed >= 1);
+
+  /* Room again by a reconfigure alone also tells the ingest. */
+  idn(id, sizeof(id), 3);
+  append(f, s, 3, id, "A", 0, 0, 100);
+  idn(id, sizeof(id), 4);
+  append(f, s, 4, id, "A", 0, 0, 100);
+  drain(f);
+  assert_false(emd_spool_has_room(f->sp));
+  changed = 0;
+  f->cfg.spool.max_bytes = 100 * one;
+  emd_spool_reconfigure(f->sp, &f->cfg);
+  drain(f);
+  assert_true(emd_spool_has_room(f->sp));
+  assert_int_equal(changed, 1);
+  free(s);
+}
+
+static void on_counted(void *data, const struct emd_spool_result *res)
+{
+  int *n = data;
+
+  assert_int_equal(res->rc, 0);
+  (*n)++;
+}
+
+static void a_writer_far_behind_stops_the_ingest_until_it_catches_up(
+    void **state)
+{
+  struct fx *f = *state;
+  int done = 0, changed = 0;
+  char id[32];
+
+  open_spool(f);
+  emd_spool_set_changed_cb(f->sp, on_changed, &changed);
+  for (int i = 0; i < 65536; i++) {
+    assert_true(emd_spool_has_room(f->sp));
+    idn(id, sizeof(id), i);
+    assert_int_equal(emd_spool_append(f->sp,
+                                      mk_event(f->sp, id, "A", 0, 0, 0),
+                                      on_counted, &done),
+                     0);
+  }
+  /* 65536 events wait in one group: the ingest should stop reading. */
+  assert_false(emd_spool_has_room(f->sp));
+  drain(f);
+  assert_int_equal(done, 65536);
+  assert_true(emd_spool_has_room(f->sp));
+  assert_true(changed >= 1);
+  assert_int_equal(stats(f).pending, 65536);
+}
+
+/* ---- time ------------------------------------------------------------- */
+
+static void max_age_moves_old_events_to_dead_letters(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct listed *l = calloc(1, sizeof(*l));
+  char id[32];
+
+  f->cfg.spool.max_age_ms = 100;
+  open_spool(f);
+  for (int i = 0; i < 3; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 0);
+  }
+  drain(f);
+  assert_int_equal(stats(f).pending, 3);
+  run_for(f, 400);
+  assert_int_equal(stats(f).pending, 0);
+  assert_int_equal(stats(f).expired, 3);
+  assert_int_equal(stats(f).dead, 3);
+  assert_int_equal(stats(f).oldest_ms, 0);
+  assert_int_equal(emd_spool_list_dead(f->sp, 10, on_item, l), 3);
+  assert_string_equal(l->reason[0], "expired");
+  free(l);
+  free(s);
+}
+
+static void dedup_window_forgets_delivered_ids(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+
+  f->cfg.spool.dedup_window_ms = 100;
+  open_spool(f);
+  append(f, s, 0, "windowevent01", "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1 }, 1), 0);
+  drain(f);
+  append(f, s, 1, "windowevent01", "A", 0, 0, 0);
+  drain(f);
+  assert_true(s->dup[1]);                 /* delivered, within the window */
+  run_for(f, 400);
+  append(f, s, 2, "windowevent01", "A", 0, 0, 0);
+  drain(f);
+  assert_false(s->dup[2]);                /* forgotten after it */
+  assert_int_equal(s->seq[2], 2);
+  free(s);
+}
+
+static void timer_ttl_forgets_idle_counters(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  const char *timers[] = { "A", "B", "C" };
+  char id[32];
+  int n = 0;
+
+  f->cfg.spool.timer_ttl_ms = 100;
+  open_spool(f);
+  for (int r = 0; r < 2; r++)
+    for (int t = 0; t < 3; t++) {
+      idn(id, sizeof(id), n);
+      append(f, s, n, id, timers[t], 0, 0, 0);
+      n++;
+    }
+  drain(f);
+  assert_int_equal(s->ordinal[5], 2);
+  run_for(f, 400);
+  for (int t = 0; t < 3; t++) {
+    idn(id, sizeof(id), n);
+    append(f, s, n, id, timers[t], 0, 0, 0);
+    n++;
+  }
+  drain(f);
+  for (int i = 6; i < 9; i++)
+    assert_int_equal(s->ordinal[i], 1);
+  free(s);
+}
+
+/* ---- refusing to open --------------------------------------------------- */
+
+static char *slurp(const char *path, size_t *n)
+{
+  FILE *fp = fopen(path, "rb");
+  char *buf;
+  long len;
+
+  assert_non_null(fp);
+  fseek(fp, 0, SEEK_END);
+  len = ftell(fp);
+  fseek(fp, 0, SEEK_SET);
+  buf = malloc((size_t)len + 1);
+  assert_non_null(buf);
+  assert_int_equal(fread(buf, 1, (size_t)len, fp), (size_t)len);
+  fclose(fp);
+  *n = (size_t)len;
+  return buf;
+}
+
+static void spit(const char *path, const void *buf, size_t n)
+{
+  FILE *fp = fopen(path, "wb");
+
+  assert_non_null(fp);
+  assert_int_equal(fwrite(buf, 1, n, fp), n);
+  fclose(fp);
+}
+
+/* Replaces every copy of from (old pages included) by to, in place. */
+static int patch(const char *path, const void *from, const void *to,
+                 size_t n)
+{
+  size_t len;
+  char *buf = slurp(path, &len);
+  int hits = 0;
+
+  for (size_t i = 0; i + n <= len; i++)
+    if (memcmp(buf + i, from, n) == 0) {
+      memcpy(buf + i, to, n);
+      hits++;
+    }
+  spit(path, buf, len);
+  free(buf);
+  return hits;
+}
+
+static void make_spool(struct fx *f, int events)
+{
+  struct seen *s = calloc(1, sizeof(*s));
+  char id[32];
+
+  open_spool(f);
+  for (int i = 0; i < events; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 300);
+  }
+  drain(f);
+  close_spool(f);
+  free(s);
+}
+
+/* Opening must fail with want, say so in err, and leave data.mdb as it
+ * was. */
+static void refuses(struct fx *f, int want, const char *says)
+{
+  char path[256], err[512] = "";
+  size_t n0, n1;
+  char *before, *after;
+  int rc;
+
+  snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+  before = slurp(path, &n0);
+  rc = emd_spool_open(&f->loop, &f->cfg, &f->sp, err, sizeof(err));
+  assert_int_equal(rc, want);
+  assert_null(f->sp);
+  assert_non_null(strstr(err, says));
+  assert_non_null(strstr(err, f->dir));
+  after = slurp(path, &n1);
+  assert_int_equal(n0, n1);
+  assert_memory_equal(before, after, n0);
+  free(before);
+  free(after);
+  /* Refusing again gives the same answer: nothing was half-done. */
+  rc = emd_spool_open(&f->loop, &f->cfg, &f->sp, err, sizeof(err));
+  assert_int_equal(rc, want);
+}
+
+static void newer_schema_refuses_to_open_and_leaves_files_alone(
+    void **state)
+{
+  struct fx *f = *state;
+  char path[256];
+
+  make_spool(f, 5);
+  snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+  assert_true(patch(path, "schema_version\0\0\0\1", "schema_version\0\0\0\2",
+                    18) >= 1);
+  refuses(f, EMD_ESPOOLVER, "upgrade emitd or move the spool aside");
+}
+
+static void garbage_files_refuse_to_open(void **state)
+{
+  struct fx *f = *state;
+  char path[256], *junk = malloc(65536);
+
+  assert_int_equal(mkdir(f->dir, 0700), 0);
+  snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+  for (int i = 0; i < 65536; i++)
+    junk[i] = (char)(i * 7 + 3);
+  spit(path, junk, 65536);
+  refuses(f, EMD_ESPOOLBAD, "move the spool aside");
+  spit(path, "short", 5);
+  refuses(f, EMD_ESPOOLBAD, "move the spool aside");
+  free(junk);
+}
+
+static void spool_without_meta_refuses_to_open(void **state)
+{
+  struct fx *f = *state;
+  char path[256];
+
+  make_spool(f, 3);
+  snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+  /* An LMDB environment whose meta lost its schema key. */
+  assert_true(patch(path, "schema_version", "schema_versioX", 14) >= 1);
+  refuses(f, EMD_ESPOOLBAD, "schema version missing");
+}
+
+static void truncated_spool_refuses_to_open(void **state)
+{
+  struct fx *f = *state;
+  char path[256];
+
+  make_spool(f, 200);
+  snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+  assert_int_equal(truncate(path, 3 * 4096), 0);
+  refuses(f, EMD_ESPOOLBAD, "truncated");
+}
+
+static void a_spool_in_use_refuses_a_second_open(void **state)
+{
+  struct fx *f = *state;
+  struct emd_spool *other = NULL;
+  char err[256] = "";
+
+  open_spool(f);
+  assert_int_equal(emd_spool_open(&f->loop, &f->cfg, &other, err,
+                                  sizeof(err)),
+                   -EBUSY);
+  assert_null(other);
+  assert_non_null(strstr(err, "in use"));
+}
+
+/* ---- group commit and close ------------------------------------------- */
+
+struct burst {
+  struct fx *f;
+  struct seen *s;
+  uv_idle_t idle;
+  int turns, per_turn, next;
+};
+
+/* Appends per_turn events on each of turns loop turns, as fast as the
+ * loop turns. */
+static void on_burst(uv_idle_t *h)
+{
+  struct burst *b = h->data;
+  char id[32];
+
+  for (int i = 0; i < b->per_turn; i++) {
+    idn(id, sizeof(id), b->next);
+    append(b->f, b->s, b->next, id, "A", 0, 0, 300);
+    b->next++;
+  }
+  if (--b->turns == 0)
+    uv_idle_stop(h);
+}
+
+static void appends_over_many_turns_share_few_commits(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct burst b = { f, s, { 0 }, 100, 50, 0 };
+  struct got *g;
+  int rc;
+
+  open_spool(f);
+  uv_idle_init(&f->loop, &b.idle);
+  b.idle.data = &b;
+  uv_idle_start(&b.idle, on_burst);
+  drain(f);
+  uv_close((uv_handle_t *)&b.idle, NULL);
+  drain(f);
+  assert_int_equal(s->calls, 5000);
+  for (int i = 0; i < 5000; i++) {
+    assert_int_equal(s->rc[i], 0);
+    assert_int_equal(s->seq[i], (uint64_t)i + 1);
+    assert_int_equal(s->ordinal[i], (uint32_t)i + 1);
+  }
+  /* One transaction (and fsync) per group; while the writer commits one,
+   * the loop's turns gather the next: fewer commits than turns. */
+  print_message("5000 events in 100 turns: %llu commits\n",
+                (unsigned long long)stats(f).commits);
+  assert_true(stats(f).commits >= 2);
+  assert_true(stats(f).commits < 100);
+  g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+  assert_int_equal(rc, 5000);
+  free(g);
+  free(s);
+}
+
+static void close_with_appends_queued_still_calls_every_callback(
+    void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  char id[32];
+
+  f->cfg.spool.sync = EMD_SYNC_INTERVAL;
+  f->cfg.spool.sync_interval_ms = 60000;  /* the close must sync anyway */
+  open_spool(f);
+  for (int i = 0; i < 100; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 100);
+  }
+  emd_spool_close(f->sp);
+  assert_int_equal(emd_spool_append(f->sp, NULL, on_appended, NULL),
+                   EMD_ESHUTDOWN);
+  f->sp = NULL;
+  assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(s->calls, 100);
+  for (int i = 0; i < 100; i++)
+    assert_int_equal(s->rc[i], 0);
+  open_spool(f);
+  assert_int_equal(stats(f).pending, 100);
+  free(s);
+}
+
+static void on_timed(void *data, const struct emd_spool_result *res)
+{
+  uint64_t *t = data;
+
+  assert_int_equal(res->rc, 0);
+  *t = uv_hrtime();
+}
+
+static void sync_interval_replies_wait_for_the_sync(void **state)
+{
+  struct fx *f = *state;
+  uint64_t t0, t1 = 0;
+
+  f->cfg.spool.sync = EMD_SYNC_INTERVAL;
+  f->cfg.spool.sync_interval_ms = 200;
+  open_spool(f);
+  t0 = uv_hrtime();
+  assert_int_equal(emd_spool_append(f->sp,
+                                    mk_event(f->sp, "intervalevent", "A", 0,
+                                             0, 0),
+                                    on_timed, &t1),
+                   0);
+  drain(f);
+  assert_true(t1 > 0);
+  /* The first sync is due an interval after open. */
+  assert_true(t1 - t0 >= 150 * 1000000ull);
+  assert_int_equal(stats(f).pending, 1);
+}
+
+static void sync_none_replies_after_commit(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+
+  f->cfg.spool.sync = EMD_SYNC_NONE;
+  open_spool(f);
+  append(f, s, 0, "nosyncevent01", "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(s->calls, 1);
+  assert_int_equal(s->rc[0], 0);
+  close_spool(f);
+  open_spool(f);
+  assert_int_equal(stats(f).pending, 1);
+  free(s);
+}
+
+static void bad_events_are_refused_without_harm(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+
+  open_spool(f);
+  assert_int_equal(emd_spool_append(f->sp, NULL, on_appended, NULL),
+                   EMD_EINVALID);
+  append(f, s, 0, "", "A", 0, 0, 0);              /* no id */
+  append(f, s, 1, "fineevent0001", "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(s->rc[0], EMD_EINVALID);
+  assert_int_equal(s->rc[1], 0);
+  assert_int_equal(s->ordinal[1], 1);
+  assert_int_equal(stats(f).pending, 1);
+  free(s);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+    T(append_replies_only_after_commit),
+    T(seqs_grow_and_ordinals_count_per_timer),
+    T(client_ordinal_is_kept_without_moving_the_counter),
+    T(duplicate_id_answers_the_original_seq_and_is_stored_once),
+    T(counters_and_instance_id_survive_reopen),
+    T(read_honours_after_max_events_and_max_bytes),
+    T(delete_attempted_and_dead_do_what_they_say),
+    T(dead_max_keeps_only_the_newest),
+    T(dead_retry_and_purge_work_on_dead_letters),
+    T(on_full_reject_refuses_what_does_not_fit),
+    T(on_full_drop_oldest_evicts_and_counts),
+    T(on_full_block_accepts_and_stops_reading_until_room),
+    T(a_writer_far_behind_stops_the_ingest_until_it_catches_up),
+    T(max_age_moves_old_events_to_dead_letters),
+    T(dedup_window_forgets_delivered_ids),
+    T(timer_ttl_forgets_idle_counters),
+    T(newer_schema_refuses_to_open_and_leaves_files_alone),
+    T(garbage_files_refuse_to_open),
+    T(spool_without_meta_refuses_to_open),
+    T(truncated_spool_refuses_to_open),
+    T(a_spool_in_use_refuses_a_second_open),
+    T(appends_over_many_turns_share_few_commits),
+    T(close_with_appends_queued_still_calls_every_callback),
+    T(sync_interval_replies_wait_for_the_sync),
+    T(sync_none_replies_after_commit),
+    T(bad_events_are_refused_without_harm),
+#undef T
+  };
+
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
