@@ -14,7 +14,9 @@
  * --max-body (default 64 MiB), before or after decompression, is 413; one
  * that does not decode is 400 with a text/plain message naming the event
  * and the field ("event[3]: event.id: does not match ..."). The service's
- * own checks: Event.event present, event.id matching ^[a-zA-Z0-9]{12,64}$.
+ * own checks: Event.event present, event.id matching ^[a-zA-Z0-9]{12,64}$;
+ * the codec's (emd_codec_decode_frame and _decode_json with upstream set):
+ * valid UTF-8 strings, no unknown fields.
  *
  * Auth (SPEC 1): without a key every request is accepted. With --key K a
  * request must carry K as "Authorization: Bearer K", "X-API-Key: K" or
@@ -1179,15 +1181,23 @@ static int add_event(struct exchange *x, emd_event *ev)
   return check_event(x, ev, x->nev++);
 }
 
+/* One serialized Event, decoded as the service would: protobuf-c, then
+ * strings checked for UTF-8 and unknown fields refused (emitd sends none,
+ * so one would be a bug), fin kept, no client rules. */
 static int unpack_event(struct exchange *x, const uint8_t *p, size_t n)
 {
-  ProtobufCMessage *m;
+  struct emd_codec_opts opts = { .ignore_unknown = false, .upstream = true };
+  char msg[MSG_MAX];
+  emd_event *ev;
+  int rc;
 
-  m = protobuf_c_message_unpack(&buildless__service__v1__event__descriptor,
-                                emd_arena_pb(&x->r->arena), n, p);
-  if (m == NULL)
-    return fail(x, 400, "event[%zu]: not a valid Event message", x->nev);
-  return add_event(x, (emd_event *)m);
+  rc = emd_codec_decode_frame(p, n, &opts, &x->r->arena, &ev, msg,
+                              sizeof(msg));
+  if (rc == -ENOMEM)
+    return fail(x, 500, "out of memory");
+  if (rc != 0)
+    return fail(x, 400, "event[%zu]: %s", x->nev, msg);
+  return add_event(x, ev);
 }
 
 static int decode_protobuf(struct exchange *x, bool stream)

@@ -318,6 +318,11 @@ def bad_bodies_get_400_naming_what_is_wrong(s):
         (EMIT, b"", {}, b"event: required"),
         (EMIT, event("short"), {}, b"event.id: does not match"),
         (EMIT, event("has-a-dash-in-it"), {}, b"event.id"),
+        (EMIT, event("unknownfield01") + field_varint(15, 1), {},
+         b"event[0]: unknown field 15"),
+        (STREAM, delimited([good, field_bytes(1, b"Bu\xffld") +
+                            event("badutf8event01", collection="")]), {},
+         b"event[1]: collection: not valid UTF-8"),
         (STREAM, b"not gzip at all", {"Content-Encoding": "gzip"},
          b"gzip body does not decode"),
         (STREAM, gzip.compress(delimited([good]))[:-6],
