@@ -317,7 +317,7 @@ def test_durability_after_kill9_under_load(make_emitd):
         try:
             c = d.client()
             while not stop.is_set():
-                batch = ["%s" % line(event(id="w%dn%08d" % (w, n + i)))
+                batch = ["%s" % line(event(id="worker%dn%010d" % (w, n + i)))
                          for i in range(50)]
                 c.send_lines(batch)
                 for _ in batch:
@@ -332,7 +332,7 @@ def test_durability_after_kill9_under_load(make_emitd):
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(acked) >= 3000, 30, "3000 acknowledged events")
+    wait_for(lambda: len(acked) >= 20000, 60, "20000 acknowledged events")
     d.kill9()
     stop.set()
     for t in threads:
