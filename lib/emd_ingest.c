@@ -206,11 +206,15 @@ static void format_text(struct outbuf *o, const struct slot *s)
 static void format_binary(struct outbuf *o, const struct slot *s)
 {
   emd_ack ack = EMITD__V1__ACK__INIT;
+  char id[EMD_ID_MAX + 1];
   size_t n;
 
+  /* protobuf-c only reads these while packing, below. */
   ack.ok = s->rc == 0;
   if (s->rc == 0) {
-    ack.id = (char *)s->id;      /* packed at once, never written */
+    memcpy(id, s->id, s->id_len);
+    id[s->id_len] = '\0';
+    ack.id = id;
     ack.seq = s->seq;
     ack.duplicate = s->duplicate;
     if (!s->duplicate) {
@@ -222,12 +226,6 @@ static void format_binary(struct outbuf *o, const struct slot *s)
     ack.error = (char *)emd_errcode(s->rc);
     ack.message = s->msg ? s->msg : (char *)emd_strerror(s->rc);
     ack.line = s->line;
-  }
-  char idbuf[EMD_ID_MAX + 1];
-  if (s->rc == 0) {
-    memcpy(idbuf, s->id, s->id_len);
-    idbuf[s->id_len] = '\0';
-    ack.id = idbuf;
   }
   n = emitd__v1__ack__get_packed_size(&ack);
   if (out_reserve(o, n + 4) != 0)
