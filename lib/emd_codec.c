@@ -1,2 +1,2068 @@
-/* placeholder until the codec module lands */
+/* emd_codec.c: see emd_codec.h.
+ *
+ * A JSON line is decoded in two passes, with no malloc on the way:
+ *  1. lex() tokenizes the line into a stack array of tokens (an arena one
+ *     for lines with more), checking as it goes that the line is exactly
+ *     one RFC 8259 JSON text in UTF-8; anything else is EMD_EBADJSON.
+ *  2. A walk driven by the protobuf-c descriptors fills the generated
+ *     structs (allocated from the arena) from the tokens, following the
+ *     proto3 JSON mapping; every error names the field path. Then the
+ *     client rules of SPEC 1.1 run on the structs (rules_event()), the
+ *     same code that checks binary frames.
+ *
+ * Why not jsmn: it was the plan, and it is fast, but it is lax where it
+ * matters here. Even in strict mode it accepts missing or doubled
+ * separators ({"a":1 "b":2}, [1 2], {"a"::1}, {"a":1,,"b":2}), leading
+ * and trailing commas ([1,], {"a":1,}, [,1]), keys without values ({"a"},
+ * {"a":}), any run of primitive characters (tru, nulll, 01, 1., -, 1e,
+ * 1ee5, -Infinity), raw control characters, invalid UTF-8 and lone
+ * surrogates in strings, a second value ({}{}), and anything after a NUL
+ * byte; it reports a lone top-level "1" as incomplete; and its bracket
+ * matching costs grow with the nesting depth. Closing those gaps took a
+ * second pass over every token and string, and measured on this project's
+ * machine for a 491-byte event, jsmn with that pass took about 1.45 us and
+ * jsmn alone about 0.75 us, against about 0.47 us for lex(), which is
+ * strict by construction: one pass, a state machine over an explicit
+ * stack, strings scanned 8 bytes at a time.
+ *
+ * Where bad_json ends and invalid begins: bad_json is anything a strict
+ * RFC 8259 parser refuses to read (syntax, number and literal grammar,
+ * NaN/Infinity as bare words, raw control characters in strings, invalid
+ * UTF-8 including overlong forms and encoded surrogates, \u escapes that
+ * leave a surrogate unpaired, nesting deeper than JSON_MAX_DEPTH).
+ * invalid is JSON that reads fine but does not fit: not an object, a value
+ * of the wrong type or range, an unknown field, a duplicate key (in either
+ * spelling), U+0000 inside a string (protobuf-c strings end at NUL), and
+ * every rule of SPEC 1.1.
+ */
 #include "emd_codec.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "emd_err.h"
+
+/* emitd's deepest path is 7 objects; protobuf's own JSON parser stops at
+ * 100 levels too. */
+#define JSON_MAX_DEPTH 100
+/* Enough for any ordinary event (a 400-byte event has about 50 tokens);
+ * 256 tokens are 5 KiB of stack. */
+#define STACK_TOKENS 256
+#define PATH_MAX_SEGS 24
+#define CONTEXT_MAX 10
+
+/* The patterns of SPEC 1.1, quoted in error messages. */
+#define PAT_COLLECTION "^[a-zA-Z]{3,32}$"
+#define PAT_ID "^[a-zA-Z0-9]{12,64}$"
+#define PAT_TENANT "^org_[a-zA-Z0-9]{3,32}$"
+#define PAT_CTX_TYPE "^type.googleapis.com/buildless.context.[a-zA-Z.0-9]*$"
+#define PAT_RESOURCE "^[a-zA-Z]{3,12}::[a-zA-Z0-9]*"
+#define PAT_TENANT_NAME "^[a-zA-Z][a-zA-Z0-9_-]{2,32}"
+
+/* ------------------------------------------------------------------ */
+/* Messages */
+
+static int vfail(char *msg, size_t msglen, int rc, const char *fmt,
+                 va_list ap)
+{
+  if (msg != NULL && msglen > 0)
+    vsnprintf(msg, msglen, fmt, ap);
+  return rc;
+}
+
+static int fail(char *msg, size_t msglen, int rc, const char *fmt, ...)
+  __attribute__((format(printf, 4, 5)));
+
+static int fail(char *msg, size_t msglen, int rc, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start(ap, fmt);
+  rc = vfail(msg, msglen, rc, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Characters, UTF-8 and the JSON grammar */
+
+static bool is_ws(char c)
+{
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static bool is_digit(char c)
+{
+  return c >= '0' && c <= '9';
+}
+
+static bool is_alpha(char c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_alnum(char c)
+{
+  return is_alpha(c) || is_digit(c);
+}
+
+static int hex_val(char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* Length of the well-formed UTF-8 sequence at s[0..n) (Unicode 15, table
+ * 3-7: no overlong forms, no surrogates, nothing above U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+  unsigned char c = s[0];
+
+  if (c < 0x80)
+    return 1;
+  if (c < 0xc2)
+    return 0;
+  if (c < 0xe0)
+    return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+  if (c < 0xf0) {
+    if (n < 3 || (s[2] & 0xc0) != 0x80)
+      return 0;
+    if (c == 0xe0)
+      return s[1] >= 0xa0 && s[1] <= 0xbf ? 3 : 0;
+    if (c == 0xed)
+      return s[1] >= 0x80 && s[1] <= 0x9f ? 3 : 0;
+    return (s[1] & 0xc0) == 0x80 ? 3 : 0;
+  }
+  if (c > 0xf4 || n < 4 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
+    return 0;
+  if (c == 0xf0)
+    return s[1] >= 0x90 && s[1] <= 0xbf ? 4 : 0;
+  if (c == 0xf4)
+    return s[1] >= 0x80 && s[1] <= 0x8f ? 4 : 0;
+  return (s[1] & 0xc0) == 0x80 ? 4 : 0;
+}
+
+static bool utf8_valid(const char *s, size_t n)
+{
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0, k;
+
+  while (i < n) {
+    if (p[i] < 0x80) {
+      i++;
+      continue;
+    }
+    k = utf8_seq(p + i, n - i);
+    if (k == 0)
+      return false;
+    i += k;
+  }
+  return true;
+}
+
+/* Code points in a valid UTF-8 string: every byte but continuations. */
+static size_t cp_len(const char *s)
+{
+  size_t n = 0;
+
+  for (; *s != '\0'; s++)
+    n += ((unsigned char)*s & 0xc0) != 0x80;
+  return n;
+}
+
+/* The four hex digits at s, or -1. */
+static long hex4(const char *s)
+{
+  long v = 0;
+  int i, h;
+
+  for (i = 0; i < 4; i++) {
+    h = hex_val(s[i]);
+    if (h < 0)
+      return -1;
+    v = v * 16 + h;
+  }
+  return v;
+}
+
+/* The end of the number at s[i..n), or i when there is none (RFC 8259:
+ * -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?). */
+static size_t number_end(const char *s, size_t n, size_t i)
+{
+  size_t b = i;
+
+  if (i < n && s[i] == '-')
+    i++;
+  if (i >= n || !is_digit(s[i]))
+    return b;
+  if (s[i++] != '0')
+    while (i < n && is_digit(s[i]))
+      i++;
+  if (i < n && s[i] == '.') {
+    if (++i >= n || !is_digit(s[i]))
+      return b;
+    while (i < n && is_digit(s[i]))
+      i++;
+  }
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-'))
+      i++;
+    if (i >= n || !is_digit(s[i]))
+      return b;
+    while (i < n && is_digit(s[i]))
+      i++;
+  }
+  return i;
+}
+
+static bool is_number(const char *s, size_t n)
+{
+  return n > 0 && number_end(s, n, 0) == n;
+}
+
+/* Appends code point cp as UTF-8 at out; returns the bytes written. */
+static size_t utf8_put(unsigned long cp, char *out)
+{
+  if (cp < 0x80) {
+    out[0] = (char)cp;
+    return 1;
+  }
+  if (cp < 0x800) {
+    out[0] = (char)(0xc0 | (cp >> 6));
+    out[1] = (char)(0x80 | (cp & 0x3f));
+    return 2;
+  }
+  if (cp < 0x10000) {
+    out[0] = (char)(0xe0 | (cp >> 12));
+    out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[2] = (char)(0x80 | (cp & 0x3f));
+    return 3;
+  }
+  out[0] = (char)(0xf0 | (cp >> 18));
+  out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+  out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+  out[3] = (char)(0x80 | (cp & 0x3f));
+  return 4;
+}
+
+/* Unescapes the lexer-checked string body s[0..n) into out, which has room
+ * for n bytes (an escape never grows); returns the length written. */
+static size_t unescape(const char *s, size_t n, char *out)
+{
+  size_t i = 0, o = 0;
+  unsigned long cp;
+  char c;
+
+  while (i < n) {
+    if (s[i] != '\\') {
+      out[o++] = s[i++];
+      continue;
+    }
+    c = s[i + 1];
+    i += 2;
+    switch (c) {
+    case 'b': out[o++] = '\b'; break;
+    case 'f': out[o++] = '\f'; break;
+    case 'n': out[o++] = '\n'; break;
+    case 'r': out[o++] = '\r'; break;
+    case 't': out[o++] = '\t'; break;
+    case 'u':
+      cp = (unsigned long)hex4(s + i);
+      i += 4;
+      if (cp >= 0xd800 && cp <= 0xdbff) {
+        cp = 0x10000 + ((cp - 0xd800) << 10) +
+             ((unsigned long)hex4(s + i + 2) - 0xdc00);
+        i += 6;
+      }
+      o += utf8_put(cp, out + o);
+      break;
+    default: out[o++] = c; break;   /* " \ / */
+    }
+  }
+  return o;
+}
+
+/* ------------------------------------------------------------------ */
+/* Step 1: the lexer */
+
+enum jtype { J_OBJECT = 1, J_ARRAY, J_STRING, J_PRIMITIVE };
+
+/* One JSON value, or an object key. The tokens of a line are in document
+ * order, each followed by its members. */
+struct jtok {
+  unsigned char type;   /* enum jtype */
+  bool esc;             /* a string with escapes */
+  int start;            /* offset of '{', '[', a primitive, or a string's
+                         * first byte after the quote */
+  int end;              /* offset just past '}', ']', a primitive, or a
+                         * string's last byte before the quote */
+  int size;             /* object: members; array: items; key: 1; else 0 */
+  int next;             /* index of the token after this value's subtree
+                         * (for a key: after the key itself) */
+};
+
+struct lexer {
+  const char *js;
+  size_t len;
+  struct jtok *t;          /* tokens so far */
+  int n;                   /* ... how many */
+  int cap;                 /* ... room for */
+  struct emd_arena *arena; /* where a longer token array goes */
+  char *msg;
+  size_t msglen;
+};
+
+static int lex_fail(struct lexer *lx, const char *why, size_t at)
+{
+  return fail(lx->msg, lx->msglen, EMD_EBADJSON, "%s at byte %zu", why,
+              at + 1);
+}
+
+static size_t lex_ws(const char *js, size_t len, size_t i)
+{
+  while (i < len && is_ws(js[i]))
+    i++;
+  return i;
+}
+
+/* A new token; the array moves to the arena, 4 times larger, when full. */
+static struct jtok *lex_tok(struct lexer *lx, int type, size_t start)
+{
+  struct jtok *t;
+
+  if (lx->n == lx->cap) {
+    t = emd_arena_alloc(lx->arena, (size_t)lx->cap * 4 * sizeof(*t));
+    if (t == NULL)
+      return NULL;
+    memcpy(t, lx->t, (size_t)lx->n * sizeof(*t));
+    lx->t = t;
+    lx->cap *= 4;
+  }
+  t = &lx->t[lx->n++];
+  t->type = (unsigned char)type;
+  t->esc = false;
+  t->start = (int)start;
+  t->end = -1;
+  t->size = 0;
+  t->next = lx->n;
+  return t;
+}
+
+/* The offset of the first of the 8 bytes at p that is '"', '\\', a control
+ * character or non-ASCII, or 8. The "hasless" bit tricks set the top bit
+ * of each such byte; a borrow can also mark bytes above a true match, but
+ * never below one, so the lowest mark is exact. */
+static unsigned special8(const unsigned char *p)
+{
+  const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+  uint64_t x, q, b, m;
+  unsigned k;
+
+  memcpy(&x, p, 8);
+  q = x ^ (ones * '"');
+  b = x ^ (ones * '\\');
+  m = (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) &
+      high;
+  if (m == 0)
+    return 8;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  (void)k;
+  return (unsigned)__builtin_ctzll(m) / 8;
+#else
+  for (k = 0; p[k] >= 0x20 && p[k] < 0x80 && p[k] != '"' && p[k] != '\\';)
+    k++;
+  return k;
+#endif
+}
+
+/* Scans the string whose opening quote is at js[i - 1]: no raw control
+ * characters, escapes as RFC 8259 has them with surrogates paired,
+ * well-formed UTF-8. Returns NULL with *end at the closing quote and *esc
+ * set if there were escapes, or what is wrong with *end at it. */
+static const char *lex_string(const char *js, size_t len, size_t i,
+                              size_t *end, bool *esc)
+{
+  const unsigned char *p = (const unsigned char *)js;
+  size_t k;
+  long cp, lo;
+
+  for (;;) {
+    while (i + 8 <= len && (k = special8(p + i)) == 8)
+      i += 8;
+    if (i + 8 <= len)
+      i += k;
+    if (i >= len)
+      break;
+    *end = i;
+    if (p[i] == '"')
+      return NULL;
+    if (p[i] >= 0x20 && p[i] != '\\' && p[i] < 0x80) {
+      i++;
+      continue;
+    }
+    if (p[i] < 0x20)
+      return "control character in a string";
+    if (p[i] >= 0x80) {
+      k = utf8_seq(p + i, len - i);
+      if (k == 0)
+        return "invalid UTF-8";
+      i += k;
+      continue;
+    }
+    *esc = true;
+    if (i + 1 < len && memchr("\"\\/bfnrt", js[i + 1], 8) != NULL) {
+      i += 2;
+      continue;
+    }
+    if (i + 1 < len && js[i + 1] != 'u')
+      return "bad escape";
+    if (i + 6 > len)
+      break;
+    if ((cp = hex4(js + i + 2)) < 0)
+      return "bad escape";
+    i += 6;
+    if (cp >= 0xdc00 && cp <= 0xdfff)
+      return "unpaired surrogate";
+    if (cp >= 0xd800 && cp <= 0xdbff) {
+      if (i + 6 > len || js[i] != '\\' || js[i + 1] != 'u' ||
+          (lo = hex4(js + i + 2)) < 0xdc00 || lo > 0xdfff)
+        return "unpaired surrogate";
+      i += 6;
+    }
+  }
+  *end = len;
+  return "unexpected end";
+}
+
+/* The end of the number or literal at js[i], or i when there is none. */
+static size_t lex_primitive(const char *js, size_t len, size_t i)
+{
+  size_t n = len - i;
+
+  if (n >= 4 && (memcmp(js + i, "true", 4) == 0 ||
+                 memcmp(js + i, "null", 4) == 0))
+    return i + 4;
+  if (n >= 5 && memcmp(js + i, "false", 5) == 0)
+    return i + 5;
+  return number_end(js, len, i);
+}
+
+/* Tokenizes one JSON text strictly (RFC 8259, UTF-8) into lx, with at
+ * most JSON_MAX_DEPTH levels of nesting and no recursion. */
+static int lex(struct lexer *lx)
+{
+  const char *js = lx->js, *why;
+  size_t len = lx->len, i = 0, e;
+  int open[JSON_MAX_DEPTH];   /* token indexes of the open containers */
+  int depth = 0, top;
+  struct jtok *t;
+  char c;
+
+value:
+  i = lex_ws(js, len, i);
+  if (i >= len)
+    return lex_fail(lx, "unexpected end", i);
+  if (depth > 0 && lx->t[open[depth - 1]].type == J_ARRAY)
+    lx->t[open[depth - 1]].size++;
+  c = js[i];
+  if (c == '{' || c == '[') {
+    if (depth == JSON_MAX_DEPTH)
+      return fail(lx->msg, lx->msglen, EMD_EBADJSON,
+                  "nested deeper than %d levels", JSON_MAX_DEPTH);
+    if (lex_tok(lx, c == '{' ? J_OBJECT : J_ARRAY, i) == NULL)
+      goto nomem;
+    open[depth++] = lx->n - 1;
+    i = lex_ws(js, len, i + 1);
+    if (i < len && js[i] == (c == '{' ? '}' : ']'))
+      goto close;
+    if (c == '{')
+      goto key;
+    goto value;
+  }
+  if (c == '"') {
+    if ((t = lex_tok(lx, J_STRING, i + 1)) == NULL)
+      goto nomem;
+    why = lex_string(js, len, i + 1, &e, &t->esc);
+    if (why != NULL)
+      return lex_fail(lx, why, e);
+    t->end = (int)e;
+    i = e + 1;
+    goto after;
+  }
+  e = lex_primitive(js, len, i);
+  if (e == i)
+    return lex_fail(lx, "syntax error", i);
+  if ((t = lex_tok(lx, J_PRIMITIVE, i)) == NULL)
+    goto nomem;
+  t->end = (int)e;
+  i = e;
+  goto after;
+
+key:   /* at a non-blank byte inside an object */
+  if (i >= len)
+    return lex_fail(lx, "unexpected end", i);
+  if (js[i] != '"')
+    return lex_fail(lx, "syntax error", i);
+  lx->t[open[depth - 1]].size++;
+  if ((t = lex_tok(lx, J_STRING, i + 1)) == NULL)
+    goto nomem;
+  why = lex_string(js, len, i + 1, &e, &t->esc);
+  if (why != NULL)
+    return lex_fail(lx, why, e);
+  t->end = (int)e;
+  t->size = 1;
+  i = lex_ws(js, len, e + 1);
+  if (i >= len)
+    return lex_fail(lx, "unexpected end", i);
+  if (js[i] != ':')
+    return lex_fail(lx, "syntax error", i);
+  i++;
+  goto value;
+
+after:   /* just past a value */
+  i = lex_ws(js, len, i);
+  if (depth == 0) {
+    if (i < len)
+      return lex_fail(lx, "syntax error", i);
+    return 0;
+  }
+  if (i >= len)
+    return lex_fail(lx, "unexpected end", i);
+  top = open[depth - 1];
+  if (js[i] == ',') {
+    i = lex_ws(js, len, i + 1);
+    if (lx->t[top].type == J_OBJECT)
+      goto key;
+    goto value;
+  }
+  if (js[i] != (lx->t[top].type == J_OBJECT ? '}' : ']'))
+    return lex_fail(lx, "syntax error", i);
+close:   /* at the '}' or ']' of the innermost open container */
+  t = &lx->t[open[--depth]];
+  t->end = (int)i + 1;
+  t->next = lx->n;
+  i++;
+  goto after;
+
+nomem:
+  return fail(lx->msg, lx->msglen, -ENOMEM, "out of memory");
+}
+
+/* ------------------------------------------------------------------ */
+/* Numbers, base64, email */
+
+enum num_rc { NUM_OK, NUM_FRAC, NUM_RANGE };
+
+static int digit_at(const char *s, size_t ib, size_t ni, size_t fb, size_t k)
+{
+  return (k < ni ? s[ib + k] : s[fb + k - ni]) - '0';
+}
+
+/* The integer value of a number in JSON grammar, exact in every form
+ * that denotes an integer (100, 1e2, 1.00e2, 1000e-1): magnitude in *out,
+ * sign in *neg. NUM_FRAC when it is not an integer, NUM_RANGE when the
+ * magnitude does not fit 64 bits. */
+static enum num_rc num_int(const char *s, size_t n, bool *neg, uint64_t *out)
+{
+  size_t i = 0, ib, ni, fb = 0, nf = 0, k, total;
+  long exp = 0, e;
+  bool eneg = false;
+  uint64_t v = 0;
+  int d;
+
+  *neg = s[0] == '-';
+  i = *neg;
+  for (ib = i; i < n && is_digit(s[i]); i++)
+    ;
+  ni = i - ib;
+  if (i < n && s[i] == '.')
+    for (fb = ++i; i < n && is_digit(s[i]); i++)
+      nf++;
+  if (i < n) {   /* exponent */
+    i++;
+    if (s[i] == '+' || s[i] == '-')
+      eneg = s[i++] == '-';
+    for (; i < n; i++)
+      if (exp < 100000)
+        exp = exp * 10 + (s[i] - '0');
+  }
+  e = (eneg ? -exp : exp) - (long)nf;
+  total = ni + nf;
+  while (total > 0 && digit_at(s, ib, ni, fb, total - 1) == 0) {
+    total--;
+    e++;
+  }
+  for (k = 0; k < total && digit_at(s, ib, ni, fb, k) == 0; k++)
+    ;
+  if (k == total) {
+    *out = 0;
+    return NUM_OK;
+  }
+  if (e < 0)
+    return NUM_FRAC;
+  if ((long)(total - k) + e > 20)
+    return NUM_RANGE;
+  for (; k < total; k++) {
+    d = digit_at(s, ib, ni, fb, k);
+    if (v > (UINT64_MAX - (uint64_t)d) / 10)
+      return NUM_RANGE;
+    v = v * 10 + (uint64_t)d;
+  }
+  for (; e > 0; e--) {
+    if (v > UINT64_MAX / 10)
+      return NUM_RANGE;
+    v *= 10;
+  }
+  *out = v;
+  return NUM_OK;
+}
+
+static int b64_val(unsigned char c)
+{
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  if (c == '+' || c == '-')
+    return 62;
+  if (c == '/' || c == '_')
+    return 63;
+  return -1;
+}
+
+/* Decodes standard or URL-safe base64, with or without padding (as proto3
+ * JSON parsers accept it), into out (room for n * 3 / 4 + 3 bytes).
+ * Returns the length, or -1. */
+static long b64_decode(const char *s, size_t n, uint8_t *out)
+{
+  size_t i, pad = 0, o = 0;
+  uint32_t acc = 0;
+  int v, bits = 0;
+
+  /* Padding only completes a full quad; what is left of a quad without
+   * it must be 2 or 3 characters. */
+  if (n % 4 == 0)
+    while (pad < 2 && n > pad && s[n - 1 - pad] == '=')
+      pad++;
+  n -= pad;
+  if (n % 4 == 1)
+    return -1;
+  for (i = 0; i < n; i++) {
+    v = b64_val((unsigned char)s[i]);
+    if (v < 0)
+      return -1;
+    acc = (acc << 6) | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (uint8_t)(acc >> bits);
+    }
+  }
+  return (long)o;
+}
+
+size_t emd_codec_base64(const uint8_t *in, size_t len, char *out)
+{
+  static const char tab[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t i, o = 0;
+  uint32_t v;
+
+  for (i = 0; i + 2 < len; i += 3) {
+    v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+    out[o++] = tab[v >> 18];
+    out[o++] = tab[(v >> 12) & 63];
+    out[o++] = tab[(v >> 6) & 63];
+    out[o++] = tab[v & 63];
+  }
+  if (i < len) {
+    v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0);
+    out[o++] = tab[v >> 18];
+    out[o++] = tab[(v >> 12) & 63];
+    out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+    out[o++] = '=';
+  }
+  return o;
+}
+
+static bool is_space_byte(char c)
+{
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
+         c == '\v';
+}
+
+int emd_codec_hash_email(const char *addr, size_t len, uint8_t out[32])
+{
+  char low[320];
+  size_t i, b = 0, e = len, n;
+  EVP_MD_CTX *ctx;
+  int ok;
+
+  while (b < e && is_space_byte(addr[b]))
+    b++;
+  while (e > b && is_space_byte(addr[e - 1]))
+    e--;
+  /* Addresses are at most 254 bytes (RFC 5321); anything longer is still
+   * hashed, a block at a time, rather than refused. */
+  if (e - b <= sizeof(low)) {
+    for (i = b; i < e; i++)
+      low[i - b] = (char)(addr[i] >= 'A' && addr[i] <= 'Z' ? addr[i] + 32
+                                                          : addr[i]);
+    return SHA256((const unsigned char *)low, e - b, out) != NULL
+             ? 0 : -ENOMEM;
+  }
+  ctx = EVP_MD_CTX_new();
+  ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+  for (; ok && b < e; b += n) {
+    n = e - b < sizeof(low) ? e - b : sizeof(low);
+    for (i = 0; i < n; i++)
+      low[i] = (char)(addr[b + i] >= 'A' && addr[b + i] <= 'Z'
+                        ? addr[b + i] + 32 : addr[b + i]);
+    ok = EVP_DigestUpdate(ctx, low, n) == 1;
+  }
+  ok = ok && EVP_DigestFinal_ex(ctx, out, NULL) == 1;
+  EVP_MD_CTX_free(ctx);
+  return ok ? 0 : -ENOMEM;
+}
+
+/* SPEC 2: an email that contains '@' is an address, stored as its hash. */
+static bool email_is_address(const uint8_t *s, size_t n)
+{
+  return n > 0 && memchr(s, '@', n) != NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Field paths, as the client sees them: collection, event.context[0].type */
+
+struct seg {
+  const char *name;   /* proto field name, or the client's key */
+  int len;            /* -1: name is a proto name, shown lowerCamelCase */
+  long index;         /* >= 0: a list index; name unused */
+};
+
+struct path {
+  int n;
+  struct seg s[PATH_MAX_SEGS];
+};
+
+static void path_push(struct path *p, const char *name, int len, long index)
+{
+  if (p->n < PATH_MAX_SEGS) {
+    p->s[p->n].name = name;
+    p->s[p->n].len = len;
+    p->s[p->n].index = index;
+  }
+  p->n++;
+}
+
+static void path_pop(struct path *p)
+{
+  p->n--;
+}
+
+static void put_camel(char *out, size_t cap, size_t *o, const char *name)
+{
+  bool up = false;
+
+  for (; *name != '\0' && *o + 1 < cap; name++) {
+    if (*name == '_') {
+      up = true;
+      continue;
+    }
+    out[(*o)++] = up && *name >= 'a' && *name <= 'z' ? *name - 32 : *name;
+    up = false;
+  }
+}
+
+static void path_format(const struct path *p, char *out, size_t cap)
+{
+  const struct seg *s;
+  size_t o = 0, k;
+  int i, n = p->n < PATH_MAX_SEGS ? p->n : PATH_MAX_SEGS;
+
+  for (i = 0; i < n; i++) {
+    s = &p->s[i];
+    if (s->index >= 0) {
+      o += (size_t)snprintf(out + o, cap - o, "[%ld]", s->index);
+      if (o >= cap)
+        o = cap - 1;
+      continue;
+    }
+    if (i > 0 && o + 1 < cap)
+      out[o++] = '.';
+    if (s->len < 0) {
+      put_camel(out, cap, &o, s->name);
+      continue;
+    }
+    for (k = 0; k < (size_t)s->len && o + 1 < cap; k++)
+      out[o++] = s->name[k];
+  }
+  out[o] = '\0';
+}
+
+/* ------------------------------------------------------------------ */
+/* Step 3: tokens -> protobuf-c structs */
+
+struct dec {
+  const char *js;
+  const struct jtok *t;
+  struct emd_arena *arena;
+  const struct emd_codec_opts *opts;
+  char *msg;
+  size_t msglen;
+  struct path path;
+};
+
+static int dec_fail(struct dec *d, int rc, const char *fmt, ...)
+  __attribute__((format(printf, 3, 4)));
+
+static int dec_fail(struct dec *d, int rc, const char *fmt, ...)
+{
+  char where[256], what[192];
+  va_list ap;
+
+  if (d->msg == NULL || d->msglen == 0)
+    return rc;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof(what), fmt, ap);
+  va_end(ap);
+  path_format(&d->path, where, sizeof(where));
+  snprintf(d->msg, d->msglen, "%s: %s", where, what);
+  return rc;
+}
+
+static int dec_nomem(struct dec *d)
+{
+  return fail(d->msg, d->msglen, -ENOMEM, "out of memory");
+}
+
+static const char *tok_ptr(const struct dec *d, int i)
+{
+  return d->js + d->t[i].start;
+}
+
+static size_t tok_len(const struct dec *d, int i)
+{
+  return (size_t)(d->t[i].end - d->t[i].start);
+}
+
+static bool tok_is(const struct dec *d, int i, char first)
+{
+  return d->t[i].type == J_PRIMITIVE && d->js[d->t[i].start] == first;
+}
+
+/* Whether key is name in lowerCamelCase (protobuf's ToJsonName: drop each
+ * '_' and upper-case the letter after it); for a name without '_' that is
+ * the name itself. */
+static bool key_is_camel(const char *key, size_t klen, const char *name)
+{
+  size_t i = 0;
+  bool up = false;
+  char c;
+
+  for (; *name != '\0'; name++) {
+    if (*name == '_') {
+      up = true;
+      continue;
+    }
+    c = up && *name >= 'a' && *name <= 'z' ? *name - 32 : *name;
+    up = false;
+    if (i == klen || key[i++] != c)
+      return false;
+  }
+  return i == klen;
+}
+
+/* Whether key names the field called name, in either spelling. */
+static bool field_is(const char *key, size_t klen, const char *name)
+{
+  if (klen == 0 || name[0] != key[0])
+    return false;
+  if (key_is_camel(key, klen, name))
+    return true;
+  return strchr(name, '_') != NULL && strlen(name) == klen &&
+         memcmp(name, key, klen) == 0;
+}
+
+/* The field key names, or NULL. Clients mostly send fields in proto
+ * order, so the search starts after the field found last (*hint). */
+static const ProtobufCFieldDescriptor *
+find_field(const ProtobufCMessageDescriptor *desc, const char *key,
+           size_t klen, unsigned *hint)
+{
+  unsigned i, k, n = desc->n_fields;
+
+  for (k = 0, i = *hint; k < n; k++, i++) {
+    if (i >= n)
+      i = 0;
+    if (field_is(key, klen, desc->fields[i].name)) {
+      *hint = i + 1;
+      return &desc->fields[i];
+    }
+  }
+  if (desc == &google__protobuf__any__descriptor && klen == 5 &&
+      memcmp(key, "@type", 5) == 0)
+    return protobuf_c_message_descriptor_get_field(desc, 1);
+  return NULL;
+}
+
+/* The text of key token i, unescaped into buf when it has escapes (a key
+ * too long for buf cannot name a field and is left as it is). */
+static void key_text(const struct dec *d, int i, char *buf, size_t cap,
+                     const char **key, size_t *klen)
+{
+  *key = tok_ptr(d, i);
+  *klen = tok_len(d, i);
+  if (d->t[i].esc && *klen <= cap) {
+    *klen = unescape(*key, *klen, buf);
+    *key = buf;
+  }
+}
+
+/* String token i, unescaped into the arena with a NUL added; U+0000 is
+ * refused. */
+static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
+{
+  const char *s = tok_ptr(d, i);
+  size_t n = tok_len(d, i);
+  char *p;
+
+  p = emd_arena_alloc(d->arena, n + 1);
+  if (p == NULL)
+    return dec_nomem(d);
+  if (!d->t[i].esc) {
+    memcpy(p, s, n);
+  } else {
+    /* Raw control characters are bad_json, so only an escape can make
+     * a NUL, which a protobuf-c string cannot hold. */
+    n = unescape(s, n, p);
+    if (memchr(p, '\0', n) != NULL)
+      return dec_fail(d, EMD_EINVALID, "contains U+0000");
+  }
+  p[n] = '\0';
+  *out = p;
+  *outlen = n;
+  return 0;
+}
+
+/* The text of a primitive or string token, unescaped if need be (into the
+ * arena): a number given either way, or an enum name. */
+static int dec_numtext(struct dec *d, int i, const char **s, size_t *n)
+{
+  char *p;
+  int rc;
+
+  if (!d->t[i].esc) {
+    *s = tok_ptr(d, i);
+    *n = tok_len(d, i);
+    return 0;
+  }
+  rc = dec_string(d, i, &p, n);
+  *s = p;
+  return rc;
+}
+
+static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
+                    uint64_t *out)
+{
+  const char *s;
+  size_t n;
+  bool neg;
+  int rc;
+
+  if (d->t[i].type != J_STRING &&
+      (d->t[i].type != J_PRIMITIVE || tok_is(d, i, 't') ||
+       tok_is(d, i, 'f')))
+    return dec_fail(d, EMD_EINVALID, "expected an integer");
+  rc = dec_numtext(d, i, &s, &n);
+  if (rc != 0)
+    return rc;
+  if (!is_number(s, n))
+    return dec_fail(d, EMD_EINVALID, "expected an integer");
+  switch (num_int(s, n, &neg, out)) {
+  case NUM_FRAC:
+    return dec_fail(d, EMD_EINVALID, "not an integer");
+  case NUM_RANGE:
+    goto range;
+  default:
+    break;
+  }
+  if (neg && *out != 0)
+    return dec_fail(d, EMD_EINVALID, "must not be negative");
+  if (*out > max)
+    goto range;
+  return 0;
+
+range:
+  return dec_fail(d, EMD_EINVALID, "out of range for %s", type);
+}
+
+static int dec_double(struct dec *d, int i, double *out)
+{
+  char buf[64], *z = buf;
+  const char *s;
+  size_t n;
+  int rc;
+
+  if (d->t[i].type != J_STRING &&
+      (d->t[i].type != J_PRIMITIVE || tok_is(d, i, 't') ||
+       tok_is(d, i, 'f')))
+    return dec_fail(d, EMD_EINVALID, "expected a number");
+  rc = dec_numtext(d, i, &s, &n);
+  if (rc != 0)
+    return rc;
+  if (n == 3 && memcmp(s, "NaN", 3) == 0) {
+    *out = NAN;
+    return 0;
+  }
+  if ((n == 8 && memcmp(s, "Infinity", 8) == 0) ||
+      (n == 9 && memcmp(s, "-Infinity", 9) == 0)) {
+    *out = s[0] == '-' ? -INFINITY : INFINITY;
+    return 0;
+  }
+  if (!is_number(s, n))
+    return dec_fail(d, EMD_EINVALID, "expected a number");
+  if (n >= sizeof(buf)) {
+    z = emd_arena_alloc(d->arena, n + 1);
+    if (z == NULL)
+      return dec_nomem(d);
+  }
+  memcpy(z, s, n);
+  z[n] = '\0';
+  /* strtod reads the C locale's '.'; emitd never calls setlocale. */
+  *out = strtod(z, NULL);
+  return 0;
+}
+
+static int dec_enum(struct dec *d, int i, const ProtobufCEnumDescriptor *ed,
+                    int *out)
+{
+  const char *s;
+  size_t n;
+  uint64_t v;
+  unsigned k;
+  bool neg;
+  int rc;
+
+  if (d->t[i].type != J_STRING &&
+      (d->t[i].type != J_PRIMITIVE || tok_is(d, i, 't') ||
+       tok_is(d, i, 'f')))
+    return dec_fail(d, EMD_EINVALID, "expected an enum name or number");
+  rc = dec_numtext(d, i, &s, &n);   /* the name, when a string */
+  if (rc != 0)
+    return rc;
+  if (d->t[i].type == J_STRING) {
+    for (k = 0; k < ed->n_value_names; k++)
+      if (strlen(ed->values_by_name[k].name) == n &&
+          memcmp(ed->values_by_name[k].name, s, n) == 0) {
+        *out = ed->values[ed->values_by_name[k].index].value;
+        return 0;
+      }
+    return dec_fail(d, EMD_EINVALID, "unknown %s name: \"%.*s\"",
+                    ed->short_name, n > 64 ? 64 : (int)n, s);
+  }
+  if (num_int(s, n, &neg, &v) != NUM_OK ||
+      v > (neg ? (uint64_t)INT32_MAX + 1 : (uint64_t)INT32_MAX))
+    return dec_fail(d, EMD_EINVALID, "not an enum number: %.*s",
+                    n > 64 ? 64 : (int)n, s);
+  *out = neg ? (int)-(int64_t)v : (int)v;
+  return 0;
+}
+
+static int dec_bytes(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
+                     ProtobufCBinaryData *out)
+{
+  const ProtobufCFieldDescriptor *email;
+  char *s;
+  size_t n;
+  long got;
+  int rc;
+
+  if (d->t[i].type != J_STRING)
+    return dec_fail(d, EMD_EINVALID, "expected a base64 string");
+  rc = dec_string(d, i, &s, &n);
+  if (rc != 0)
+    return rc;
+  email = protobuf_c_message_descriptor_get_field(
+    &buildless__telemetry__user_detail__descriptor, 2);
+  if (f == email && !d->opts->upstream &&
+      email_is_address((const uint8_t *)s, n)) {
+    out->data = emd_arena_alloc(d->arena, SHA256_DIGEST_LENGTH);
+    if (out->data == NULL || emd_codec_hash_email(s, n, out->data) != 0)
+      return dec_nomem(d);
+    out->len = SHA256_DIGEST_LENGTH;
+    return 0;
+  }
+  if (n == 0)
+    return 0;
+  /* Decoding in place is safe: output never overtakes input. */
+  got = b64_decode(s, n, (uint8_t *)s);
+  if (got < 0)
+    return dec_fail(d, EMD_EINVALID, "not valid base64");
+  out->data = (uint8_t *)s;
+  out->len = (size_t)got;
+  return 0;
+}
+
+/* One non-null value of a singular or repeated scalar field into dst. */
+static int dec_scalar(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
+                      void *dst)
+{
+  uint64_t v;
+  size_t n;
+  char *s;
+  int rc;
+
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_STRING:
+    if (d->t[i].type != J_STRING)
+      return dec_fail(d, EMD_EINVALID, "expected a string");
+    rc = dec_string(d, i, &s, &n);
+    *(char **)dst = s;
+    return rc;
+  case PROTOBUF_C_TYPE_BYTES:
+    return dec_bytes(d, i, f, dst);
+  case PROTOBUF_C_TYPE_UINT32:
+  case PROTOBUF_C_TYPE_FIXED32:
+    rc = dec_uint(d, i, UINT32_MAX, "uint32", &v);
+    *(uint32_t *)dst = (uint32_t)v;
+    return rc;
+  case PROTOBUF_C_TYPE_UINT64:
+  case PROTOBUF_C_TYPE_FIXED64:
+    rc = dec_uint(d, i, UINT64_MAX, "uint64", &v);
+    *(uint64_t *)dst = v;
+    return rc;
+  case PROTOBUF_C_TYPE_DOUBLE:
+    return dec_double(d, i, dst);
+  case PROTOBUF_C_TYPE_BOOL:
+    if (!tok_is(d, i, 't') && !tok_is(d, i, 'f'))
+      return dec_fail(d, EMD_EINVALID, "expected true or false");
+    *(protobuf_c_boolean *)dst = tok_is(d, i, 't');
+    return 0;
+  case PROTOBUF_C_TYPE_ENUM:
+    return dec_enum(d, i, f->descriptor, dst);
+  default:
+    /* Signed and float types: no field of emitd's schema has them. */
+    return dec_fail(d, EMD_EINTERNAL, "field type %d not supported",
+                    (int)f->type);
+  }
+}
+
+static int dec_object(struct dec *d, int i,
+                      const ProtobufCMessageDescriptor *desc, void *m,
+                      int *next);
+
+/* A fresh message of type desc from object token i into *out. */
+static int dec_message(struct dec *d, int i,
+                       const ProtobufCMessageDescriptor *desc, void **out,
+                       int *next)
+{
+  void *m;
+
+  if (d->t[i].type != J_OBJECT)
+    return dec_fail(d, EMD_EINVALID, "expected an object");
+  m = emd_arena_alloc(d->arena, desc->sizeof_message);
+  if (m == NULL)
+    return dec_nomem(d);
+  protobuf_c_message_init(desc, m);
+  *out = m;
+  return dec_object(d, i, desc, m, next);
+}
+
+static size_t scalar_size(ProtobufCType type)
+{
+  switch (type) {
+  case PROTOBUF_C_TYPE_STRING:
+  case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
+  case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
+  case PROTOBUF_C_TYPE_UINT64:
+  case PROTOBUF_C_TYPE_FIXED64:
+  case PROTOBUF_C_TYPE_DOUBLE: return 8;
+  case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
+  default: return 4;
+  }
+}
+
+static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
+                        void *m, int *next)
+{
+  int n = d->t[i].size, k, j = i + 1, rc;
+  size_t sz = scalar_size(f->type);
+  char *items;
+
+  if (d->t[i].type != J_ARRAY)
+    return dec_fail(d, EMD_EINVALID, "expected an array");
+  items = emd_arena_calloc(d->arena, (size_t)n * sz);
+  if (items == NULL)
+    return dec_nomem(d);
+  for (k = 0; k < n; k++) {
+    path_push(&d->path, NULL, 0, k);
+    if (tok_is(d, j, 'n'))
+      return dec_fail(d, EMD_EINVALID, "null is not allowed in a list");
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+      rc = dec_message(d, j, f->descriptor, (void **)(items + k * sz), &j);
+    } else {
+      rc = dec_scalar(d, j, f, items + k * sz);
+      j++;
+    }
+    if (rc != 0)
+      return rc;
+    path_pop(&d->path);
+  }
+  *(size_t *)((char *)m + f->quantifier_offset) = (size_t)n;
+  *(void **)((char *)m + f->offset) = items;
+  *next = j;
+  return 0;
+}
+
+static int dec_field(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
+                     void *m, int *next)
+{
+  void *member = (char *)m + f->offset;
+
+  if (tok_is(d, i, 'n')) {   /* null: the field keeps its default */
+    *next = i + 1;
+    return 0;
+  }
+  if (f->label == PROTOBUF_C_LABEL_REPEATED)
+    return dec_repeated(d, i, f, m, next);
+  if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+    return dec_message(d, i, f->descriptor, member, next);
+  *next = i + 1;
+  return dec_scalar(d, i, f, member);
+}
+
+/* The members of object token i into message m. */
+static int dec_object(struct dec *d, int i,
+                      const ProtobufCMessageDescriptor *desc, void *m,
+                      int *next)
+{
+  const ProtobufCFieldDescriptor *f;
+  int k, j = i + 1, rc, nkeys = d->t[i].size;
+  uint64_t seen = 0, bit;
+  unsigned hint = 0;
+  const char *key;
+  size_t klen;
+  char kbuf[64];
+
+  for (k = 0; k < nkeys; k++) {
+    key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
+    f = find_field(desc, key, klen, &hint);
+    if (f == NULL) {
+      if (!d->opts->ignore_unknown) {
+        path_push(&d->path, tok_ptr(d, j),
+                  tok_len(d, j) > 64 ? 64 : (int)tok_len(d, j), -1);
+        return dec_fail(d, EMD_EINVALID, "unknown field");
+      }
+      j = d->t[j + 1].next;
+      continue;
+    }
+    path_push(&d->path, f->name, -1, -1);
+    /* Every message of the schema has fewer than 64 fields. */
+    bit = (uint64_t)1 << ((f - desc->fields) & 63);
+    if (seen & bit)
+      return dec_fail(d, EMD_EINVALID, "duplicate field");
+    seen |= bit;
+    rc = dec_field(d, j + 1, f, m, &j);
+    if (rc != 0)
+      return rc;
+    path_pop(&d->path);
+  }
+  *next = j;
+  return 0;
+}
+
+/* Whether the top-level object has an "event" member (an envelope). */
+static bool has_event_member(const struct dec *d)
+{
+  int k, j = 1;
+  const char *key;
+  size_t klen;
+  char kbuf[64];
+
+  for (k = 0; k < d->t[0].size; k++) {
+    key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
+    if (klen == 5 && memcmp(key, "event", 5) == 0)
+      return true;
+    j = d->t[j + 1].next;
+  }
+  return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* Whole-tree checks for messages not made by dec_*: UTF-8 of every
+ * string, and unknown fields (protobuf-c keeps them for re-packing). */
+
+struct tree {
+  bool unknown;       /* unknown fields are an error */
+  bool drop;          /* ... or are dropped */
+  char *msg;
+  size_t msglen;
+  struct path path;
+};
+
+static int tree_fail(struct tree *c, const char *what)
+{
+  char where[256];
+
+  path_format(&c->path, where, sizeof(where));
+  return fail(c->msg, c->msglen, EMD_EINVALID, "%s%s%s", where,
+              where[0] != '\0' ? ": " : "", what);
+}
+
+static int tree_check(struct tree *c, ProtobufCMessage *m);
+
+static int tree_value(struct tree *c, const ProtobufCFieldDescriptor *f,
+                      void *v)
+{
+  const char *s;
+
+  if (f->type == PROTOBUF_C_TYPE_MESSAGE)
+    return *(void **)v == NULL ? 0 : tree_check(c, *(void **)v);
+  if (f->type != PROTOBUF_C_TYPE_STRING)
+    return 0;
+  s = *(char **)v;
+  if (s != NULL && !utf8_valid(s, strlen(s)))
+    return tree_fail(c, "not valid UTF-8");
+  return 0;
+}
+
+static int tree_check(struct tree *c, ProtobufCMessage *m)
+{
+  const ProtobufCMessageDescriptor *desc = m->descriptor;
+  const ProtobufCFieldDescriptor *f;
+  char what[48];
+  size_t k, n, sz;
+  unsigned i;
+  int rc;
+
+  if (m->n_unknown_fields > 0 && c->unknown) {
+    snprintf(what, sizeof(what), "unknown field %u",
+             (unsigned)m->unknown_fields[0].tag);
+    return tree_fail(c, what);
+  }
+  if (c->drop)
+    m->n_unknown_fields = 0;
+  for (i = 0; i < desc->n_fields; i++) {
+    f = &desc->fields[i];
+    path_push(&c->path, f->name, -1, -1);
+    if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+      rc = tree_value(c, f, (char *)m + f->offset);
+    } else {
+      n = *(size_t *)((char *)m + f->quantifier_offset);
+      sz = scalar_size(f->type);
+      for (k = 0, rc = 0; k < n && rc == 0; k++) {
+        path_push(&c->path, NULL, 0, (long)k);
+        rc = tree_value(c, f, *(char **)((char *)m + f->offset) + k * sz);
+        path_pop(&c->path);
+      }
+    }
+    if (rc != 0)
+      return rc;
+    path_pop(&c->path);
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The client rules of SPEC 1.1, hand-coded (no regex engine). Patterns
+ * follow RE2 semantics, as protoc-gen-validate applies them: '.' is one
+ * code point other than '\n', '$' is the very end. */
+
+typedef Buildless__Telemetry__EventContext ctx_t;
+typedef Buildless__Telemetry__EventDetail detail_t;
+typedef Buildless__Telemetry__EventTiming timing_t;
+typedef Buildless__Telemetry__EventLocation location_t;
+
+/* ^[a-zA-Z]{3,32}$ */
+static bool match_collection(const char *s)
+{
+  size_t n = 0;
+
+  while (is_alpha(s[n]))
+    n++;
+  return s[n] == '\0' && n >= 3 && n <= 32;
+}
+
+/* ^[a-zA-Z0-9]{12,64}$ */
+static bool match_id(const char *s)
+{
+  size_t n = 0;
+
+  while (is_alnum(s[n]))
+    n++;
+  return s[n] == '\0' && n >= 12 && n <= 64;
+}
+
+/* ^org_[a-zA-Z0-9]{3,32}$ */
+static bool match_tenant(const char *s)
+{
+  size_t n = 0;
+
+  if (strncmp(s, "org_", 4) != 0)
+    return false;
+  s += 4;
+  while (is_alnum(s[n]))
+    n++;
+  return s[n] == '\0' && n >= 3 && n <= 32;
+}
+
+/* Regex '.': one code point other than '\n' at *s. */
+static bool match_any(const char **s)
+{
+  size_t k;
+
+  if (**s == '\0' || **s == '\n')
+    return false;
+  k = utf8_seq((const unsigned char *)*s, strlen(*s));
+  *s += k > 0 ? k : 1;
+  return true;
+}
+
+/* ^type.googleapis.com/buildless.context.[a-zA-Z.0-9]*$ : the unescaped
+ * dots match any character, as they do for the service. */
+static bool match_ctx_type(const char *s)
+{
+  static const struct { const char *s; size_t n; } lit[] = {
+    { "type", 4 }, { "googleapis", 10 }, { "com/buildless", 13 },
+    { "context", 7 } };
+  size_t i;
+
+  for (i = 0; i < 4; i++) {
+    /* strncmp stops at a shorter s's NUL, so no overrun. */
+    if (strncmp(s, lit[i].s, lit[i].n) != 0)
+      return false;
+    s += lit[i].n;
+    if (!match_any(&s))
+      return false;
+  }
+  while (is_alnum(*s) || *s == '.')
+    s++;
+  return *s == '\0';
+}
+
+/* ^[a-zA-Z]{3,12}::[a-zA-Z0-9]* : a prefix only. ':' is not a letter, so
+ * the letters before "::" are the whole leading run. */
+static bool match_resource(const char *s)
+{
+  size_t n = 0;
+
+  while (is_alpha(s[n]))
+    n++;
+  return n >= 3 && n <= 12 && s[n] == ':' && s[n + 1] == ':';
+}
+
+/* ^[a-zA-Z][a-zA-Z0-9_-]{2,32} : a prefix only, so three characters
+ * decide it. */
+static bool match_tenant_name(const char *s)
+{
+  int i;
+
+  if (!is_alpha(s[0]))
+    return false;
+  for (i = 1; i < 3; i++)
+    if (!is_alnum(s[i]) && s[i] != '_' && s[i] != '-')
+      return false;
+  return true;
+}
+
+/* An absolute URI (RFC 3986): scheme ":" then only URI characters, '%'
+ * followed by two hex digits, at most one '#'. */
+static bool is_uri(const char *s)
+{
+  /* RFC 3986 unreserved, gen-delims and sub-delims: letters, digits,
+   * "-._~" ":/?#[]@" "!$&'()*+,;=", as a bitmap over ASCII. */
+  static const uint32_t uri_chars[4] = { 0, 0xafffffdau, 0xafffffffu,
+                                         0x47fffffeu };
+  size_t i = 0;
+  unsigned char u;
+  bool frag = false;
+
+  if (!is_alpha(s[0]))
+    return false;
+  while (is_alnum(s[i]) || s[i] == '+' || s[i] == '-' || s[i] == '.')
+    i++;
+  if (s[i++] != ':')
+    return false;
+  for (; s[i] != '\0'; i++) {
+    if (s[i] == '%') {
+      if (hex_val(s[i + 1]) < 0 || hex_val(s[i + 2]) < 0)
+        return false;
+      i += 2;
+    } else if (s[i] == '#') {
+      if (frag)
+        return false;
+      frag = true;
+    } else {
+      u = (unsigned char)s[i];
+      if (u >= 128 || !(uri_chars[u >> 5] >> (u & 31) & 1))
+        return false;
+    }
+  }
+  return true;
+}
+
+static bool enum_defined(const ProtobufCEnumDescriptor *ed, int v)
+{
+  return protobuf_c_enum_descriptor_get_value(ed, v) != NULL;
+}
+
+struct rules {
+  char *msg;
+  size_t msglen;
+};
+
+static int rule(struct rules *r, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+
+static int rule(struct rules *r, const char *fmt, ...)
+{
+  va_list ap;
+  int rc;
+
+  va_start(ap, fmt);
+  rc = vfail(r->msg, r->msglen, EMD_EINVALID, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* Whether s has more than max code points; bytes bound them from above,
+ * so most strings need no count. */
+static bool too_long(const char *s, size_t max)
+{
+  size_t n = strnlen(s, max + 1);
+
+  return n > max && cp_len(s) > max;
+}
+
+#define CTX "event.context[%zu]."
+
+static int rules_context(struct rules *r, const ctx_t *c, size_t i)
+{
+  if (c->type[0] == '\0')
+    return rule(r, CTX "type: required", i);
+  if (!match_ctx_type(c->type))
+    return rule(r, CTX "type: does not match %s", i, PAT_CTX_TYPE);
+  if (too_long(c->type, 64))
+    return rule(r, CTX "type: longer than 64 characters", i);
+  if (c->resource[0] != '\0' && !match_resource(c->resource))
+    return rule(r, CTX "resource: does not match %s", i, PAT_RESOURCE);
+  if (too_long(c->resource, 128))
+    return rule(r, CTX "resource: longer than 128 characters", i);
+  if (c->action[0] != '\0' && c->resource[0] == '\0')
+    return rule(r, CTX "action: only allowed together with resource", i);
+  if (too_long(c->action, 32))
+    return rule(r, CTX "action: longer than 32 characters", i);
+  if (c->event[0] == '\0')
+    return rule(r, CTX "event: required", i);
+  if (too_long(c->event, 64))
+    return rule(r, CTX "event: longer than 64 characters", i);
+  return 0;
+}
+
+#define DETAIL "event.detail."
+
+static int rules_os(struct rules *r, const Buildless__Telemetry__OSInfo *os)
+{
+  if (os == NULL)
+    return 0;
+  if (!enum_defined(&buildless__telemetry__osfamily__descriptor,
+                    (int)os->family))
+    return rule(r, DETAIL "client.os.family: not a defined OSFamily: %d",
+                (int)os->family);
+  if (!enum_defined(&buildless__telemetry__processor_arch__descriptor,
+                    (int)os->arch))
+    return rule(r, DETAIL "client.os.arch: not a defined ProcessorArch: "
+                "%d", (int)os->arch);
+  return 0;
+}
+
+static int rules_detail(struct rules *r, const detail_t *d)
+{
+  const Buildless__Telemetry__RepositoryDetail *repo;
+  const Buildless__Telemetry__UserDetail *u;
+
+  if (d == NULL)
+    return 0;
+  if (d->tenant != NULL && d->tenant->name[0] != '\0') {
+    if (!match_tenant_name(d->tenant->name))
+      return rule(r, DETAIL "tenant.name: does not match %s",
+                  PAT_TENANT_NAME);
+    if (too_long(d->tenant->name, 32))
+      return rule(r, DETAIL "tenant.name: longer than 32 characters");
+  }
+  if ((u = d->user) != NULL) {
+    if (too_long(u->uid, 128))
+      return rule(r, DETAIL "user.uid: longer than 128 characters");
+    if (u->email.len != 0 && u->email.len != 32)
+      return rule(r, DETAIL "user.email: neither an address nor 32 bytes "
+                  "(a SHA-256)");
+    if (too_long(u->username, 32))
+      return rule(r, DETAIL "user.username: longer than 32 characters");
+  }
+  if ((repo = d->repository) != NULL) {
+    if (!enum_defined(&buildless__telemetry__repository_provider__descriptor,
+                      (int)repo->provider))
+      return rule(r, DETAIL "repository.provider: not a defined "
+                  "RepositoryProvider: %d", (int)repo->provider);
+    if (repo->link[0] != '\0' && !is_uri(repo->link))
+      return rule(r, DETAIL "repository.link: not a URI");
+    if (too_long(repo->name, 32))
+      return rule(r, DETAIL "repository.name: longer than 32 characters");
+  }
+  return d->client != NULL ? rules_os(r, d->client->os) : 0;
+}
+
+static int rules_timing(struct rules *r, const timing_t *t)
+{
+  if (t == NULL)
+    return 0;
+  if (t->timehash[0] != '\0')
+    return rule(r, "event.timing.timehash: set by the service only");
+  if (t->received != 0)
+    return rule(r, "event.timing.received: set by the service only");
+  if (t->ingested != 0)
+    return rule(r, "event.timing.ingested: set by the service only");
+  return 0;
+}
+
+static int rules_location(struct rules *r, const location_t *l)
+{
+  const Buildless__Telemetry__GeoPoint *pt;
+
+  if (l == NULL)
+    return 0;
+  if (l->source_ip.len != 0)
+    return rule(r, "event.location.sourceIp: set by the service only");
+  if (l->nielsen[0] != '\0')
+    return rule(r, "event.location.nielsen: set by the service only");
+  if (l->tag[0] != '\0')
+    return rule(r, "event.location.tag: set by the service only");
+  pt = l->point;
+  if (pt != NULL && !(isfinite(pt->lat) && fabs(pt->lat) <= 90))
+    return rule(r, "event.location.point.lat: not a number from -90 to 90");
+  if (pt != NULL && !(isfinite(pt->lon) && fabs(pt->lon) <= 180))
+    return rule(r, "event.location.point.lon: not a number from -180 to "
+                "180");
+  return 0;
+}
+
+/* Every client rule, in field order; the first broken one is reported.
+ * Strings must be valid UTF-8 already. */
+static int rules_event(const emd_event *ev, char *msg, size_t msglen)
+{
+  struct rules r = { msg, msglen };
+  const emd_tevent *te = ev->event;
+  size_t i;
+  int rc;
+
+  if (ev->collection[0] != '\0' && !match_collection(ev->collection))
+    return rule(&r, "collection: does not match %s", PAT_COLLECTION);
+  if (te == NULL)
+    return rule(&r, "event: required");
+  if (te->scope[0] != '\0')
+    return rule(&r, "event.scope: set by the service only");
+  if (te->id[0] != '\0' && !match_id(te->id))
+    return rule(&r, "event.id: does not match %s", PAT_ID);
+  if (te->tenant[0] != '\0' && !match_tenant(te->tenant))
+    return rule(&r, "event.tenant: does not match %s", PAT_TENANT);
+  if (too_long(te->user, 128))
+    return rule(&r, "event.user: longer than 128 characters");
+  if (te->n_context == 0)
+    return rule(&r, "event.context: required, 1 to %d items", CONTEXT_MAX);
+  if (te->n_context > CONTEXT_MAX)
+    return rule(&r, "event.context: more than %d items", CONTEXT_MAX);
+  for (i = 0; i < te->n_context; i++)
+    if ((rc = rules_context(&r, te->context[i], i)) != 0)
+      return rc;
+  if ((rc = rules_detail(&r, te->detail)) != 0 ||
+      (rc = rules_timing(&r, te->timing)) != 0 ||
+      (rc = rules_location(&r, te->location)) != 0)
+    return rc;
+  if (te->timer.len > EMD_TIMER_MAX)
+    return rule(&r, "event.timer: longer than %d bytes", EMD_TIMER_MAX);
+  if (te->data != NULL && strchr(te->data->type_url, '/') == NULL)
+    return rule(&r, "event.data.typeUrl: does not contain a /");
+  return 0;
+}
+
+int emd_codec_validate(const emd_event *ev, char *msg, size_t msglen)
+{
+  struct tree c = { .msg = msg, .msglen = msglen };
+  int rc;
+
+  rc = tree_check(&c, (ProtobufCMessage *)&ev->base);
+  if (rc != 0)
+    return rc;
+  return rules_event(ev, msg, msglen);
+}
+
+/* ------------------------------------------------------------------ */
+/* Decoding entry points */
+
+static const struct emd_codec_opts no_opts;
+
+int emd_codec_decode_json(const char *line, size_t len,
+                          const struct emd_codec_opts *opts,
+                          struct emd_arena *arena, emd_event **out,
+                          char *msg, size_t msglen)
+{
+  struct jtok stack[STACK_TOKENS];
+  struct dec d;
+  struct lexer lx = { line, len, stack, 0, STACK_TOKENS, arena, msg,
+                      msglen };
+  struct jtok *t;
+  emd_event *ev;
+  int next, rc;
+
+  *out = NULL;
+  /* Token offsets are ints. */
+  if (len >= (size_t)1 << 30)
+    return fail(msg, msglen, EMD_ETOOLARGE, "line too long");
+  rc = lex(&lx);
+  if (rc != 0)
+    return rc;
+  t = lx.t;
+  if (t[0].type != J_OBJECT)
+    return fail(msg, msglen, EMD_EINVALID, "not a JSON object");
+  /* Set field by field: the path array needs no zeroing. */
+  d.js = line;
+  d.t = t;
+  d.arena = arena;
+  d.opts = opts != NULL ? opts : &no_opts;
+  d.msg = msg;
+  d.msglen = msglen;
+  d.path.n = 0;
+  ev = emd_arena_alloc(arena, sizeof(*ev));
+  if (ev == NULL)
+    return dec_nomem(&d);
+  buildless__service__v1__event__init(ev);
+  if (has_event_member(&d)) {
+    rc = dec_object(&d, 0, &buildless__service__v1__event__descriptor, ev,
+                    &next);
+  } else {
+    path_push(&d.path, "event", -1, -1);
+    rc = dec_message(&d, 0, &buildless__telemetry__telemetry_event__descriptor,
+                     (void **)&ev->event, &next);
+  }
+  if (rc != 0)
+    return rc;
+  if (!d.opts->upstream) {
+    ev->fin = 0;
+    rc = rules_event(ev, msg, msglen);
+    if (rc != 0)
+      return rc;
+  }
+  *out = ev;
+  return 0;
+}
+
+/* SPEC 2's email rule for a frame: bytes with an '@' that are not a
+ * 32-byte hash already are an address, replaced by its hash. */
+static int frame_email(emd_event *ev, struct emd_arena *arena)
+{
+  Buildless__Telemetry__UserDetail *u = NULL;
+  uint8_t *h;
+
+  if (ev->event != NULL && ev->event->detail != NULL)
+    u = ev->event->detail->user;
+  if (u == NULL || u->email.len == SHA256_DIGEST_LENGTH ||
+      !email_is_address(u->email.data, u->email.len))
+    return 0;
+  h = emd_arena_alloc(arena, SHA256_DIGEST_LENGTH);
+  if (h == NULL ||
+      emd_codec_hash_email((const char *)u->email.data, u->email.len, h))
+    return -ENOMEM;
+  u->email.data = h;
+  u->email.len = SHA256_DIGEST_LENGTH;
+  return 0;
+}
+
+int emd_codec_decode_frame(const uint8_t *buf, size_t len,
+                           const struct emd_codec_opts *opts,
+                           struct emd_arena *arena, emd_event **out,
+                           char *msg, size_t msglen)
+{
+  struct tree c = { .msg = msg, .msglen = msglen };
+  emd_event *ev;
+  int rc;
+
+  *out = NULL;
+  if (opts == NULL)
+    opts = &no_opts;
+  c.unknown = !opts->ignore_unknown;
+  c.drop = opts->ignore_unknown;
+  ev = (emd_event *)protobuf_c_message_unpack(
+    &buildless__service__v1__event__descriptor, emd_arena_pb(arena), len,
+    buf);
+  if (ev == NULL)
+    return fail(msg, msglen, EMD_EINVALID, "not a valid Event message");
+  rc = tree_check(&c, &ev->base);
+  if (rc != 0)
+    return rc;
+  if (!opts->upstream) {
+    ev->fin = 0;
+    if (frame_email(ev, arena) != 0)
+      return fail(msg, msglen, -ENOMEM, "out of memory");
+    rc = rules_event(ev, msg, msglen);
+    if (rc != 0)
+      return rc;
+  }
+  *out = ev;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Event -> proto3 JSON */
+
+struct jw {
+  struct emd_codec_buf *b;
+  bool oom;
+};
+
+/* Room for n more bytes at the end of the buffer, or NULL. */
+static char *jw_room(struct jw *w, size_t n)
+{
+  struct emd_codec_buf *b = w->b;
+  size_t cap;
+  char *p;
+
+  if (w->oom)
+    return NULL;
+  if (b->cap - b->len < n) {
+    cap = b->cap > 0 ? b->cap : 256;
+    while (cap - b->len < n)
+      cap *= 2;
+    p = realloc(b->data, cap);
+    if (p == NULL) {
+      w->oom = true;
+      return NULL;
+    }
+    b->data = p;
+    b->cap = cap;
+  }
+  return b->data + b->len;
+}
+
+static void jw_put(struct jw *w, const char *s, size_t n)
+{
+  char *p = jw_room(w, n);
+
+  if (p != NULL) {
+    memcpy(p, s, n);
+    w->b->len += n;
+  }
+}
+
+static void jw_str(struct jw *w, const char *s)
+{
+  jw_put(w, s, strlen(s));
+}
+
+static void jw_quoted(struct jw *w, const char *s)
+{
+  static const char hex[] = "0123456789abcdef";
+  const char *run = s;
+  char esc[6] = { '\\', 'u', '0', '0', 0, 0 };
+  char two[2] = { '\\', 0 };
+  unsigned char c;
+
+  jw_put(w, "\"", 1);
+  for (; *s != '\0'; s++) {
+    c = (unsigned char)*s;
+    if (c >= 0x20 && c != '"' && c != '\\')
+      continue;
+    jw_put(w, run, (size_t)(s - run));
+    run = s + 1;
+    two[1] = c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : (char)c;
+    if (c == '"' || c == '\\' || c == '\n' || c == '\t' || c == '\r') {
+      jw_put(w, two, 2);
+    } else {
+      esc[4] = hex[c >> 4];
+      esc[5] = hex[c & 15];
+      jw_put(w, esc, 6);
+    }
+  }
+  jw_put(w, run, (size_t)(s - run));
+  jw_put(w, "\"", 1);
+}
+
+static void jw_key(struct jw *w, bool *first, const char *name)
+{
+  char buf[64];
+  size_t o = 0;
+
+  if (!*first)
+    jw_put(w, ",", 1);
+  *first = false;
+  buf[o++] = '"';
+  put_camel(buf, sizeof(buf) - 2, &o, name);
+  buf[o++] = '"';
+  buf[o++] = ':';
+  jw_put(w, buf, o);
+}
+
+static void jw_double(struct jw *w, double v)
+{
+  char buf[40];
+  int prec;
+
+  if (isnan(v)) {
+    jw_str(w, "\"NaN\"");
+    return;
+  }
+  if (isinf(v)) {
+    jw_str(w, v > 0 ? "\"Infinity\"" : "\"-Infinity\"");
+    return;
+  }
+  /* The shortest of %.15g..%.17g that reads back as the same double. */
+  for (prec = 15; prec < 17; prec++) {
+    snprintf(buf, sizeof(buf), "%.*g", prec, v);
+    if (strtod(buf, NULL) == v)
+      break;
+  }
+  if (prec == 17)
+    snprintf(buf, sizeof(buf), "%.17g", v);
+  jw_str(w, buf);
+}
+
+static void jw_bytes(struct jw *w, const ProtobufCBinaryData *b)
+{
+  char *p = jw_room(w, (b->len + 2) / 3 * 4 + 2);
+
+  if (p == NULL)
+    return;
+  p[0] = '"';
+  w->b->len += 1 + emd_codec_base64(b->data, b->len, p + 1);
+  jw_put(w, "\"", 1);
+}
+
+static void jw_message(struct jw *w, const ProtobufCMessage *m);
+
+static void jw_value(struct jw *w, const ProtobufCFieldDescriptor *f,
+                     const void *v)
+{
+  const ProtobufCEnumValue *ev;
+  char buf[32];
+
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_MESSAGE:
+    jw_message(w, *(const ProtobufCMessage *const *)v);
+    return;
+  case PROTOBUF_C_TYPE_STRING:
+    jw_quoted(w, *(const char *const *)v);
+    return;
+  case PROTOBUF_C_TYPE_BYTES:
+    jw_bytes(w, v);
+    return;
+  case PROTOBUF_C_TYPE_UINT64:
+  case PROTOBUF_C_TYPE_FIXED64:
+    snprintf(buf, sizeof(buf), "\"%llu\"",
+             (unsigned long long)*(const uint64_t *)v);
+    break;
+  case PROTOBUF_C_TYPE_DOUBLE:
+    jw_double(w, *(const double *)v);
+    return;
+  case PROTOBUF_C_TYPE_BOOL:
+    snprintf(buf, sizeof(buf), "%s",
+             *(const protobuf_c_boolean *)v ? "true" : "false");
+    break;
+  case PROTOBUF_C_TYPE_ENUM:
+    ev = protobuf_c_enum_descriptor_get_value(f->descriptor,
+                                              *(const int *)v);
+    if (ev != NULL) {
+      jw_quoted(w, ev->name);
+      return;
+    }
+    snprintf(buf, sizeof(buf), "%d", *(const int *)v);
+    break;
+  default:   /* uint32, fixed32: the rest are not in the schema */
+    snprintf(buf, sizeof(buf), "%u", *(const uint32_t *)v);
+    break;
+  }
+  jw_str(w, buf);
+}
+
+/* Whether a singular field holds its default (and is left out). */
+static bool is_default(const ProtobufCFieldDescriptor *f, const void *v)
+{
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_MESSAGE: return *(void *const *)v == NULL;
+  case PROTOBUF_C_TYPE_STRING:
+    return *(const char *const *)v == NULL || **(const char *const *)v == 0;
+  case PROTOBUF_C_TYPE_BYTES:
+    return ((const ProtobufCBinaryData *)v)->len == 0;
+  case PROTOBUF_C_TYPE_UINT64:
+  case PROTOBUF_C_TYPE_FIXED64:
+  case PROTOBUF_C_TYPE_DOUBLE:
+    /* Bitwise, as protobuf-c packs it: -0.0 is kept. */
+    return *(const uint64_t *)v == 0;
+  case PROTOBUF_C_TYPE_BOOL: return *(const protobuf_c_boolean *)v == 0;
+  default: return *(const uint32_t *)v == 0;
+  }
+}
+
+static void jw_message(struct jw *w, const ProtobufCMessage *m)
+{
+  const ProtobufCMessageDescriptor *desc = m->descriptor;
+  const ProtobufCFieldDescriptor *f;
+  const char *v, *items;
+  bool first = true;
+  size_t k, n, sz;
+  unsigned i;
+
+  jw_put(w, "{", 1);
+  for (i = 0; i < desc->n_fields; i++) {
+    f = &desc->fields[i];
+    v = (const char *)m + f->offset;
+    if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+      if (is_default(f, v))
+        continue;
+      jw_key(w, &first, f->name);
+      jw_value(w, f, v);
+      continue;
+    }
+    n = *(const size_t *)((const char *)m + f->quantifier_offset);
+    if (n == 0)
+      continue;
+    jw_key(w, &first, f->name);
+    jw_put(w, "[", 1);
+    items = *(const char *const *)v;
+    sz = scalar_size(f->type);
+    for (k = 0; k < n; k++) {
+      if (k > 0)
+        jw_put(w, ",", 1);
+      jw_value(w, f, items + k * sz);
+    }
+    jw_put(w, "]", 1);
+  }
+  jw_put(w, "}", 1);
+}
+
+int emd_codec_event_to_json(const emd_event *ev, struct emd_codec_buf *out)
+{
+  struct jw w = { out, false };
+  size_t len0 = out->len;
+
+  jw_message(&w, &ev->base);
+  if (w.oom) {
+    out->len = len0;
+    return -ENOMEM;
+  }
+  return 0;
+}

@@ -206,11 +206,15 @@ static void format_text(struct outbuf *o, const struct slot *s)
 static void format_binary(struct outbuf *o, const struct slot *s)
 {
   emd_ack ack = EMITD__V1__ACK__INIT;
+  char id[EMD_ID_MAX + 1];
   size_t n;
 
+  /* protobuf-c only reads these while packing, below. */
   ack.ok = s->rc == 0;
   if (s->rc == 0) {
-    ack.id = (char *)s->id;      /* packed at once, never written */
+    memcpy(id, s->id, s->id_len);
+    id[s->id_len] = '\0';
+    ack.id = id;
     ack.seq = s->seq;
     ack.duplicate = s->duplicate;
     if (!s->duplicate) {
@@ -222,12 +226,6 @@ static void format_binary(struct outbuf *o, const struct slot *s)
     ack.error = (char *)emd_errcode(s->rc);
     ack.message = s->msg ? s->msg : (char *)emd_strerror(s->rc);
     ack.line = s->line;
-  }
-  char idbuf[EMD_ID_MAX + 1];
-  if (s->rc == 0) {
-    memcpy(idbuf, s->id, s->id_len);
-    idbuf[s->id_len] = '\0';
-    ack.id = idbuf;
   }
   n = emitd__v1__ack__get_packed_size(&ack);
   if (out_reserve(o, n + 4) != 0)
@@ -262,11 +260,14 @@ static void conn_free(struct conn *c)
   free(c);
   if (in->st.clients > 0)
     in->st.clients--;
+  emd_log_debug("ingest", "client gone (%llu left)",
+                (unsigned long long)in->st.clients);
   if (in->stopping && in->conns == NULL && in->idle_cb != NULL) {
     emd_ingest_idle_cb cb = in->idle_cb;
 
     in->idle_cb = NULL;
-    cb(in->idle_data);
+    cb(in->idle_data);    /* may close and free in: touch it no more */
+    return;
   }
   ingest_maybe_free(in);
 }
@@ -652,10 +653,25 @@ static uint32_t be32(const uint8_t *p)
          p[3];
 }
 
-/* Binary mode: frames of a 4-byte big-endian length and an Event. */
+static void frame_too_large(struct conn *c, uint32_t len)
+{
+  char msg[128];
+
+  c->line++;
+  snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer than "
+           "ingest.max_event_bytes (%" PRIu64 ")", len,
+           c->in->cfg->ingest.max_event_bytes);
+  reply_error(c, EMD_ETOOLARGE, msg);
+  c->skip = len;          /* its payload is read and dropped */
+}
+
+/* Binary mode: frames of a 4-byte big-endian length and an Event. Whole
+ * frames are decoded in place; an unfinished one is gathered in
+ * c->partial. */
 static void feed_binary(struct conn *c, const char *p, size_t n)
 {
   uint64_t max = c->in->cfg->ingest.max_event_bytes;
+  uint32_t len;
 
   while (n > 0 && !c->closed) {
     if (c->skip > 0) {
@@ -666,66 +682,41 @@ static void feed_binary(struct conn *c, const char *p, size_t n)
       n -= k;
       continue;
     }
-    /* Gather at least the header, and then the whole frame, contiguous. */
-    const uint8_t *f;
-    size_t avail;
-
-    if (c->plen > 0 || n < 4) {
-      size_t want = 4;
-
-      if (c->plen >= 4)
-        want = 4 + be32((uint8_t *)c->partial);
-      size_t k = want > c->plen ? want - c->plen : 0;
-      if (k > n)
-        k = n;
-      if (partial_append(c, p, k) != 0) {
-        conn_close(c);
-        return;
-      }
-      p += k;
-      n -= k;
-      if (c->plen < 4)
-        return;
-      uint32_t len = be32((uint8_t *)c->partial);
+    if (c->plen == 0 && n >= 4) {
+      len = be32((const uint8_t *)p);
       if (len > max) {
-        c->line++;
-        char msg[128];
-        snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer "
-                 "than ingest.max_event_bytes (%" PRIu64 ")", len, max);
-        reply_error(c, EMD_ETOOLARGE, msg);
-        c->skip = len - (c->plen - 4);
-        c->plen = 0;
+        frame_too_large(c, len);
+        p += 4;
+        n -= 4;
         continue;
       }
-      if (c->plen < 4 + (size_t)len)
-        continue;        /* loop takes more bytes if there are any */
-      handle_frame(c, (uint8_t *)c->partial + 4, len);
-      c->plen = 0;
-      continue;
+      if (n - 4 >= len) {
+        handle_frame(c, (const uint8_t *)p + 4, len);
+        p += 4 + (size_t)len;
+        n -= 4 + (size_t)len;
+        continue;
+      }
     }
-    f = (const uint8_t *)p;
-    avail = n;
-    uint32_t len = be32(f);
-    if (len > max) {
-      char msg[128];
+    /* First the header, then (its length known and allowed) the rest. */
+    size_t want = c->plen < 4 ? 4 : 4 + (size_t)be32((uint8_t *)c->partial);
+    size_t k = want - c->plen < n ? want - c->plen : n;
 
-      c->line++;
-      snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer "
-               "than ingest.max_event_bytes (%" PRIu64 ")", len, max);
-      reply_error(c, EMD_ETOOLARGE, msg);
-      c->skip = len;
-      p += 4;
-      n -= 4;
-      continue;
-    }
-    if (avail < 4 + (size_t)len) {
-      if (partial_append(c, p, n) != 0)
-        conn_close(c);
+    if (partial_append(c, p, k) != 0) {
+      conn_close(c);
       return;
     }
-    handle_frame(c, f + 4, len);
-    p += 4 + len;
-    n -= 4 + len;
+    p += k;
+    n -= k;
+    if (c->plen < 4)
+      continue;
+    len = be32((uint8_t *)c->partial);
+    if (len > max) {
+      c->plen = 0;
+      frame_too_large(c, len);
+    } else if (c->plen == 4 + (size_t)len) {
+      c->plen = 0;
+      handle_frame(c, (uint8_t *)c->partial + 4, len);
+    }
   }
 }
 
@@ -888,6 +879,8 @@ static void on_connection(uv_stream_t *server, int status)
   in->conns = c;
   in->st.clients++;
   in->st.connections++;
+  emd_log_debug("ingest", "client connected (%llu now)",
+                (unsigned long long)in->st.clients);
   if (in->stopping) {
     c->refuse = true;
     c->line = 0;
