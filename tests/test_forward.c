@@ -174,6 +174,10 @@ static void state_names_match_the_status_reply(void **state)
 #define WAIT_MS 15000              /* the longest any step may take */
 #define KEY_BAD "k3yBADsecret0001"
 #define KEY_GOOD "k3yGOODsecret002"
+/* A first pause waits uniformly up to this long (full jitter): a resume
+ * within a second then comes from the resume, not the timer, but for a
+ * chance of 1 in 600. */
+#define PROBE_LATER_MS 600000
 
 struct fx {
   char dir[64];
@@ -557,7 +561,7 @@ static int fx_setup(void **state)
   fx->cfg.upstream.batch_linger_ms = 20;
   fx->cfg.upstream.retry_initial_ms = 50;
   fx->cfg.upstream.retry_max_ms = 400;
-  fx->cfg.upstream.auth_retry_max_ms = 60000;
+  fx->cfg.upstream.auth_retry_max_ms = PROBE_LATER_MS;
   fx->cfg.upstream.connect_timeout_ms = 2000;
   fx->cfg.upstream.timeout_ms = 5000;
   *state = fx;
@@ -810,8 +814,9 @@ static void unauthorized_pauses_and_a_key_file_rewrite_resumes(void **s)
 
   write_file(fx->key_path, KEY_BAD "\n");
   set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
-  /* the next probe would come seconds later: only the watch can be quick */
-  fx->cfg.upstream.retry_initial_ms = 20000;
+  /* the next probe would likely come minutes later: only the watch can
+   * be quick */
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
   up_start(fx, args);
   fx_open(fx);
   append_events(fx, 0, 30);
@@ -847,7 +852,7 @@ static void forbidden_pauses_until_a_reload_brings_another_key(void **s)
   struct fx *fx = *s;
 
   set_str(&fx->cfg.upstream.api_key, KEY_BAD);
-  fx->cfg.upstream.retry_initial_ms = 20000;
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
   up_start(fx, args);
   fx_open(fx);
   append_events(fx, 0, 12);
@@ -871,7 +876,7 @@ static void a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing(void **s)
   up_start(fx, NULL);
   snprintf(url, sizeof(url), "%s/wrong", fx->base);
   set_str(&fx->cfg.upstream.endpoint, url);
-  fx->cfg.upstream.retry_initial_ms = 20000;
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
   fx_open(fx);
   append_events(fx, 0, 5);
   assert_true(run_until(fx, misconfigured, WAIT_MS));
@@ -884,6 +889,83 @@ static void a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing(void **s)
   assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
   assert_true(run_until(fx, drained, 2000));
   assert_int_equal(up_stat(fx, "unique_ids"), 5);
+}
+
+static void key_reload_resumes_a_paused_state_at_once(void **s)
+{
+  const char *args[] = { "--key", KEY_GOOD, NULL };
+  struct fx *fx = *s;
+  uint64_t t0;
+
+  write_file(fx->key_path, KEY_BAD "\n");
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  up_start(fx, args);
+  fx_open(fx);
+  append_events(fx, 0, 8);
+  assert_true(run_until(fx, unauthorized, WAIT_MS));
+  /* the service lets anyone in now; the key file is as it was, so only
+   * the reload (SIGHUP, emitctl reload) can end the pause early */
+  ctl_post(fx, "/_test/key", "{\"key\":null}");
+  run_for(fx, 200);
+  assert_int_equal(spool_stats(fx).pending, 8);
+  t0 = now_ms();
+  emd_forward_key_reload(fx->fw);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(now_ms() - t0 < 1000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 8);
+}
+
+static void open_fails_when_the_key_file_cannot_be_read(void **s)
+{
+  struct fx *fx = *s;
+  char err[256];
+
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);   /* not there */
+  set_str(&fx->cfg.upstream.endpoint, "http://127.0.0.1:9");
+  assert_int_equal(emd_spool_open(&fx->loop, &fx->cfg, &fx->sp, err,
+                                  sizeof(err)), 0);
+  assert_int_equal(emd_forward_open(&fx->loop, &fx->cfg, fx->sp, &fx->fw),
+                   -ENOENT);
+  fx->fw = NULL;
+}
+
+/* Arrival time (ms since the epoch) of telemetry request i (from 0). */
+static uint64_t request_time(struct fx *fx, size_t i)
+{
+  char *log = ctl(fx, "/_test/requests", NULL), *line = log;
+  uint64_t t;
+
+  while (i-- > 0) {
+    line = strchr(line, '\n');
+    assert_non_null(line);
+    line++;
+  }
+  t = json_u64(line, "t_ms");
+  free(log);
+  return t;
+}
+
+static void a_full_batch_goes_at_once_and_a_partial_one_lingers(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t0;
+
+  fx->cfg.upstream.batch_max_events = 10;
+  fx->cfg.upstream.batch_linger_ms = 400;
+  up_start(fx, NULL);
+  fx_open(fx);
+  t0 = now_ms();
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(request_time(fx, 0) - t0 < 300);
+
+  t0 = now_ms();
+  append_events(fx, 10, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(request_time(fx, 1) - t0 >= 350);
+  assert_int_equal(up_stat(fx, "requests"), 2);
+  assert_int_equal(up_stat(fx, "unique_ids"), 13);
 }
 
 /* One dead letter as emd_spool_list_dead shows it. */
@@ -1105,8 +1187,10 @@ int main(void)
     T(single_mode_json_with_gzip_arrives),
     T(single_mode_protobuf_with_zstd_arrives),
     T(a_batch_larger_than_batch_max_bytes_is_cut),
+    T(a_full_batch_goes_at_once_and_a_partial_one_lingers),
     T(every_auth_style_reaches_a_keyed_upstream),
     T(unauthorized_pauses_and_a_key_file_rewrite_resumes),
+    T(key_reload_resumes_a_paused_state_at_once),
     T(forbidden_pauses_until_a_reload_brings_another_key),
     T(a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing),
     T(a_poisoned_event_in_a_batch_ends_dead_alone),
@@ -1116,6 +1200,7 @@ int main(void)
     T(cut_and_garbled_replies_are_retried_and_nothing_is_lost),
     T(max_attempts_dead_letters_events_that_keep_failing),
     T(closing_with_a_request_in_flight_keeps_its_events),
+    T(open_fails_when_the_key_file_cannot_be_read),
   };
 #undef T
   int failed;
