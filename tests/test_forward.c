@@ -175,9 +175,9 @@ static void state_names_match_the_status_reply(void **state)
 #define KEY_BAD "k3yBADsecret0001"
 #define KEY_GOOD "k3yGOODsecret002"
 /* A first pause waits uniformly up to this long (full jitter): a resume
- * within a second then comes from the resume, not the timer, but for a
- * chance of 1 in 600. */
-#define PROBE_LATER_MS 600000
+ * within five seconds then comes from the resume, not the timer, but for
+ * a chance of 1 in 720. */
+#define PROBE_LATER_MS 3600000
 
 struct fx {
   char dir[64];
@@ -833,7 +833,7 @@ static void unauthorized_pauses_and_a_key_file_rewrite_resumes(void **s)
   t0 = now_ms();
   write_file(fx->key_path, KEY_GOOD "\n");
   assert_true(run_until(fx, drained, WAIT_MS));
-  assert_true(now_ms() - t0 < 2000);
+  assert_true(now_ms() - t0 < 5000);
   assert_int_equal(up_stat(fx, "unique_ids"), 30);
   assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
   assert_int_equal(spool_stats(fx).dead, 0);
@@ -863,7 +863,7 @@ static void forbidden_pauses_until_a_reload_brings_another_key(void **s)
 
   set_str(&fx->cfg.upstream.api_key, KEY_GOOD);
   assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
-  assert_true(run_until(fx, drained, 2000));
+  assert_true(run_until(fx, drained, 5000));
   assert_int_equal(up_stat(fx, "unique_ids"), 12);
   assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
 }
@@ -887,7 +887,7 @@ static void a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing(void **s)
 
   set_str(&fx->cfg.upstream.endpoint, fx->base);
   assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
-  assert_true(run_until(fx, drained, 2000));
+  assert_true(run_until(fx, drained, 5000));
   assert_int_equal(up_stat(fx, "unique_ids"), 5);
 }
 
@@ -912,7 +912,7 @@ static void key_reload_resumes_a_paused_state_at_once(void **s)
   t0 = now_ms();
   emd_forward_key_reload(fx->fw);
   assert_true(run_until(fx, drained, WAIT_MS));
-  assert_true(now_ms() - t0 < 1000);
+  assert_true(now_ms() - t0 < 5000);
   assert_int_equal(up_stat(fx, "unique_ids"), 8);
 }
 
@@ -952,18 +952,18 @@ static void a_full_batch_goes_at_once_and_a_partial_one_lingers(void **s)
   uint64_t t0;
 
   fx->cfg.upstream.batch_max_events = 10;
-  fx->cfg.upstream.batch_linger_ms = 400;
+  fx->cfg.upstream.batch_linger_ms = 1000;
   up_start(fx, NULL);
   fx_open(fx);
   t0 = now_ms();
   append_events(fx, 0, 10);
   assert_true(run_until(fx, drained, WAIT_MS));
-  assert_true(request_time(fx, 0) - t0 < 300);
+  assert_true(request_time(fx, 0) - t0 < 700);
 
   t0 = now_ms();
   append_events(fx, 10, 3);
   assert_true(run_until(fx, drained, WAIT_MS));
-  assert_true(request_time(fx, 1) - t0 >= 350);
+  assert_true(request_time(fx, 1) - t0 >= 950);
   assert_int_equal(up_stat(fx, "requests"), 2);
   assert_int_equal(up_stat(fx, "unique_ids"), 13);
 }
@@ -1067,7 +1067,7 @@ static void retry_after_in_seconds_holds_the_next_request(void **s)
   assert_int_equal(status, 503);
   /* the backoff alone would be at most retry_initial (50 ms) */
   assert_true(t2 - t1 >= 1000);
-  assert_true(t2 - t1 < 3000);
+  assert_true(t2 - t1 < 5000);
   assert_int_equal(up_stat(fx, "unique_ids"), 10);
   assert_int_equal(fw_stats(fx).requests_5xx, 1);
 }
@@ -1086,7 +1086,7 @@ static void retry_after_as_an_http_date_holds_the_next_request(void **s)
   assert_int_equal(status, 429);
   /* a date has whole seconds: 2 s from the reply is more than 1 s away */
   assert_true(t2 - t1 >= 1000);
-  assert_true(t2 - t1 < 4000);
+  assert_true(t2 - t1 < 6000);
   assert_int_equal(up_stat(fx, "unique_ids"), 10);
 }
 
