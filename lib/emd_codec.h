@@ -85,8 +85,8 @@ struct emd_codec_buf {
 int emd_codec_event_to_json(const emd_event *ev, struct emd_codec_buf *out);
 
 /* SHA-256 of the address with ASCII white space trimmed and ASCII letters
- * lower-cased, into out[32]. Returns 0 or -ENOMEM. */
-int emd_codec_hash_email(const char *addr, size_t len, uint8_t out[32]);
+ * lower-cased, into out[32]. */
+void emd_codec_hash_email(const char *addr, size_t len, uint8_t out[32]);
 
 /* Standard base64 with padding into out (room for 4 * ((len + 2) / 3));
  * returns the bytes written (no NUL). */
