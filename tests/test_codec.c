@@ -1089,6 +1089,23 @@ static void unknown_fields_are_rejected_or_ignored(void **state)
   emd_arena_free(&other);
 }
 
+static void quoted_client_text_is_cut_at_a_character_boundary(void **st)
+{
+  struct fx *f = *st;
+  char line[512], want[256];
+
+  /* 63 ASCII bytes, then 2-byte characters: 64 bytes would split one. */
+  sfmt(line, sizeof(line), "{\"%s%s\":1}", rep(f, "k", 63),
+       "\xc3\xa9\xc3\xa9\xc3\xa9");
+  sfmt(want, sizeof(want), "event.%s: unknown field", rep(f, "k", 63));
+  expect_invalid(f, line, want);
+  sfmt(line, sizeof(line), "{\"context\":[" CTX0 "],\"detail\":{\"client\":"
+       "{\"os\":{\"family\":\"%s\xe2\x82\xac\"}}}}", rep(f, "F", 62));
+  sfmt(want, sizeof(want), "event.detail.client.os.family: unknown OSFamily "
+       "name: \"%s\"", rep(f, "F", 62));
+  expect_invalid(f, line, want);
+}
+
 static void email_address_is_trimmed_lowercased_and_hashed(void **state)
 {
   struct fx *f = *state;
@@ -1471,6 +1488,7 @@ int main(void)
     T(wrong_json_types_are_invalid),
     T(null_means_the_default),
     T(unknown_fields_are_rejected_or_ignored),
+    T(quoted_client_text_is_cut_at_a_character_boundary),
     T(email_address_is_trimmed_lowercased_and_hashed),
     T(long_email_address_is_hashed_in_blocks),
     T(email_hash_given_as_base64_is_kept),
