@@ -2012,11 +2012,26 @@ static void jw_bytes(struct jw *w, const ProtobufCBinaryData *b)
 
 static void jw_message(struct jw *w, const ProtobufCMessage *m);
 
+/* v in decimal, quoted if asked (proto3 JSON quotes 64-bit integers). */
+static void jw_uint(struct jw *w, uint64_t v, bool quote)
+{
+  char buf[24], *p = buf + sizeof(buf);
+
+  if (quote)
+    *--p = '"';
+  do
+    *--p = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  if (quote)
+    *--p = '"';
+  jw_put(w, p, (size_t)(buf + sizeof(buf) - p));
+}
+
 static void jw_value(struct jw *w, const ProtobufCFieldDescriptor *f,
                      const void *v)
 {
   const ProtobufCEnumValue *ev;
-  char buf[32];
+  int e;
 
   switch (f->type) {
   case PROTOBUF_C_TYPE_MESSAGE:
@@ -2030,30 +2045,29 @@ static void jw_value(struct jw *w, const ProtobufCFieldDescriptor *f,
     return;
   case PROTOBUF_C_TYPE_UINT64:
   case PROTOBUF_C_TYPE_FIXED64:
-    snprintf(buf, sizeof(buf), "\"%llu\"",
-             (unsigned long long)*(const uint64_t *)v);
-    break;
+    jw_uint(w, *(const uint64_t *)v, true);
+    return;
   case PROTOBUF_C_TYPE_DOUBLE:
     jw_double(w, *(const double *)v);
     return;
   case PROTOBUF_C_TYPE_BOOL:
-    snprintf(buf, sizeof(buf), "%s",
-             *(const protobuf_c_boolean *)v ? "true" : "false");
-    break;
+    jw_str(w, *(const protobuf_c_boolean *)v ? "true" : "false");
+    return;
   case PROTOBUF_C_TYPE_ENUM:
-    ev = protobuf_c_enum_descriptor_get_value(f->descriptor,
-                                              *(const int *)v);
+    e = *(const int *)v;
+    ev = protobuf_c_enum_descriptor_get_value(f->descriptor, e);
     if (ev != NULL) {
       jw_quoted(w, ev->name);
       return;
     }
-    snprintf(buf, sizeof(buf), "%d", *(const int *)v);
-    break;
+    if (e < 0)
+      jw_put(w, "-", 1);
+    jw_uint(w, e < 0 ? 0 - (uint64_t)(int64_t)e : (uint64_t)e, false);
+    return;
   default:   /* uint32, fixed32: the rest are not in the schema */
-    snprintf(buf, sizeof(buf), "%u", *(const uint32_t *)v);
-    break;
+    jw_uint(w, *(const uint32_t *)v, false);
+    return;
   }
-  jw_str(w, buf);
 }
 
 /* Whether a singular field holds its default (and is left out). */

@@ -1277,6 +1277,23 @@ static void event_to_json_appends_and_writes_nonfinite_doubles(void **st)
   free(b.data);
 }
 
+static void event_to_json_writes_undefined_enums_as_numbers(void **state)
+{
+  struct fx *f = *state;
+  struct emd_codec_buf b = { 0 };
+  static const char line[] =
+    "{\"event\":{\"context\":[{\"type\":\"t/u\",\"event\":\"e\"}],"
+    "\"detail\":{\"repository\":{\"provider\":-3},\"client\":{\"os\":"
+    "{\"family\":9,\"arch\":\"ARM\"}}},\"ordinal\":4294967295}}";
+
+  f->opts.upstream = true;
+  expect_ok(f, line);
+  assert_int_equal(emd_codec_event_to_json(f->ev, &b), 0);
+  assert_int_equal(b.len, strlen(line));
+  assert_memory_equal(b.data, line, b.len);
+  free(b.data);
+}
+
 /* ------------------------------------------------------------------ */
 /* Binary frames */
 
@@ -1496,6 +1513,7 @@ int main(void)
     T(event_to_json_writes_canonical_proto3_json),
     T(event_to_json_round_trips_through_decode),
     T(event_to_json_appends_and_writes_nonfinite_doubles),
+    T(event_to_json_writes_undefined_enums_as_numbers),
     T(frames_decode_like_lines),
     T(garbage_and_truncated_frames_are_invalid),
     T(frames_break_rules_with_the_same_messages),
