@@ -65,8 +65,9 @@ int emd_codec_decode_frame(const uint8_t *buf, size_t len,
  * with lat in [-90, 90] and lon in [-180, 180], timer <= 32 bytes,
  * data.type_url with a '/', scope unset; every string valid UTF-8, lengths
  * counted in code points. Patterns match as RE2 does ('.' is any code
- * point but '\n'; unanchored patterns only constrain a prefix). Returns 0
- * or EMD_EINVALID with msg. */
+ * point but '\n'; unanchored patterns only constrain a prefix). String
+ * fields must not be NULL (protobuf-c's init and unpack never leave them
+ * NULL). Returns 0 or EMD_EINVALID with msg. */
 int emd_codec_validate(const emd_event *ev, char *msg, size_t msglen);
 
 /* A growable byte buffer for encoders: data is malloc'd and grown with
