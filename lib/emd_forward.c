@@ -104,8 +104,7 @@ struct emd_forward {
   bool linger_due;          /* the linger ran out: send what there is */
   bool curl_inited;
   char *url;                /* event:stream or event:emit, per mode */
-  char *key;                /* secret: never logged */
-  char *auth_header;        /* secret: the whole header line */
+  char *auth_header;        /* secret: the header line with the key */
   char *key_path;           /* the watched key file, NULL if none */
   unsigned key_gen;         /* bumped on every key change */
   unsigned cfg_gen;         /* bumped on every reconfigure */
@@ -406,46 +405,43 @@ static void retry_push(struct emd_forward *fw, struct fw_batch *b)
 
 /* ---- the key ---------------------------------------------------------- */
 
+/* The header line that carries key in the configured style. */
 static char *auth_header_for(enum emd_auth auth, const char *key)
 {
+  static const char basic[] = "Authorization: Basic ";
   size_t klen = strlen(key), n;
   char *h, *cred;
 
-  if (auth == EMD_AUTH_X_API_KEY) {
-    n = sizeof("X-API-Key: ") + klen;
+  if (auth != EMD_AUTH_BASIC) {
+    const char *prefix = auth == EMD_AUTH_X_API_KEY
+                           ? "X-API-Key: " : "Authorization: Bearer ";
+    n = strlen(prefix) + klen + 1;
     h = malloc(n);
     if (h != NULL)
-      snprintf(h, n, "X-API-Key: %s", key);
+      snprintf(h, n, "%s%s", prefix, key);
     return h;
   }
-  if (auth == EMD_AUTH_BEARER) {
-    n = sizeof("Authorization: Bearer ") + klen;
-    h = malloc(n);
-    if (h != NULL)
-      snprintf(h, n, "Authorization: Bearer %s", key);
-    return h;
-  }
-  /* HTTP Basic, user "apikey", the key as password */
+  /* HTTP Basic: user "apikey", the key as password */
   n = sizeof("apikey:") + klen;
   cred = malloc(n);
-  h = malloc(sizeof("Authorization: Basic ") + 4 * (n / 3 + 1) + 1);
+  h = malloc(sizeof(basic) + 4 * (n / 3 + 1));
   if (cred == NULL || h == NULL) {
     secret_free(cred);
     free(h);
     return NULL;
   }
   snprintf(cred, n, "apikey:%s", key);
-  n = strlen("Authorization: Basic ");
-  memcpy(h, "Authorization: Basic ", n);
-  n += emd_codec_base64((const uint8_t *)cred, strlen(cred), h + n);
+  memcpy(h, basic, sizeof(basic) - 1);
+  n = sizeof(basic) - 1 + emd_codec_base64((const uint8_t *)cred, n - 1,
+                                           h + sizeof(basic) - 1);
   h[n] = '\0';
   secret_free(cred);
   return h;
 }
 
-/* Reads the key per the config. Returns 1 when it differs from the one in
- * use (and installs it), 0 when it is the same, <0 on failure (the old
- * key stays). */
+/* Reads the key per the config and builds its header. Returns 1 when the
+ * header differs from the one in use (and installs it), 0 when it is the
+ * same, <0 on failure (the old one stays). */
 static int key_load(struct emd_forward *fw)
 {
   const struct emd_config *cfg = fw->cfg;
@@ -454,7 +450,8 @@ static int key_load(struct emd_forward *fw)
   int rc;
 
   /* the config checked api_key, and the file's reader checks the file:
-   * either way the key is fit for a header line */
+   * either way the key is fit for a header line (and NULL, not "", when
+   * there is none) */
   if (cfg->upstream.api_key_file != NULL) {
     rc = emd_config_read_key_file(cfg->upstream.api_key_file, &key, err,
                                   sizeof(err));
@@ -467,23 +464,16 @@ static int key_load(struct emd_forward *fw)
     if (key == NULL)
       return -ENOMEM;
   }
-  if (key != NULL && *key == '\0') {
-    free(key);
-    key = NULL;
-  }
   if (key != NULL) {
     header = auth_header_for(cfg->upstream.auth, key);
-    if (header == NULL) {
-      secret_free(key);
+    secret_free(key);
+    if (header == NULL)
       return -ENOMEM;
-    }
   }
-  same = (key == NULL && fw->key == NULL) ||
-         (key != NULL && fw->key != NULL && strcmp(key, fw->key) == 0 &&
-          fw->auth_header != NULL && strcmp(header, fw->auth_header) == 0);
-  secret_free(fw->key);
+  same = header == NULL ? fw->auth_header == NULL
+                        : fw->auth_header != NULL &&
+                            strcmp(header, fw->auth_header) == 0;
   secret_free(fw->auth_header);
-  fw->key = key;
   fw->auth_header = header;
   if (same)
     return 0;
@@ -908,7 +898,6 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
   const struct emd_config *cfg = fw->cfg;
   const char *body = r->reply.data;
   size_t len = r->reply.len, i, n_ok = 0, n_none = 0;
-  bool answered;
   struct fw_verdict *v;
   uint64_t *seqs;
   bool *keep;
@@ -923,18 +912,19 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
     hold(fw, cfg->upstream.retry_initial_ms);
     return;
   }
-  if (len == 0)
-    got = (long)b->n;
-  else if (r->reply_cut)
-    got = -1;
-  else if (r->json)
-    got = parse_json(b, body, len, r->single, v);
-  else
-    got = parse_pb(fw, b, (const uint8_t *)body, len, r->single, v);
-  for (i = 0; i < b->n; i++) {
-    if (len == 0)
+  if (len == 0) {                  /* an empty 2xx: all accepted */
+    for (i = 0; i < b->n; i++)
       v[i].ok = 1;
-    else if (got < 0 || i >= (size_t)got)
+    got = (long)b->n;
+  } else if (r->reply_cut) {
+    got = -1;
+  } else if (r->json) {
+    got = parse_json(b, body, len, r->single, v);
+  } else {
+    got = parse_pb(fw, b, (const uint8_t *)body, len, r->single, v);
+  }
+  for (i = 0; i < b->n; i++) {
+    if (got < 0 || i >= (size_t)got)
       v[i].ok = -1;
     keep[i] = v[i].ok < 0;
     if (v[i].ok > 0)
@@ -953,10 +943,9 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
     succeeded(fw);
     return;
   }
-  answered = n_none < b->n;
-  batch_compact(b, keep);
-  if (answered) {
+  if (n_none < b->n) {
     /* the service works but left some out: resend those now */
+    batch_compact(b, keep);
     succeeded(fw);
     failed(fw, b, status, body, len);
     return;
@@ -1675,7 +1664,6 @@ static void fw_free(struct emd_forward *fw)
     deflateEnd(&fw->gz);
   ZSTD_freeCCtx(fw->zstd);
   emd_arena_free(&fw->arena);
-  secret_free(fw->key);
   secret_free(fw->auth_header);
   free(fw->key_path);
   free(fw->url);

@@ -4,6 +4,8 @@
  * (tests/upstream, EMD_UPSTREAM) as a subprocess, scripted to fail. */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -179,6 +182,8 @@ static void state_names_match_the_status_reply(void **state)
  * a chance of 1 in 720. */
 #define PROBE_LATER_MS 3600000
 
+struct canned_server;
+
 struct fx {
   char dir[64];
   char key_path[128];
@@ -194,6 +199,7 @@ struct fx {
   size_t appended;                 /* append callbacks seen */
   size_t append_failed;
   size_t want_appended;
+  struct canned_server *canned;    /* or NULL */
   bool (*until)(struct fx *);
   bool met;
   uint64_t deadline;
@@ -532,6 +538,210 @@ static void up_stop(struct fx *fx)
   assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* ---- replies the test upstream does not give ---------------------------- */
+
+/* A one-thread HTTP/1.1 server that answers each request with the next
+ * canned reply (then 200 with an empty body), for replies that parse
+ * partly or mislead. It serves one connection at a time, so tests that
+ * use it keep max_inflight at 1. It counts what each request carried:
+ * delimited messages (protobuf) or lines (JSON). */
+#define CANNED_MAX 8
+
+struct canned {
+  int status;
+  const char *type;                /* Content-Type */
+  char *body;
+  size_t len;
+};
+
+struct canned_server {
+  int lfd;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  struct canned replies[CANNED_MAX];
+  size_t n_replies;
+  size_t served;                   /* requests answered */
+  size_t carried[32];              /* events in request i */
+};
+
+static void canned_add(struct canned *c, const void *p, size_t n)
+{
+  c->body = realloc(c->body, c->len + n);
+  assert_non_null(c->body);
+  memcpy(c->body + c->len, p, n);
+  c->len += n;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+  size_t n = 0;
+
+  for (; v >= 0x80; v >>= 7)
+    p[n++] = (uint8_t)(v | 0x80);
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+/* Appends one EventID, delimited unless single. */
+static void canned_event_id(struct canned *c, bool ok, const char *eid,
+                            bool single)
+{
+  emd_event_id m = BUILDLESS__SERVICE__V1__EVENT_ID__INIT;
+  uint8_t buf[256];
+  size_t n = 0, len;
+
+  m.ok = ok;
+  m.eid = (char *)eid;
+  len = buildless__service__v1__event_id__get_packed_size(&m);
+  if (!single)
+    n = put_varint(buf, len);
+  buildless__service__v1__event_id__pack(&m, buf + n);
+  canned_add(c, buf, n + len);
+}
+
+static size_t count_carried(const uint8_t *p, size_t len, bool json)
+{
+  const uint8_t *end = p + len;
+  size_t n = 0;
+
+  if (json) {
+    for (; p < end; p++)
+      n += *p == '\n';
+    return n;
+  }
+  while (p < end) {
+    uint64_t l = 0;
+    unsigned shift = 0;
+    while (p < end && (*p & 0x80)) {
+      l |= (uint64_t)(*p++ & 0x7f) << shift;
+      shift += 7;
+    }
+    if (p == end)
+      break;
+    l |= (uint64_t)*p++ << shift;
+    p += l;
+    n++;
+  }
+  return n;
+}
+
+/* Reads one request and answers it; -1 when the connection ends. */
+static int canned_serve(struct canned_server *cs, int fd)
+{
+  static const struct canned empty = { 200, "application/x-protobuf",
+                                       NULL, 0 };
+  char head[8192], *eoh = NULL, *cl;
+  size_t have = 0, body_len, i;
+  uint8_t *body;
+  const struct canned *r;
+  ssize_t got;
+  int hlen;
+
+  while (eoh == NULL) {
+    got = read(fd, head + have, sizeof(head) - 1 - have);
+    if (got <= 0)
+      return -1;
+    have += (size_t)got;
+    head[have] = '\0';
+    eoh = strstr(head, "\r\n\r\n");
+  }
+  cl = strcasestr(head, "Content-Length:");
+  body_len = cl != NULL ? strtoul(cl + 15, NULL, 10) : 0;
+  body = malloc(body_len + 1);
+  if (body == NULL)
+    return -1;
+  i = have - (size_t)(eoh + 4 - head);
+  memcpy(body, eoh + 4, i);
+  while (i < body_len && (got = read(fd, body + i, body_len - i)) > 0)
+    i += (size_t)got;
+  pthread_mutex_lock(&cs->mu);
+  if (cs->served < 32)
+    cs->carried[cs->served] = count_carried(body, body_len,
+                              strcasestr(head, "application/json") != NULL);
+  r = cs->served < cs->n_replies ? &cs->replies[cs->served] : &empty;
+  cs->served++;
+  pthread_mutex_unlock(&cs->mu);
+  free(body);
+  hlen = snprintf(head, sizeof(head), "HTTP/1.1 %d Canned\r\n"
+                  "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                  r->status, r->type, r->len);
+  if (write(fd, head, (size_t)hlen) != hlen ||
+      (r->len > 0 && write(fd, r->body, r->len) != (ssize_t)r->len))
+    return -1;
+  return 0;
+}
+
+static void *canned_main(void *arg)
+{
+  struct canned_server *cs = arg;
+  int fd;
+
+  while ((fd = accept(cs->lfd, NULL, NULL)) >= 0) {
+    while (canned_serve(cs, fd) == 0)
+      ;
+    close(fd);
+  }
+  return NULL;
+}
+
+/* Starts the server with its replies (taken over) and points the config
+ * at it. */
+static struct canned_server *canned_start(struct fx *fx,
+                                          const struct canned *replies,
+                                          size_t n)
+{
+  struct canned_server *cs = calloc(1, sizeof(*cs));
+  struct sockaddr_in sa = { .sin_family = AF_INET };
+  socklen_t sl = sizeof(sa);
+
+  assert_non_null(cs);
+  assert_true(n <= CANNED_MAX);
+  memcpy(cs->replies, replies, n * sizeof(*replies));
+  cs->n_replies = n;
+  pthread_mutex_init(&cs->mu, NULL);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  cs->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(cs->lfd >= 0);
+  assert_int_equal(bind(cs->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(listen(cs->lfd, 8), 0);
+  assert_int_equal(getsockname(cs->lfd, (struct sockaddr *)&sa, &sl), 0);
+  assert_int_equal(pthread_create(&cs->thread, NULL, canned_main, cs), 0);
+  snprintf(fx->base, sizeof(fx->base), "http://127.0.0.1:%d",
+           ntohs(sa.sin_port));
+  set_str(&fx->cfg.upstream.endpoint, fx->base);
+  fx->cfg.upstream.max_inflight = 1;
+  fx->canned = cs;
+  return cs;
+}
+
+/* After the forwarder closed its connections. NULL-safe. */
+static void canned_stop(struct canned_server *cs)
+{
+  size_t i;
+
+  if (cs == NULL)
+    return;
+  shutdown(cs->lfd, SHUT_RDWR);     /* accept() returns */
+  pthread_join(cs->thread, NULL);
+  close(cs->lfd);
+  for (i = 0; i < cs->n_replies; i++)
+    free(cs->replies[i].body);
+  pthread_mutex_destroy(&cs->mu);
+  free(cs);
+}
+
+static size_t canned_served(struct canned_server *cs, size_t *carried,
+                            size_t max)
+{
+  size_t n;
+
+  pthread_mutex_lock(&cs->mu);
+  n = cs->served;
+  memcpy(carried, cs->carried, (max < 32 ? max : 32) * sizeof(*carried));
+  pthread_mutex_unlock(&cs->mu);
+  return n;
+}
+
 /* ---- fixture ----------------------------------------------------------- */
 
 static int fx_setup(void **state)
@@ -607,6 +817,7 @@ static int fx_teardown(void **state)
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
   up_stop(fx);
+  canned_stop(fx->canned);
   emd_log_setup(EMD_LOG_INFO, EMD_LOG_TEXT, false, 2);
   close(fx->log_fd);
   rm_tree(fx->dir);
@@ -990,6 +1201,139 @@ static int on_dead(void *data, const struct emd_spool_item *it)
   return 0;
 }
 
+static void a_reply_with_fewer_verdicts_than_events_resends_the_rest(void **s)
+{
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_event_id(&r, true, "evt000000000000", false);
+  canned_event_id(&r, true, "evt000000000001", false);
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 5);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[0], 5);
+  assert_int_equal(carried[1], 3);          /* only those without a verdict */
+  assert_int_equal(fw_stats(fx).sent, 5);
+  assert_int_equal(fw_stats(fx).retried, 3);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void verdicts_naming_other_events_are_not_trusted(void **s)
+{
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_event_id(&r, true, "evt000000000000", false);
+  canned_event_id(&r, false, "evt999999999999", false);
+  canned_event_id(&r, true, "evt000000000002", false);
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[1], 3);          /* all again, none dead */
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, 3);
+}
+
+static void bytes_that_parse_only_as_unknown_fields_are_not_trusted(void **s)
+{
+  static const uint8_t unknown[] = { 0x02, 0x48, 0x01 };  /* field 9 = 1 */
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  /* three delimited messages protobuf-c reads as EventID{ok: false} */
+  canned_add(&r, unknown, sizeof(unknown));
+  canned_add(&r, unknown, sizeof(unknown));
+  canned_add(&r, unknown, sizeof(unknown));
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[1], 3);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void a_reply_over_the_size_cap_is_unreadable(void **s)
+{
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+  char *big = malloc(2 << 20);
+
+  assert_non_null(big);
+  memset(big, 'x', 2 << 20);
+  canned_add(&r, big, 2 << 20);
+  free(big);
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[1], 3);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void json_lines_delete_the_accepted_and_dead_letter_the_rejected(
+  void **s)
+{
+  static const char lines[] =
+    "{\"ok\":true,\"eid\":\"evt000000000000\"}\n"
+    "{\"eid\":\"evt000000000001\",\"ok\":false,\"sid\":\"s\"}\n"
+    "\n"
+    "{\"ok\":true,\"eid\":\"evt000000000002\"}\n";
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/json", NULL, 0 };
+  struct canned_server *cs;
+  struct dead_seen d = { 0 };
+  size_t carried[4];
+
+  canned_add(&r, lines, sizeof(lines) - 1);
+  fx->cfg.upstream.encoding = EMD_ENC_JSON;
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 1);
+  assert_int_equal(carried[0], 3);
+  assert_int_equal(fw_stats(fx).sent, 2);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 1);
+  assert_string_equal(d.id, "evt000000000001");
+  assert_string_equal(d.reason, "rejected");
+  assert_int_equal(d.status, 200);
+  assert_true(d.excerpt);
+}
+
+static void a_single_json_reply_may_span_lines(void **s)
+{
+  static const char reply[] =
+    "{\n  \"ok\": true,\n  \"eid\": \"evt000000000000\"\n}\n";
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/json", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_add(&r, reply, sizeof(reply) - 1);
+  fx->cfg.upstream.encoding = EMD_ENC_JSON;
+  fx->cfg.upstream.mode = EMD_MODE_SINGLE;
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 1);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 1);
+  assert_int_equal(fw_stats(fx).sent, 1);
+}
+
 static void a_poisoned_event_in_a_batch_ends_dead_alone(void **s)
 {
   struct fx *fx = *s;
@@ -1200,6 +1544,12 @@ int main(void)
     T(cut_and_garbled_replies_are_retried_and_nothing_is_lost),
     T(max_attempts_dead_letters_events_that_keep_failing),
     T(closing_with_a_request_in_flight_keeps_its_events),
+    T(a_reply_with_fewer_verdicts_than_events_resends_the_rest),
+    T(verdicts_naming_other_events_are_not_trusted),
+    T(bytes_that_parse_only_as_unknown_fields_are_not_trusted),
+    T(a_reply_over_the_size_cap_is_unreadable),
+    T(json_lines_delete_the_accepted_and_dead_letter_the_rejected),
+    T(a_single_json_reply_may_span_lines),
     T(open_fails_when_the_key_file_cannot_be_read),
   };
 #undef T
