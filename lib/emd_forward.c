@@ -1110,15 +1110,15 @@ static int build_headers(struct emd_forward *fw, struct fw_req *r)
 static size_t on_reply_bytes(char *p, size_t size, size_t nmemb, void *data)
 {
   struct fw_req *r = data;
-  size_t n = size * nmemb, room = REPLY_MAX - r->reply.len;
+  size_t n = size * nmemb, take = min_size(n, REPLY_MAX - r->reply.len);
 
-  if (n > room)
+  if (take > 0 && buf_reserve(&r->reply, take) != 0)
+    take = 0;
+  if (take < n)
     r->reply_cut = true;
-  if (min_size(n, room) > 0 && buf_reserve(&r->reply, min_size(n, room)) == 0) {
-    memcpy(r->reply.data + r->reply.len, p, min_size(n, room));
-    r->reply.len += min_size(n, room);
-  } else if (min_size(n, room) > 0) {
-    r->reply_cut = true;
+  if (take > 0) {
+    memcpy(r->reply.data + r->reply.len, p, take);
+    r->reply.len += take;
   }
   return n;   /* read on: aborting would look like a cut connection */
 }
@@ -1289,8 +1289,10 @@ static int on_spool_entry(void *data, const struct emd_spool_entry *e)
 {
   struct emd_forward *fw = data;
   struct fw_batch *b = fw->forming;
+  uint64_t max_bytes = fw->cfg->upstream.batch_max_bytes;
 
-  if (b->n > 0 && b->payload + e->event_len > fw->cfg->upstream.batch_max_bytes) {
+  /* the first event goes however large: it has to go somehow */
+  if (b->n > 0 && b->payload + e->event_len > max_bytes) {
     b->full = true;
     return 1;
   }
