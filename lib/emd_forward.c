@@ -794,12 +794,16 @@ static long parse_pb(struct emd_forward *fw, const struct fw_batch *b,
   return (long)i;
 }
 
-static bool json_eq(const char *js, const jsmntok_t *t, const char *s)
+static bool json_word(const char *js, const jsmntok_t *t, const char *s)
 {
   size_t n = strlen(s);
 
-  return t->type == JSMN_STRING && (size_t)(t->end - t->start) == n &&
-         memcmp(js + t->start, s, n) == 0;
+  return (size_t)(t->end - t->start) == n && memcmp(js + t->start, s, n) == 0;
+}
+
+static bool json_eq(const char *js, const jsmntok_t *t, const char *s)
+{
+  return t->type == JSMN_STRING && json_word(js, t, s);
 }
 
 /* Index of the token after t and everything inside it. */
@@ -836,10 +840,13 @@ static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
     key = &t[k];
     val = &t[k + 1];
     if (json_eq(js, key, "ok")) {
-      if (val->type != JSMN_PRIMITIVE || (js[val->start] != 't' &&
-          js[val->start] != 'f' && js[val->start] != 'n'))
+      /* jsmn takes "tru" for a primitive: compare whole words */
+      if (val->type != JSMN_PRIMITIVE)
         return false;
-      ok = js[val->start] == 't';
+      if (json_word(js, val, "true"))
+        ok = true;
+      else if (!json_word(js, val, "false") && !json_word(js, val, "null"))
+        return false;
     } else if (json_eq(js, key, "eid")) {
       if (val->type != JSMN_STRING ||
           !id_matches(b, i, js + val->start, (size_t)(val->end - val->start)))

@@ -1314,6 +1314,26 @@ static void json_lines_delete_the_accepted_and_dead_letter_the_rejected(
   assert_true(d.excerpt);
 }
 
+static void a_json_reply_with_a_misspelt_true_is_not_trusted(void **s)
+{
+  static const char reply[] = "{\"ok\":tru}\n";
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/json", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_add(&r, reply, sizeof(reply) - 1);
+  fx->cfg.upstream.encoding = EMD_ENC_JSON;
+  fx->cfg.upstream.mode = EMD_MODE_SINGLE;
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 1);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);   /* sent again */
+  assert_int_equal(fw_stats(fx).retried, 1);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
 static void a_single_json_reply_may_span_lines(void **s)
 {
   static const char reply[] =
@@ -1549,6 +1569,7 @@ int main(void)
     T(bytes_that_parse_only_as_unknown_fields_are_not_trusted),
     T(a_reply_over_the_size_cap_is_unreadable),
     T(json_lines_delete_the_accepted_and_dead_letter_the_rejected),
+    T(a_json_reply_with_a_misspelt_true_is_not_trusted),
     T(a_single_json_reply_may_span_lines),
     T(open_fails_when_the_key_file_cannot_be_read),
   };
