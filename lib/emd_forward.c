@@ -102,6 +102,8 @@ struct emd_forward {
   int handles;              /* open uv handles, sockets too */
   bool closing;
   bool linger_due;          /* the linger ran out: send what there is */
+  bool flushing;            /* emd_forward_flush(): no linger */
+  uint64_t retry_after_until;  /* loop ms before which Retry-After holds */
   bool curl_inited;
   char *url;                /* event:stream or event:emit, per mode */
   char *auth_header;        /* secret: the header line with the key */
@@ -674,6 +676,8 @@ static void back_off(struct emd_forward *fw, enum emd_forward_state s,
   set_state(fw, s, why);
   if (retry_after_ms > RETRY_AFTER_CAP_MS)
     retry_after_ms = RETRY_AFTER_CAP_MS;
+  if (uv_now(fw->loop) + retry_after_ms > fw->retry_after_until)
+    fw->retry_after_until = uv_now(fw->loop) + retry_after_ms;
   hold(fw, delay > retry_after_ms ? delay : retry_after_ms);
 }
 
@@ -1352,7 +1356,7 @@ static struct fw_batch *next_batch(struct emd_forward *fw)
     return NULL;
   }
   if (b->full || b->n >= batch_limit(fw) || fw->linger_due ||
-      fw->cfg->upstream.batch_linger_ms == 0) {
+      fw->flushing || fw->cfg->upstream.batch_linger_ms == 0) {
     fw->forming = NULL;
     fw->linger_due = false;
     uv_timer_stop(&fw->linger);
@@ -1426,6 +1430,24 @@ void emd_forward_kick(struct emd_forward *fw)
 {
   if (fw != NULL)
     pump(fw);
+}
+
+void emd_forward_flush(struct emd_forward *fw, bool on)
+{
+  uint64_t now;
+
+  if (fw == NULL || fw->closing)
+    return;
+  fw->flushing = on;
+  if (on && fw->state == EMD_FWD_BACKOFF &&
+      uv_is_active((uv_handle_t *)&fw->hold)) {
+    now = uv_now(fw->loop);
+    if (now >= fw->retry_after_until)
+      uv_timer_stop(&fw->hold);
+    else
+      uv_timer_start(&fw->hold, on_hold, fw->retry_after_until - now, 0);
+  }
+  pump(fw);
 }
 
 /* ---- finished requests ------------------------------------------------ */

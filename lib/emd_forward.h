@@ -7,6 +7,7 @@
 #ifndef EMD_FORWARD_H
 #define EMD_FORWARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,6 +90,13 @@ int emd_forward_open(uv_loop_t *loop, const struct emd_config *cfg,
  * sent (every request slot busy, or paused). The spool's changed callback
  * calls this. */
 void emd_forward_kick(struct emd_forward *fw);
+
+/* Sends now, for `flush` (SPEC 6) and the shutdown grace. While on, a
+ * partial batch goes at once instead of waiting for batch_linger, and
+ * turning it on ends a backoff wait at once; a Retry-After still holds,
+ * and a state paused by 401, 403 or 404 stays paused (the same reply would
+ * only come again). Off: batches linger again. */
+void emd_forward_flush(struct emd_forward *fw, bool on);
 
 /* Applies a reloaded configuration: endpoint, mode, encoding,
  * compression, auth, key and key file, batch limits, linger, inflight,

@@ -1417,6 +1417,59 @@ static void first_two_requests(struct fx *fx, uint64_t *t1, uint64_t *t2,
   free(log);
 }
 
+static bool backing_off(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_BACKOFF;
+}
+
+static void flush_sends_a_partial_batch_without_the_linger(void **s)
+{
+  struct fx *fx = *s;
+
+  fx->cfg.upstream.batch_linger_ms = 600000;
+  up_start(fx, NULL);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  run_for(fx, 200);
+  assert_int_equal(up_stat(fx, "requests"), 0);
+  emd_forward_flush(fx->fw, true);
+  assert_true(run_until(fx, drained, 5000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 3);
+}
+
+static void flush_ends_a_backoff_wait_at_once(void **s)
+{
+  struct fx *fx = *s;
+
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  fx->cfg.upstream.retry_max_ms = PROBE_LATER_MS;
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":503}]");
+  fx_open(fx);
+  append_events(fx, 0, 4);
+  assert_true(run_until(fx, backing_off, WAIT_MS));
+  emd_forward_flush(fx->fw, true);
+  assert_true(run_until(fx, drained, 5000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 4);
+}
+
+static void flush_still_honours_retry_after(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t1, t2, status;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":503,\"retry_after\":\"2\"}]");
+  fx_open(fx);
+  append_events(fx, 0, 4);
+  assert_true(run_until(fx, backing_off, WAIT_MS));
+  emd_forward_flush(fx->fw, true);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  first_two_requests(fx, &t1, &t2, &status);
+  assert_int_equal(status, 503);
+  assert_true(t2 - t1 >= 2000);
+}
+
 static void retry_after_in_seconds_holds_the_next_request(void **s)
 {
   struct fx *fx = *s;
@@ -1561,6 +1614,9 @@ int main(void)
     T(an_event_the_service_rejects_becomes_a_dead_letter),
     T(retry_after_in_seconds_holds_the_next_request),
     T(retry_after_as_an_http_date_holds_the_next_request),
+    T(flush_sends_a_partial_batch_without_the_linger),
+    T(flush_ends_a_backoff_wait_at_once),
+    T(flush_still_honours_retry_after),
     T(cut_and_garbled_replies_are_retried_and_nothing_is_lost),
     T(max_attempts_dead_letters_events_that_keep_failing),
     T(closing_with_a_request_in_flight_keeps_its_events),
