@@ -148,7 +148,8 @@ def test_404_is_misconfigured_and_never_dead_letters(make_emitd, upstream):
 
 def test_retries_through_errors_cuts_and_garbled_replies(make_emitd,
                                                          upstream):
-    d = make_emitd(conf=fwd_conf(upstream, batch_max_events=10))
+    d = make_emitd(conf=fwd_conf(upstream, batch_max_events=10,
+                                 max_inflight=1))
     upstream.control("script", [
         {"status": 503, "retry_after": "1"},
         {"status": 500},
