@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -486,6 +487,32 @@ static void text_over_long_line_is_too_large_and_the_next_goes_on(
   free(big);
 }
 
+static void reconfigured_limit_applies_to_new_connections(void **state)
+{
+  struct fx *f = *state;
+  struct emd_config cfg2;
+  struct client *c;
+  struct ok_reply r;
+  char line[512], big[301];
+
+  start(f);
+  cfg2 = f->cfg;                       /* shares the strings: not freed */
+  cfg2.ingest.max_event_bytes = 200;
+  emd_ingest_reconfigure(f->in, &cfg2);
+  memset(big, 'x', 300);
+  big[300] = '\n';
+  c = client_connect(f, 0);
+  client_send(c, big, sizeof(big));
+  client_puts(c, SMALLEST "\n");
+  c->shut_wanted = true;
+  PUMP_UNTIL(f, c->eof);
+  assert_int_equal(nlines(c), 2);
+  assert_string_equal(expect_err(c, 0, 1, "too_large", line, sizeof(line)),
+                      "line longer than ingest.max_event_bytes (200 bytes)");
+  expect_ok(c, 1, &r);
+  emd_ingest_reconfigure(f->in, &f->cfg);
+}
+
 /* ---- binary mode --------------------------------------------------------- */
 
 static void put_frame(struct client *c, const void *p, uint32_t n)
@@ -780,6 +807,39 @@ static void stop_calls_idle_once_every_reply_is_out(void **state)
   assert_int_equal(stats(f).clients, 0);
 }
 
+static void line_sent_while_stopping_is_answered_shutting_down(void **state)
+{
+  enum { LINES = 6000 };
+  struct fx *f = *state;
+  struct client *c;
+  struct ok_reply r;
+  char line[512];
+  int queued = 0;
+
+  start(f);
+  c = client_connect(f, 0);
+  c->paused = true;
+  for (int i = 0; i < LINES; i++)
+    client_puts(c, SMALLEST "\n");
+  PUMP_UNTIL(f, stats(f).received == LINES);
+  /* The premise: replies are still waiting on the server's side, so the
+   * connection is not finished when the stop comes. */
+  assert_int_equal(ioctl(c->fd, FIONREAD, &queued), 0);
+  if ((size_t)queued >= (size_t)LINES * 99)
+    fail_msg("the kernel took all %d bytes of replies; raise LINES", queued);
+  emd_ingest_stop(f->in, on_idle, f);
+  client_puts(c, SMALLEST "\n");
+  PUMP_UNTIL(f, stats(f).shutting_down == 1);
+  c->paused = false;
+  PUMP_UNTIL(f, c->eof && f->idle_calls == 1);
+  assert_int_equal(nlines(c), LINES + 1);
+  expect_ok(c, LINES - 1, &r);
+  assert_string_equal(expect_err(c, LINES, LINES + 1, "shutting_down", line,
+                                 sizeof(line)),
+                      "emitd is stopping");
+  assert_int_equal(stats(f).accepted, LINES);
+}
+
 static void close_with_clients_connected_frees_everything(void **state)
 {
   struct fx *f = *state;
@@ -818,6 +878,7 @@ int main(void)
     T(text_replies_come_in_line_order_for_good_and_bad_lines),
     T(text_duplicate_id_gets_the_duplicate_reply),
     T(text_over_long_line_is_too_large_and_the_next_goes_on),
+    T(reconfigured_limit_applies_to_new_connections),
     T(binary_frames_get_ack_frames_in_order),
     T(binary_frame_cut_by_eof_is_answered_invalid),
     T(client_over_max_clients_is_told_why_and_closed),
@@ -826,6 +887,7 @@ int main(void)
     T(stale_socket_is_replaced_and_other_files_refused),
     T(stop_without_clients_calls_idle_at_once),
     T(stop_calls_idle_once_every_reply_is_out),
+    T(line_sent_while_stopping_is_answered_shutting_down),
     T(close_with_clients_connected_frees_everything),
 #undef T
   };
