@@ -207,7 +207,8 @@ static void text_line_is_timestamp_level_module_message(void **state)
   emd_log(EMD_LOG_INFO, "spool", "opened %d records in %s", 3, "/var/x");
   line = one_line(f);
   expect_timestamp(line);
-  assert_string_equal(line + TS_LEN, " info  spool: opened 3 records in /var/x");
+  assert_string_equal(line + TS_LEN,
+                      " info  spool: opened 3 records in /var/x");
   emd_log(EMD_LOG_ERROR, "ingest", "boom");
   assert_string_equal(one_line(f) + TS_LEN, " error ingest: boom");
   emd_log(EMD_LOG_WARN, "forward", "slow");
