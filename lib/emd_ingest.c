@@ -872,6 +872,9 @@ void emd_ingest_reconfigure(struct emd_ingest *in,
 {
   in->cfg = cfg;
   in->opts.ignore_unknown = cfg->ingest.unknown_fields == EMD_UNKNOWN_IGNORE;
+  /* The new limit holds for clients already connected too. */
+  for (struct conn *c = in->conns; c != NULL; c = c->next)
+    c->framer.max = cfg->ingest.max_event_bytes;
 }
 
 static void ingest_maybe_free(struct emd_ingest *in)

@@ -49,10 +49,11 @@ void emd_ingest_reconfigure(struct emd_ingest *in,
 
 typedef void (*emd_ingest_idle_cb)(void *data);
 
-/* Shutdown, first half: stops accepting and reading; every complete line
- * already read still gets its reply; each client is closed once its
- * replies are written. cb runs once, on the loop, when no client is left
- * (at once if none). */
+/* Shutdown, first half: stops accepting; every complete line already read
+ * still gets its reply, and each client is closed as soon as its replies
+ * are written. Until then, lines that still arrive on it are answered
+ * shutting_down and not stored. cb runs once, on the loop, when no client
+ * is left (at once if none). */
 void emd_ingest_stop(struct emd_ingest *in, emd_ingest_idle_cb cb,
                      void *data);
 
