@@ -37,6 +37,7 @@ struct figures {
   struct emd_control_count dead[4];
   struct emd_control_count rejected[5];
   struct emd_histogram batch;
+  struct emd_histogram ack;           /* copied from the ingest's */
 };
 
 static void gather(struct emitd *d, struct figures *g)
@@ -93,6 +94,7 @@ static void gather(struct emitd *d, struct figures *g)
   f->received = is.received;
   f->accepted = is.accepted;
   f->duplicates = is.duplicates;
+  g->ack = is.ack_latency_s;
   /* The forwarder keeps per-bucket counts in the histogram's own shape. */
   if (emd_histogram_init(&g->batch, bounds,
                          sizeof(bounds) / sizeof(bounds[0])) == 0) {
@@ -100,7 +102,8 @@ static void gather(struct emitd *d, struct figures *g)
     g->batch.sum = (double)fs.batch_events;
     f->batch_events = &g->batch;
   }
-  /* f->ack_latency_s, f->batch_bytes: when ingest / forward keep them. */
+  f->ack_latency_s = &g->ack;
+  /* f->batch_bytes: when the forwarder keeps it. */
 }
 
 static void op_status(void *data, struct emd_control_reply *r)

@@ -12,6 +12,7 @@
 
 #include "emd_config.h"
 #include "emd_enrich.h"
+#include "emd_metrics.h"
 #include "emd_spool.h"
 
 struct emd_ingest;
@@ -26,6 +27,8 @@ struct emd_ingest_stats {
   uint64_t duplicates;      /* ok:true, duplicate */
   uint64_t bad_json, too_large, invalid, spool_full, shutting_down;
   uint64_t paused;          /* times a client was paused for not reading */
+  struct emd_histogram ack_latency_s;  /* line read to reply written out,
+                                        * for every reply */
 };
 
 /* Starts listening. listen_fd >= 0 is a listening socket handed over (for

@@ -189,6 +189,9 @@ def test_metrics_parse_and_count_what_was_sent(make_emitd, upstream):
     assert m["emitd_upstream_state{state=ok}"] == 1
     assert m["emitd_batch_size_events_count"] >= 1
     assert m["emitd_batch_size_events_sum"] == 10
+    assert m["emitd_ack_latency_seconds_count"] == 12
+    assert m["emitd_ack_latency_seconds_bucket{le=+Inf}"] == 12
+    assert 0 < m["emitd_ack_latency_seconds_sum"] < 12
     r = ctl(d, "metrics")
     assert r.returncode == 0 and "emitd_events_sent_total 10" in r.stdout
 
