@@ -121,7 +121,9 @@ def key_file_case(make_emitd, tmpdir_short, status, state):
         wait_for(lambda: control(d, "status")["upstream"]["state"] == "ok",
                  5, "state ok")
         assert control(d, "status")["spool"]["dead"] == 0
-        assert "good-key" not in d.read_log() and "bad-key" not in d.read_log()
+        log = d.read_log()
+        assert "good-key" not in log and "bad-key" not in log
+        assert "upstream %s" % state in log and "upstream ok" in log
     finally:
         u.stop()
 
@@ -195,6 +197,7 @@ def test_one_poisoned_event_in_a_batch_of_500(make_emitd, upstream):
     dead = control(d, "dead list")["dead"]
     assert [x["id"] for x in dead] == [ids[137]]
     assert dead[0]["status"] == 400
+    assert "dead letter: event %s" % ids[137] in d.read_log()
     assert control(d, "status")["spool"]["pending"] == 0
 
 
