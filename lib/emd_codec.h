@@ -65,8 +65,9 @@ int emd_codec_decode_frame(const uint8_t *buf, size_t len,
  * with lat in [-90, 90] and lon in [-180, 180], timer <= 32 bytes,
  * data.type_url with a '/', scope unset; every string valid UTF-8, lengths
  * counted in code points. Patterns match as RE2 does ('.' is any code
- * point but '\n'; unanchored patterns only constrain a prefix). Returns 0
- * or EMD_EINVALID with msg. */
+ * point but '\n'; unanchored patterns only constrain a prefix). String
+ * fields must not be NULL (protobuf-c's init and unpack never leave them
+ * NULL). Returns 0 or EMD_EINVALID with msg. */
 int emd_codec_validate(const emd_event *ev, char *msg, size_t msglen);
 
 /* A growable byte buffer for encoders: data is malloc'd and grown with
@@ -85,8 +86,8 @@ struct emd_codec_buf {
 int emd_codec_event_to_json(const emd_event *ev, struct emd_codec_buf *out);
 
 /* SHA-256 of the address with ASCII white space trimmed and ASCII letters
- * lower-cased, into out[32]. Returns 0 or -ENOMEM. */
-int emd_codec_hash_email(const char *addr, size_t len, uint8_t out[32]);
+ * lower-cased, into out[32]. */
+void emd_codec_hash_email(const char *addr, size_t len, uint8_t out[32]);
 
 /* Standard base64 with padding into out (room for 4 * ((len + 2) / 3));
  * returns the bytes written (no NUL). */

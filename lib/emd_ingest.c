@@ -24,6 +24,7 @@
 
 #include "emd_codec.h"
 #include "emd_err.h"
+#include "emd_frame.h"
 #include "emd_log.h"
 
 #define READ_BUF (64 * 1024)          /* the shared read buffer */
@@ -31,7 +32,6 @@
 #define MAX_OUT (1024 * 1024)         /* unwritten reply bytes, likewise */
 #define MSG_MAX 512                   /* longest error message */
 
-enum conn_mode { MODE_UNKNOWN, MODE_TEXT, MODE_BINARY };
 enum slot_state { SLOT_WAIT, SLOT_READY };
 
 struct slot {
@@ -58,13 +58,8 @@ struct conn {
   uv_pipe_t pipe;                     /* pipe.data = this */
   struct emd_ingest *in;
   struct conn *prev, *next;           /* in in->conns */
-  enum conn_mode mode;
+  struct emd_framer framer;           /* bytes -> lines or frames */
   uint32_t line;                      /* lines (frames) seen so far */
-  char *partial;                      /* unfinished line or frame */
-  size_t plen, pcap;
-  uint64_t skip;                      /* binary: bytes of a refused frame
-                                       * still to skip */
-  bool skipping;                      /* text: inside an over-long line */
   bool reading;                       /* uv_read_start is in force */
   bool paused;                        /* stopped: client not reading */
   bool eof;                           /* no more input: close when done */
@@ -206,11 +201,15 @@ static void format_text(struct outbuf *o, const struct slot *s)
 static void format_binary(struct outbuf *o, const struct slot *s)
 {
   emd_ack ack = EMITD__V1__ACK__INIT;
+  char id[EMD_ID_MAX + 1];
   size_t n;
 
+  /* protobuf-c only reads these while packing, below. */
   ack.ok = s->rc == 0;
   if (s->rc == 0) {
-    ack.id = (char *)s->id;      /* packed at once, never written */
+    memcpy(id, s->id, s->id_len);
+    id[s->id_len] = '\0';
+    ack.id = id;
     ack.seq = s->seq;
     ack.duplicate = s->duplicate;
     if (!s->duplicate) {
@@ -222,12 +221,6 @@ static void format_binary(struct outbuf *o, const struct slot *s)
     ack.error = (char *)emd_errcode(s->rc);
     ack.message = s->msg ? s->msg : (char *)emd_strerror(s->rc);
     ack.line = s->line;
-  }
-  char idbuf[EMD_ID_MAX + 1];
-  if (s->rc == 0) {
-    memcpy(idbuf, s->id, s->id_len);
-    idbuf[s->id_len] = '\0';
-    ack.id = idbuf;
   }
   n = emitd__v1__ack__get_packed_size(&ack);
   if (out_reserve(o, n + 4) != 0)
@@ -256,7 +249,7 @@ static void conn_free(struct conn *c)
   for (size_t i = 0; i < c->count; i++)
     free(c->slots[(c->head + i) % c->cap].msg);
   free(c->slots);
-  free(c->partial);
+  emd_frame_free(&c->framer);
   free(c->out[0].data);
   free(c->out[1].data);
   free(c);
@@ -407,7 +400,7 @@ static void conn_flush(struct conn *c)
       break;
     count_reply(in, s);
     if (!c->closed) {
-      if (c->mode == MODE_BINARY)
+      if (c->framer.mode == EMD_FRAME_BINARY)
         format_binary(o, s);
       else
         format_text(o, s);
@@ -561,176 +554,48 @@ static void handle_frame(struct conn *c, const uint8_t *p, size_t n)
   submit(c, ev);
 }
 
-static int partial_append(struct conn *c, const char *p, size_t n)
+static int on_item(void *data, const char *p, size_t n)
 {
-  if (c->plen + n > c->pcap) {
-    size_t cap = c->pcap ? c->pcap : 1024;
-    char *q;
+  struct conn *c = data;
 
-    while (cap < c->plen + n)
-      cap *= 2;
-    q = realloc(c->partial, cap);
-    if (q == NULL)
-      return -ENOMEM;
-    c->partial = q;
-    c->pcap = cap;
-  }
-  memcpy(c->partial + c->plen, p, n);
-  c->plen += n;
-  return 0;
+  if (c->framer.mode == EMD_FRAME_BINARY)
+    handle_frame(c, (const uint8_t *)p, n);
+  else
+    handle_line(c, p, n);
+  return c->closed;
 }
 
-static void too_large(struct conn *c)
+static int on_too_large(void *data, uint64_t len)
 {
-  char msg[128];
+  struct conn *c = data;
+  char msg[160];
 
   c->line++;
-  snprintf(msg, sizeof(msg), "line longer than ingest.max_event_bytes (%"
-           PRIu64 " bytes)", c->in->cfg->ingest.max_event_bytes);
+  if (len > 0)
+    snprintf(msg, sizeof(msg), "frame of %" PRIu64 " bytes is longer than "
+             "ingest.max_event_bytes (%" PRIu64 ")", len,
+             c->in->cfg->ingest.max_event_bytes);
+  else
+    snprintf(msg, sizeof(msg), "line longer than ingest.max_event_bytes (%"
+             PRIu64 " bytes)", c->in->cfg->ingest.max_event_bytes);
   reply_error(c, EMD_ETOOLARGE, msg);
+  return c->closed;
 }
 
-/* Text mode: every complete line in p, the rest kept for later. */
-static void feed_text(struct conn *c, const char *p, size_t n)
+static int on_truncated(void *data)
 {
-  size_t max = c->in->cfg->ingest.max_event_bytes;
-  const char *nl;
+  struct conn *c = data;
 
-  while (n > 0 && !c->closed) {
-    nl = memchr(p, '\n', n);
-    if (c->skipping) {
-      if (nl == NULL)
-        return;
-      c->skipping = false;
-      n -= (size_t)(nl + 1 - p);
-      p = nl + 1;
-      continue;
-    }
-    if (nl == NULL) {
-      /* +1: a '\r' may still come before the newline. */
-      if (c->plen + n > max + 1) {
-        too_large(c);
-        c->plen = 0;
-        c->skipping = true;
-        return;
-      }
-      if (partial_append(c, p, n) != 0) {
-        reply_error(c, EMD_ETOOLARGE, "out of memory for the line");
-        c->plen = 0;
-        c->skipping = true;
-      }
-      return;
-    }
-    size_t len = (size_t)(nl - p);
-    if (c->plen > 0) {
-      if (c->plen + len > max + 1 || partial_append(c, p, len) != 0) {
-        too_large(c);
-      } else {
-        size_t l = c->plen;
-
-        if (l > 0 && c->partial[l - 1] == '\r')
-          l--;
-        if (l > max)
-          too_large(c);
-        else
-          handle_line(c, c->partial, c->plen);
-      }
-      c->plen = 0;
-    } else {
-      size_t l = len > 0 && p[len - 1] == '\r' ? len - 1 : len;
-
-      if (l > max)
-        too_large(c);
-      else
-        handle_line(c, p, len);
-    }
-    n -= len + 1;
-    p = nl + 1;
-  }
+  c->line++;
+  reply_error(c, EMD_EINVALID, "truncated frame at end of input");
+  return c->closed;
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
-         p[3];
-}
-
-/* Binary mode: frames of a 4-byte big-endian length and an Event. */
-static void feed_binary(struct conn *c, const char *p, size_t n)
-{
-  uint64_t max = c->in->cfg->ingest.max_event_bytes;
-
-  while (n > 0 && !c->closed) {
-    if (c->skip > 0) {
-      size_t k = c->skip < n ? (size_t)c->skip : n;
-
-      c->skip -= k;
-      p += k;
-      n -= k;
-      continue;
-    }
-    /* Gather at least the header, and then the whole frame, contiguous. */
-    const uint8_t *f;
-    size_t avail;
-
-    if (c->plen > 0 || n < 4) {
-      size_t want = 4;
-
-      if (c->plen >= 4)
-        want = 4 + be32((uint8_t *)c->partial);
-      size_t k = want > c->plen ? want - c->plen : 0;
-      if (k > n)
-        k = n;
-      if (partial_append(c, p, k) != 0) {
-        conn_close(c);
-        return;
-      }
-      p += k;
-      n -= k;
-      if (c->plen < 4)
-        return;
-      uint32_t len = be32((uint8_t *)c->partial);
-      if (len > max) {
-        c->line++;
-        char msg[128];
-        snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer "
-                 "than ingest.max_event_bytes (%" PRIu64 ")", len, max);
-        reply_error(c, EMD_ETOOLARGE, msg);
-        c->skip = len - (c->plen - 4);
-        c->plen = 0;
-        continue;
-      }
-      if (c->plen < 4 + (size_t)len)
-        continue;        /* loop takes more bytes if there are any */
-      handle_frame(c, (uint8_t *)c->partial + 4, len);
-      c->plen = 0;
-      continue;
-    }
-    f = (const uint8_t *)p;
-    avail = n;
-    uint32_t len = be32(f);
-    if (len > max) {
-      char msg[128];
-
-      c->line++;
-      snprintf(msg, sizeof(msg), "frame of %" PRIu32 " bytes is longer "
-               "than ingest.max_event_bytes (%" PRIu64 ")", len, max);
-      reply_error(c, EMD_ETOOLARGE, msg);
-      c->skip = len;
-      p += 4;
-      n -= 4;
-      continue;
-    }
-    if (avail < 4 + (size_t)len) {
-      if (partial_append(c, p, n) != 0)
-        conn_close(c);
-      return;
-    }
-    handle_frame(c, f + 4, len);
-    p += 4 + len;
-    n -= 4 + len;
-  }
-}
+static const struct emd_frame_ops frame_ops = {
+  .item = on_item,
+  .too_large = on_too_large,
+  .truncated = on_truncated,
+};
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -764,30 +629,20 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
       return;
     }
     /* Half-close: a last line without a newline still counts. */
-    if (c->mode == MODE_TEXT && c->plen > 0 && !c->skipping) {
-      size_t l = c->plen;
-
-      if (l > c->in->cfg->ingest.max_event_bytes + 1)
-        too_large(c);
-      else
-        handle_line(c, c->partial, c->plen);
-    } else if (c->mode == MODE_BINARY && (c->plen > 0 || c->skip > 0)) {
-      c->line++;
-      reply_error(c, EMD_EINVALID, "truncated frame at end of input");
-    }
-    c->plen = 0;
+    emd_frame_eof(&c->framer, &frame_ops, c);
     c->eof = true;
     uv_read_stop(s);
     c->reading = false;
     conn_flush(c);
     return;
   }
-  if (c->mode == MODE_UNKNOWN)
-    c->mode = buf->base[0] == '\0' ? MODE_BINARY : MODE_TEXT;
-  if (c->mode == MODE_TEXT)
-    feed_text(c, buf->base, (size_t)nread);
-  else
-    feed_binary(c, buf->base, (size_t)nread);
+  if (emd_frame_feed(&c->framer, buf->base, (size_t)nread, &frame_ops, c)
+      == -ENOMEM) {
+    emd_log_error("ingest", "out of memory for a client's unfinished "
+                  "line; closing it");
+    conn_close(c);
+    return;
+  }
   conn_flush(c);
   /* The spool may have filled up (block mode) or fallen far behind. */
   if (!in->blocked && !emd_spool_has_room(in->sp))
@@ -879,6 +734,7 @@ static void on_connection(uv_stream_t *server, int status)
   if (c == NULL)
     return;
   c->in = in;
+  c->framer.max = in->cfg->ingest.max_event_bytes;
   uv_pipe_init(in->loop, &c->pipe, 0);
   c->pipe.data = c;
   if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {

@@ -34,6 +34,21 @@ static const uint8_t alice_sha[32] = {
   0x2e, 0x45, 0x98, 0x7e, 0x24, 0x9a, 0x28, 0xdc, 0xe8, 0x36, 0xa8,
   0x5c, 0xad, 0x60, 0xe2, 0x8e, 0xaa, 0xa8, 0xc6, 0xd9, 0x76 };
 
+/* snprintf that fails the test instead of truncating. */
+static void sfmt(char *buf, size_t cap, const char *format, ...)
+  __attribute__((format(printf, 3, 4)));
+
+static void sfmt(char *buf, size_t cap, const char *format, ...)
+{
+  va_list ap;
+  int n;
+
+  va_start(ap, format);
+  n = vsnprintf(buf, cap, format, ap);
+  va_end(ap);
+  assert_true(n >= 0 && (size_t)n < cap);
+}
+
 static int setup(void **state)
 {
   struct fx *f = calloc(1, sizeof(*f));
@@ -69,7 +84,7 @@ static int decode(struct fx *f, const char *line)
 /* The smallest valid bare event plus extra members. */
 static const char *with(struct fx *f, const char *extra)
 {
-  snprintf(f->line, sizeof(f->line), "{\"context\":[" CTX0 "]%s%s}",
+  sfmt(f->line, sizeof(f->line), "{\"context\":[" CTX0 "]%s%s}",
            extra[0] != '\0' ? "," : "", extra);
   return f->line;
 }
@@ -274,7 +289,7 @@ static void bad_primitives_are_bad_json(void **state)
   size_t i;
 
   for (i = 0; i < sizeof(prims) / sizeof(prims[0]); i++) {
-    snprintf(line, sizeof(line), "{\"a\":%s}", prims[i]);
+    sfmt(line, sizeof(line), "{\"a\":%s}", prims[i]);
     expect_err(f, line, EMD_EBADJSON, NULL);
     assert_non_null(strstr(f->msg, " at byte "));
   }
@@ -290,7 +305,7 @@ static void good_numbers_are_json(void **state)
 
   f->opts.ignore_unknown = true;
   for (i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
-    snprintf(line, sizeof(line), "{\"x\":%s,\"context\":[" CTX0 "]}",
+    sfmt(line, sizeof(line), "{\"x\":%s,\"context\":[" CTX0 "]}",
              nums[i]);
     expect_ok(f, line);
   }
@@ -412,7 +427,7 @@ static void invalid_utf8_is_bad_json(void **state)
   size_t i;
 
   for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    snprintf(line, sizeof(line), "{\"user\":\"ab%s\"}", bad[i]);
+    sfmt(line, sizeof(line), "{\"user\":\"ab%s\"}", bad[i]);
     expect_bad_json(f, line, "invalid UTF-8 at byte 12");
   }
   /* In a key too, and in a subtree that would be ignored. */
@@ -461,20 +476,20 @@ static void lengths_count_code_points_not_bytes(void **state)
   char extra[8192];
 
   /* 32 two-byte characters (64 bytes) fit username's 32... */
-  snprintf(extra, sizeof(extra), "\"detail\":{\"user\":{\"username\":\"%s\"}}",
+  sfmt(extra, sizeof(extra), "\"detail\":{\"user\":{\"username\":\"%s\"}}",
            rep(f, "\xc3\xa9", 32));
   expect_ok(f, with(f, extra));
   /* ... 33 do not. */
-  snprintf(extra, sizeof(extra), "\"detail\":{\"user\":{\"username\":\"%s\"}}",
+  sfmt(extra, sizeof(extra), "\"detail\":{\"user\":{\"username\":\"%s\"}}",
            rep(f, "\xc3\xa9", 33));
   expect_invalid(f, with(f, extra),
                  "event.detail.user.username: longer than 32 characters");
   /* Four-byte characters, escaped as surrogate pairs: 128 fit user. */
-  snprintf(extra, sizeof(extra), "\"user\":\"%s\"",
+  sfmt(extra, sizeof(extra), "\"user\":\"%s\"",
            rep(f, "\\ud83d\\ude00", 128));
   expect_ok(f, with(f, extra));
   assert_int_equal(strlen(f->ev->event->user), 512);
-  snprintf(extra, sizeof(extra), "\"user\":\"%s\"",
+  sfmt(extra, sizeof(extra), "\"user\":\"%s\"",
            rep(f, "\xf0\x9f\x98\x80", 129));
   expect_invalid(f, with(f, extra),
                  "event.user: longer than 128 characters");
@@ -511,7 +526,7 @@ static void collection_must_match_its_pattern(void **state)
   size_t i;
 
   for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    snprintf(line, sizeof(line), "{\"collection\":\"%s\",\"event\":"
+    sfmt(line, sizeof(line), "{\"collection\":\"%s\",\"event\":"
              "{\"context\":[" CTX0 "]}}", bad[i]);
     expect_invalid(f, line, "collection: does not match ^[a-zA-Z]{3,32}$");
   }
@@ -520,32 +535,36 @@ static void collection_must_match_its_pattern(void **state)
                "\"event\":{\"context\":[" CTX0 "]}}");
 }
 
+#define ID_BAD "event.id: does not match ^[a-zA-Z0-9]{12,64}$"
+#define HEX64 "0123456789abcdef0123456789abcdef" \
+              "0123456789abcdef0123456789abcdef"
+
 static void event_id_must_match_its_pattern(void **state)
 {
   static const struct rule_case c[] = {
-    { "\"id\":\"abcdefghijk\"", "event.id: does not match ^[a-zA-Z0-9]{12,64}$" },
-    { "\"id\":\"abcdefghijk-\"", "event.id: does not match ^[a-zA-Z0-9]{12,64}$" },
-    { "\"id\":\"01JD8X3QZK4M2N5P7R9T1V3W5Y \"",
-      "event.id: does not match ^[a-zA-Z0-9]{12,64}$" },
-    { "\"id\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdefX\"",
-      "event.id: does not match ^[a-zA-Z0-9]{12,64}$" },
+    { "\"id\":\"abcdefghijk\"", ID_BAD },
+    { "\"id\":\"abcdefghijk-\"", ID_BAD },
+    { "\"id\":\"01JD8X3QZK4M2N5P7R9T1V3W5Y \"", ID_BAD },
+    { "\"id\":\"" HEX64 "X\"", ID_BAD },
     { "\"id\":\"abcdefghijkl\"", NULL },
-    { "\"id\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"",
-      NULL },
+    { "\"id\":\"" HEX64 "\"", NULL },
     { "\"id\":\"\"", NULL },   /* emitd fills an empty id */
   };
 
   CHECK_CASES(*state, c);
 }
 
+#define TENANT_BAD "event.tenant: does not match ^org_[a-zA-Z0-9]{3,32}$"
+#define S33 "abcdefghijklmnopqrstuvwxyz0123456"   /* 33 characters */
+#define S32 "abcdefghijklmnopqrstuvwxyz012345"    /* 32 characters */
+
 static void tenant_user_and_scope_follow_their_rules(void **state)
 {
   static const struct rule_case c[] = {
-    { "\"tenant\":\"acme\"", "event.tenant: does not match ^org_[a-zA-Z0-9]{3,32}$" },
-    { "\"tenant\":\"org_ab\"", "event.tenant: does not match ^org_[a-zA-Z0-9]{3,32}$" },
-    { "\"tenant\":\"org_abc_d\"", "event.tenant: does not match ^org_[a-zA-Z0-9]{3,32}$" },
-    { "\"tenant\":\"org_abcdefghijklmnopqrstuvwxyz0123456\"",
-      "event.tenant: does not match ^org_[a-zA-Z0-9]{3,32}$" },
+    { "\"tenant\":\"acme\"", TENANT_BAD },
+    { "\"tenant\":\"org_ab\"", TENANT_BAD },
+    { "\"tenant\":\"org_abc_d\"", TENANT_BAD },
+    { "\"tenant\":\"org_" S33 "\"", TENANT_BAD },
     { "\"tenant\":\"org_abc\"", NULL },
     { "\"scope\":\"x\"", "event.scope: set by the service only" },
   };
@@ -553,9 +572,9 @@ static void tenant_user_and_scope_follow_their_rules(void **state)
   char extra[512];
 
   CHECK_CASES(f, c);
-  snprintf(extra, sizeof(extra), "\"user\":\"%s\"", rep(f, "u", 128));
+  sfmt(extra, sizeof(extra), "\"user\":\"%s\"", rep(f, "u", 128));
   expect_ok(f, with(f, extra));
-  snprintf(extra, sizeof(extra), "\"user\":\"%s\"", rep(f, "u", 129));
+  sfmt(extra, sizeof(extra), "\"user\":\"%s\"", rep(f, "u", 129));
   expect_invalid(f, with(f, extra), "event.user: longer than 128 characters");
 }
 
@@ -569,11 +588,11 @@ static void context_must_have_one_to_ten_items(void **state)
                  "event.context: required, 1 to 10 items");
   expect_invalid(f, "{\"context\":null}",
                  "event.context: required, 1 to 10 items");
-  snprintf(line, sizeof(line), "{\"context\":[%s" CTX0 "]}",
+  sfmt(line, sizeof(line), "{\"context\":[%s" CTX0 "]}",
            rep(f, CTX0 ",", 9));
   expect_ok(f, line);
   assert_int_equal(f->ev->event->n_context, 10);
-  snprintf(line, sizeof(line), "{\"context\":[%s" CTX0 "]}",
+  sfmt(line, sizeof(line), "{\"context\":[%s" CTX0 "]}",
            rep(f, CTX0 ",", 10));
   expect_invalid(f, line, "event.context: more than 10 items");
 }
@@ -581,7 +600,7 @@ static void context_must_have_one_to_ten_items(void **state)
 /* A bare event with one context item given as its members. */
 static const char *ctx(struct fx *f, const char *members)
 {
-  snprintf(f->line, sizeof(f->line), "{\"context\":[" CTX0 ",{%s}]}",
+  sfmt(f->line, sizeof(f->line), "{\"context\":[" CTX0 ",{%s}]}",
            members);
   return f->line;
 }
@@ -604,9 +623,10 @@ static void context_type_is_required_and_matches_its_pattern(void **state)
   char members[256];
   size_t i;
 
-  expect_invalid(f, ctx(f, "\"event\":\"e\""), "event.context[1].type: required");
+  expect_invalid(f, ctx(f, "\"event\":\"e\""),
+                 "event.context[1].type: required");
   for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    snprintf(members, sizeof(members), "\"type\":\"%s\",\"event\":\"e\"",
+    sfmt(members, sizeof(members), "\"type\":\"%s\",\"event\":\"e\"",
              bad[i]);
     expect_invalid(f, ctx(f, members),
                    "event.context[1].type: does not match " TYPE_PAT);
@@ -616,30 +636,33 @@ static void context_type_is_required_and_matches_its_pattern(void **state)
    * empty. */
   expect_ok(f, ctx(f, "\"type\":\"type_googleapis\xc3\xa9" "com/buildless"
                       "+context/\",\"event\":\"e\""));
-  expect_ok(f, ctx(f, "\"type\":\"type.googleapis.com/buildless.context.a.B.9\","
-                      "\"event\":\"e\""));
+  expect_ok(f, ctx(f, "\"type\":\"type.googleapis.com/buildless.context."
+                      "a.B.9\",\"event\":\"e\""));
   /* 64 characters fit; 65 match the pattern but are too long. */
-  snprintf(members, sizeof(members), "\"type\":\"type.googleapis.com/"
+  sfmt(members, sizeof(members), "\"type\":\"type.googleapis.com/"
            "buildless.context.%s\",\"event\":\"e\"", rep(f, "A", 26));
   expect_ok(f, ctx(f, members));
-  snprintf(members, sizeof(members), "\"type\":\"type.googleapis.com/"
+  sfmt(members, sizeof(members), "\"type\":\"type.googleapis.com/"
            "buildless.context.%s\",\"event\":\"e\"", rep(f, "A", 27));
   expect_invalid(f, ctx(f, members),
                  "event.context[1].type: longer than 64 characters");
 }
+
+#define RESOURCE_BAD \
+  "event.context[1].resource: does not match ^[a-zA-Z]{3,12}::[a-zA-Z0-9]*"
 
 static void context_resource_action_and_event_follow_rules(void **state)
 {
   struct fx *f = *state;
   static const struct { const char *members, *msg; } c[] = {
     { TYPE_OK ",\"resource\":\"ab::x\",\"event\":\"e\"",
-      "event.context[1].resource: does not match ^[a-zA-Z]{3,12}::[a-zA-Z0-9]*" },
+      RESOURCE_BAD },
     { TYPE_OK ",\"resource\":\"abcdefghijklm::x\",\"event\":\"e\"",
-      "event.context[1].resource: does not match ^[a-zA-Z]{3,12}::[a-zA-Z0-9]*" },
+      RESOURCE_BAD },
     { TYPE_OK ",\"resource\":\"repo:x\",\"event\":\"e\"",
-      "event.context[1].resource: does not match ^[a-zA-Z]{3,12}::[a-zA-Z0-9]*" },
+      RESOURCE_BAD },
     { TYPE_OK ",\"resource\":\"1repo::x\",\"event\":\"e\"",
-      "event.context[1].resource: does not match ^[a-zA-Z]{3,12}::[a-zA-Z0-9]*" },
+      RESOURCE_BAD },
     /* Not anchored at the end: only the prefix is constrained. */
     { TYPE_OK ",\"resource\":\"repo::\",\"event\":\"e\"", NULL },
     { TYPE_OK ",\"resource\":\"abcdefghijkl::x/y z!\",\"event\":\"e\"", NULL },
@@ -659,21 +682,21 @@ static void context_resource_action_and_event_follow_rules(void **state)
     else
       expect_invalid(f, ctx(f, c[i].members), c[i].msg);
   }
-  snprintf(members, sizeof(members), TYPE_OK ",\"resource\":\"repo::%s\","
+  sfmt(members, sizeof(members), TYPE_OK ",\"resource\":\"repo::%s\","
            "\"event\":\"e\"", rep(f, "x", 122));
   expect_ok(f, ctx(f, members));
-  snprintf(members, sizeof(members), TYPE_OK ",\"resource\":\"repo::%s\","
+  sfmt(members, sizeof(members), TYPE_OK ",\"resource\":\"repo::%s\","
            "\"event\":\"e\"", rep(f, "x", 123));
   expect_invalid(f, ctx(f, members),
                  "event.context[1].resource: longer than 128 characters");
-  snprintf(members, sizeof(members), TYPE_OK ",\"resource\":\"repo::x\","
+  sfmt(members, sizeof(members), TYPE_OK ",\"resource\":\"repo::x\","
            "\"action\":\"%s\",\"event\":\"e\"", rep(f, "a", 33));
   expect_invalid(f, ctx(f, members),
                  "event.context[1].action: longer than 32 characters");
-  snprintf(members, sizeof(members), TYPE_OK ",\"event\":\"%s\"",
+  sfmt(members, sizeof(members), TYPE_OK ",\"event\":\"%s\"",
            rep(f, "e", 64));
   expect_ok(f, ctx(f, members));
-  snprintf(members, sizeof(members), TYPE_OK ",\"event\":\"%s\"",
+  sfmt(members, sizeof(members), TYPE_OK ",\"event\":\"%s\"",
            rep(f, "e", 65));
   expect_invalid(f, ctx(f, members),
                  "event.context[1].event: longer than 64 characters");
@@ -690,27 +713,29 @@ static void detail_tenant_and_user_follow_rules(void **state)
       "event.detail.tenant.name: does not match ^[a-zA-Z][a-zA-Z0-9_-]{2,32}" },
     { "\"detail\":{\"tenant\":{\"name\":\"a_-\"}}", NULL },
     { "\"detail\":{\"tenant\":{\"name\":\"abc def!\"}}", NULL },   /* prefix */
-    { "\"detail\":{\"tenant\":{\"name\":\"abcdefghijklmnopqrstuvwxyz0123456\"}}",
+    { "\"detail\":{\"tenant\":{\"name\":\"" S33 "\"}}",
       "event.detail.tenant.name: longer than 32 characters" },
     { "\"detail\":{\"user\":{\"email\":\"AAECAwQFBgcICQoLDA0ODw==\"}}",
       "event.detail.user.email: neither an address nor 32 bytes (a SHA-256)" },
-    { "\"detail\":{\"user\":{\"username\":\"abcdefghijklmnopqrstuvwxyz0123456\"}}",
+    { "\"detail\":{\"user\":{\"username\":\"" S33 "\"}}",
       "event.detail.user.username: longer than 32 characters" },
-    { "\"detail\":{\"user\":{\"username\":\"abcdefghijklmnopqrstuvwxyz012345\"}}",
+    { "\"detail\":{\"user\":{\"username\":\"" S32 "\"}}",
       NULL },
   };
   struct fx *f = *state;
   char extra[512];
 
   CHECK_CASES(f, c);
-  snprintf(extra, sizeof(extra), "\"detail\":{\"user\":{\"uid\":\"%s\"}}",
+  sfmt(extra, sizeof(extra), "\"detail\":{\"user\":{\"uid\":\"%s\"}}",
            rep(f, "u", 128));
   expect_ok(f, with(f, extra));
-  snprintf(extra, sizeof(extra), "\"detail\":{\"user\":{\"uid\":\"%s\"}}",
+  sfmt(extra, sizeof(extra), "\"detail\":{\"user\":{\"uid\":\"%s\"}}",
            rep(f, "u", 129));
   expect_invalid(f, with(f, extra),
                  "event.detail.user.uid: longer than 128 characters");
 }
+
+#define PROVIDER "event.detail.repository.provider: "
 
 static void detail_repository_follows_rules(void **state)
 {
@@ -720,22 +745,22 @@ static void detail_repository_follows_rules(void **state)
     { "\"detail\":{\"repository\":{\"provider\":\"NO_REPOSITORY_PROVIDER\"}}",
       NULL },
     { "\"detail\":{\"repository\":{\"provider\":\"GITLAB\"}}",
-      "event.detail.repository.provider: unknown RepositoryProvider name: \"GITLAB\"" },
+      PROVIDER "unknown RepositoryProvider name: \"GITLAB\"" },
     { "\"detail\":{\"repository\":{\"provider\":\"github\"}}",
-      "event.detail.repository.provider: unknown RepositoryProvider name: \"github\"" },
+      PROVIDER "unknown RepositoryProvider name: \"github\"" },
     { "\"detail\":{\"repository\":{\"provider\":2}}",
-      "event.detail.repository.provider: not a defined RepositoryProvider: 2" },
+      PROVIDER "not a defined RepositoryProvider: 2" },
     { "\"detail\":{\"repository\":{\"provider\":-1}}",
-      "event.detail.repository.provider: not a defined RepositoryProvider: -1" },
+      PROVIDER "not a defined RepositoryProvider: -1" },
     { "\"detail\":{\"repository\":{\"provider\":1.5}}",
-      "event.detail.repository.provider: not an enum number: 1.5" },
+      PROVIDER "not an enum number: 1.5" },
     { "\"detail\":{\"repository\":{\"provider\":true}}",
-      "event.detail.repository.provider: expected an enum name or number" },
+      PROVIDER "expected an enum name or number" },
     { "\"detail\":{\"repository\":{\"provider\":{}}}",
-      "event.detail.repository.provider: expected an enum name or number" },
+      PROVIDER "expected an enum name or number" },
     { "\"detail\":{\"repository\":{\"provider\":4294967297}}",
-      "event.detail.repository.provider: not an enum number: 4294967297" },
-    { "\"detail\":{\"repository\":{\"link\":\"https://github.com/acme/w?x=1#top\"}}",
+      PROVIDER "not an enum number: 4294967297" },
+    { "\"detail\":{\"repository\":{\"link\":\"https://h.com/w?x=1#top\"}}",
       NULL },
     { "\"detail\":{\"repository\":{\"link\":\"git+ssh://git@host/a%20b\"}}",
       NULL },
@@ -751,7 +776,7 @@ static void detail_repository_follows_rules(void **state)
       "event.detail.repository.link: not a URI" },
     { "\"detail\":{\"repository\":{\"link\":\"https://h/\xc3\xa9\"}}",
       "event.detail.repository.link: not a URI" },
-    { "\"detail\":{\"repository\":{\"name\":\"abcdefghijklmnopqrstuvwxyz0123456\"}}",
+    { "\"detail\":{\"repository\":{\"name\":\"" S33 "\"}}",
       "event.detail.repository.name: longer than 32 characters" },
   };
 
@@ -761,7 +786,8 @@ static void detail_repository_follows_rules(void **state)
 static void os_family_and_arch_take_defined_values_only(void **state)
 {
   static const struct rule_case c[] = {
-    { "\"detail\":{\"client\":{\"os\":{\"family\":\"LINUX\",\"arch\":\"ARM\"}}}",
+    { "\"detail\":{\"client\":{\"os\":{\"family\":\"LINUX\","
+      "\"arch\":\"ARM\"}}}",
       NULL },
     { "\"detail\":{\"client\":{\"os\":{\"family\":5,\"arch\":1}}}", NULL },
     { "\"detail\":{\"client\":{\"os\":{\"family\":6}}}",
@@ -1063,12 +1089,29 @@ static void unknown_fields_are_rejected_or_ignored(void **state)
   emd_arena_free(&other);
 }
 
+static void quoted_client_text_is_cut_at_a_character_boundary(void **st)
+{
+  struct fx *f = *st;
+  char line[512], want[256];
+
+  /* 63 ASCII bytes, then 2-byte characters: 64 bytes would split one. */
+  sfmt(line, sizeof(line), "{\"%s%s\":1}", rep(f, "k", 63),
+       "\xc3\xa9\xc3\xa9\xc3\xa9");
+  sfmt(want, sizeof(want), "event.%s: unknown field", rep(f, "k", 63));
+  expect_invalid(f, line, want);
+  sfmt(line, sizeof(line), "{\"context\":[" CTX0 "],\"detail\":{\"client\":"
+       "{\"os\":{\"family\":\"%s\xe2\x82\xac\"}}}}", rep(f, "F", 62));
+  sfmt(want, sizeof(want), "event.detail.client.os.family: unknown OSFamily "
+       "name: \"%s\"", rep(f, "F", 62));
+  expect_invalid(f, line, want);
+}
+
 static void email_address_is_trimmed_lowercased_and_hashed(void **state)
 {
   struct fx *f = *state;
   uint8_t h[32];
 
-  assert_int_equal(emd_codec_hash_email(" \tAlice@Example.COM\n", 20, h), 0);
+  emd_codec_hash_email(" \tAlice@Example.COM\n", 20, h);
   assert_memory_equal(h, alice_sha, 32);
   expect_ok(f, with(f, "\"detail\":{\"user\":{\"email\":"
                        "\"  Alice@EXAMPLE.com \"}}"));
@@ -1078,6 +1121,22 @@ static void email_address_is_trimmed_lowercased_and_hashed(void **state)
   expect_ok(f, with(f, "\"detail\":{\"user\":{\"email\":"
                        "\"alice\\u0040example.com\"}}"));
   assert_memory_equal(f->ev->event->detail->user->email.data, alice_sha, 32);
+}
+
+static void long_email_address_is_hashed_in_blocks(void **state)
+{
+  /* SHA-256 of 300 'a' then "@example.com" */
+  static const uint8_t want[32] = {
+    0xd7, 0x1e, 0x10, 0x56, 0xb3, 0x3f, 0xe2, 0x49, 0xcb, 0x82, 0x96,
+    0x75, 0xb3, 0x79, 0xaf, 0x27, 0xfa, 0xd9, 0x89, 0x05, 0x35, 0xe0,
+    0x5a, 0xb5, 0x33, 0x5c, 0xa1, 0x19, 0x08, 0xf3, 0xb6, 0xec };
+  struct fx *f = *state;
+  char addr[400];
+  uint8_t h[32];
+
+  sfmt(addr, sizeof(addr), "  %s@Example.COM ", rep(f, "A", 300));
+  emd_codec_hash_email(addr, strlen(addr), h);
+  assert_memory_equal(h, want, 32);
 }
 
 static void email_hash_given_as_base64_is_kept(void **state)
@@ -1094,7 +1153,7 @@ static void email_hash_given_as_base64_is_kept(void **state)
   size_t i;
 
   for (i = 0; i < 4; i++) {
-    snprintf(extra, sizeof(extra), "\"detail\":{\"user\":{\"email\":\"%s\"}}",
+    sfmt(extra, sizeof(extra), "\"detail\":{\"user\":{\"email\":\"%s\"}}",
              forms[i]);
     expect_ok(f, with(f, extra));
     assert_int_equal(f->ev->event->detail->user->email.len, 32);
@@ -1215,6 +1274,23 @@ static void event_to_json_appends_and_writes_nonfinite_doubles(void **st)
   assert_int_equal(emd_codec_event_to_json(f->ev, &b), 0);
   assert_int_equal(b.len, strlen(want));
   assert_memory_equal(b.data, want, b.len);
+  free(b.data);
+}
+
+static void event_to_json_writes_undefined_enums_as_numbers(void **state)
+{
+  struct fx *f = *state;
+  struct emd_codec_buf b = { 0 };
+  static const char line[] =
+    "{\"event\":{\"context\":[{\"type\":\"t/u\",\"event\":\"e\"}],"
+    "\"detail\":{\"repository\":{\"provider\":-3},\"client\":{\"os\":"
+    "{\"family\":9,\"arch\":\"ARM\"}}},\"ordinal\":4294967295}}";
+
+  f->opts.upstream = true;
+  expect_ok(f, line);
+  assert_int_equal(emd_codec_event_to_json(f->ev, &b), 0);
+  assert_int_equal(b.len, strlen(line));
+  assert_memory_equal(b.data, line, b.len);
   free(b.data);
 }
 
@@ -1429,12 +1505,15 @@ int main(void)
     T(wrong_json_types_are_invalid),
     T(null_means_the_default),
     T(unknown_fields_are_rejected_or_ignored),
+    T(quoted_client_text_is_cut_at_a_character_boundary),
     T(email_address_is_trimmed_lowercased_and_hashed),
+    T(long_email_address_is_hashed_in_blocks),
     T(email_hash_given_as_base64_is_kept),
     T(base64_encodes_rfc4648_vectors),
     T(event_to_json_writes_canonical_proto3_json),
     T(event_to_json_round_trips_through_decode),
     T(event_to_json_appends_and_writes_nonfinite_doubles),
+    T(event_to_json_writes_undefined_enums_as_numbers),
     T(frames_decode_like_lines),
     T(garbage_and_truncated_frames_are_invalid),
     T(frames_break_rules_with_the_same_messages),

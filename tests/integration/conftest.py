@@ -217,3 +217,89 @@ def make_emitd(tmpdir_short):
         if d.proc is not None:
             d.proc.kill()
             d.proc.wait()
+
+
+class Upstream:
+    """The project's test upstream (emd-upstream) on a free port."""
+
+    def __init__(self, tmp, args=()):
+        self.tmp = tmp
+        self.port_file = os.path.join(tmp, "upstream.port")
+        self.log_path = os.path.join(tmp, "upstream.log")
+        self.args = list(args)
+        self.proc = None
+
+    def start(self):
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [UPSTREAM, "--listen", "127.0.0.1:0", "--port-file",
+             self.port_file, "--quiet"] + self.args,
+            stdout=self.log, stderr=self.log)
+        wait_for(lambda: os.path.exists(self.port_file), 10,
+                 "emd-upstream to listen")
+        with open(self.port_file) as f:
+            self.port = int(f.read().strip())
+        self.url = "http://127.0.0.1:%d" % self.port
+        return self
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+            self.log.close()
+
+    def _req(self, method, path, body=None):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        data = None if body is None else json.dumps(body)
+        c.request(method, path, body=data,
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        out = r.read().decode()
+        c.close()
+        return r.status, out
+
+    def control(self, what, body):
+        status, out = self._req("POST", "/_test/" + what, body)
+        assert status == 200, out
+        return json.loads(out)
+
+    def stats(self):
+        return json.loads(self._req("GET", "/_test/stats")[1])
+
+    def events(self):
+        out = self._req("GET", "/_test/events")[1]
+        return [json.loads(l) for l in out.splitlines() if l.strip()]
+
+    def requests(self):
+        out = self._req("GET", "/_test/requests")[1]
+        return [json.loads(l) for l in out.splitlines() if l.strip()]
+
+    def ids(self):
+        return [e["event"]["event"]["id"] for e in self.events()]
+
+
+@pytest.fixture
+def upstream(tmpdir_short):
+    u = Upstream(tmpdir_short).start()
+    yield u
+    u.stop()
+
+
+def control(d, command, timeout=30):
+    """One command on emitd's control socket; the parsed JSON reply."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(d.control)
+    s.sendall((command + "\n").encode())
+    buf = b""
+    while b"\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return json.loads(buf.split(b"\n", 1)[0])
