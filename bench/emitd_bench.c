@@ -84,7 +84,7 @@ struct opts {
   const char *emitd_path;
   const char *upstream_path;
   const char *tmp_dir;           /* where run directories go */
-  const char *perf_path;         /* perf record -g output prefix, or NULL */
+  const char *perf_path;         /* perf record output prefix, or NULL */
   const char *sync;              /* spool.sync */
   enum mode mode;                /* ingest, latency, e2e */
   unsigned conns;
@@ -228,9 +228,10 @@ static ssize_t read_small(const char *path, char *buf, size_t len)
   return got;
 }
 
-/* The number after "key" at the start of a line of /proc/PID/<file>, in
- * kB; 0 when the process or the line is gone. */
-static uint64_t proc_kb(pid_t pid, const char *file, const char *key)
+/* The number after "key" at the start of a line of /proc/PID/<file> (kB
+ * in status and smaps_rollup, bytes in io); 0 when the process or the
+ * line is gone. */
+static uint64_t proc_field(pid_t pid, const char *file, const char *key)
 {
   char path[64], buf[8192];
   const char *p;
@@ -933,13 +934,19 @@ struct sampler {
   bool running;
 };
 
+/* Samples RssAnon of /proc/PID/status: the same anonymous pages as
+ * smaps_rollup's "Anonymous:" (LMDB's map is a file mapping, in neither),
+ * but read from a counter, where smaps_rollup walks every page table entry
+ * of emitd, a cost that grows with its resident spool pages and would be
+ * taken from the two cores emitd runs on. meter_stop adds one exact
+ * smaps_rollup reading at the end. */
 static void *sampler_main(void *arg)
 {
   struct sampler *s = arg;
   uint64_t kb;
 
   do {
-    kb = proc_kb(s->pid, "smaps_rollup", "Anonymous:");
+    kb = proc_field(s->pid, "status", "RssAnon:");
     if (kb > s->anon_max_kb)
       s->anon_max_kb = kb;
     sleep_ns(SAMPLE_NS);
@@ -952,17 +959,20 @@ struct usage {
   double cpu_s;                  /* utime + stime, every thread */
   double bench_cpu_s;            /* ours, to show we were not the limit */
   double rss_peak_mib;           /* VmHWM: peak resident, since start */
-  double anon_peak_mib;          /* max of smaps_rollup Anonymous */
+  double anon_peak_mib;          /* max of RssAnon samples and of
+                                  * smaps_rollup Anonymous at the end */
+  double disk_write_mib;         /* write_bytes of /proc/PID/io */
 };
 
 struct meter {
   pid_t pid;
   double cpu0, self0;
+  uint64_t wbytes0;
   struct sampler s;
   pid_t perf;
 };
 
-/* perf_out non-NULL: perf record -g attaches to emitd for the phase. */
+/* perf_out non-NULL: perf record attaches to emitd for the phase. */
 static void meter_start(struct meter *m, pid_t pid, const char *perf_out,
                         const char *dir)
 {
@@ -972,7 +982,9 @@ static void meter_start(struct meter *m, pid_t pid, const char *perf_out,
     char pidbuf[16], log[PATH_MAX + 16];
     snprintf(pidbuf, sizeof(pidbuf), "%d", (int)pid);
     snprintf(log, sizeof(log), "%s/perf.log", dir);
-    const char *argv[] = { "/usr/bin/perf", "record", "-g", "-o", perf_out,
+    /* DWARF call graphs: our builds keep no frame pointers. */
+    const char *argv[] = { "/usr/bin/perf", "record", "-F", "499",
+                           "--call-graph", "dwarf,16384", "-o", perf_out,
                            "-p", pidbuf, NULL };
     if (spawn(argv, NULL, log, &m->perf) == 0) {
       sleep_ns(500000000);       /* let it attach before the load */
@@ -984,18 +996,24 @@ static void meter_start(struct meter *m, pid_t pid, const char *perf_out,
   m->s.running = pthread_create(&m->s.th, NULL, sampler_main, &m->s) == 0;
   m->cpu0 = proc_cpu_s(pid);
   m->self0 = self_cpu_s();
+  m->wbytes0 = proc_field(pid, "io", "write_bytes:");
 }
 
 static void meter_stop(struct meter *m, struct usage *u)
 {
   u->cpu_s = proc_cpu_s(m->pid) - m->cpu0;
   u->bench_cpu_s = self_cpu_s() - m->self0;
-  u->rss_peak_mib = (double)proc_kb(m->pid, "status", "VmHWM:") / 1024.0;
+  u->disk_write_mib = (double)(proc_field(m->pid, "io", "write_bytes:") -
+                               m->wbytes0) / MIB;
+  u->rss_peak_mib = (double)proc_field(m->pid, "status", "VmHWM:") / 1024.0;
   if (m->s.running) {
     atomic_store(&m->s.stop, true);
     pthread_join(m->s.th, NULL);
     m->s.running = false;
   }
+  uint64_t kb = proc_field(m->pid, "smaps_rollup", "Anonymous:");
+  if (kb > m->s.anon_max_kb)
+    m->s.anon_max_kb = kb;
   u->anon_peak_mib = (double)m->s.anon_max_kb / 1024.0;
   if (m->perf > 0) {
     stop_proc(m->perf, SIGINT);
@@ -1373,41 +1391,73 @@ out:
 
 /* ---- the upstream's count ---------------------------------------------- */
 
-/* "events" of GET /_test/stats, over a fresh TCP connection. */
-static int upstream_events(unsigned port, uint64_t *events)
+/* One keep-alive connection to the test upstream's control interface, so
+ * polling every few milliseconds costs it no thread per request. */
+struct stats_conn {
+  unsigned port;
+  int fd;                        /* -1 until connected */
+};
+
+static void stats_close(struct stats_conn *sc)
 {
-  static const char req[] = "GET /_test/stats HTTP/1.1\r\nHost: 127.0.0.1"
-                            "\r\nConnection: close\r\n\r\n";
+  if (sc->fd >= 0)
+    close(sc->fd);
+  sc->fd = -1;
+}
+
+/* "events" of GET /_test/stats. Returns 0, or -1 with the connection
+ * closed (the next call reconnects). */
+static int upstream_events(struct stats_conn *sc, uint64_t *events)
+{
+  static const char req[] = "GET /_test/stats HTTP/1.1\r\n"
+                            "Host: 127.0.0.1\r\n\r\n";
   struct sockaddr_in sa = { .sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port) };
+                            .sin_port = htons((uint16_t)sc->port) };
   struct timeval tv = { 2, 0 };
   char buf[4096];
-  size_t got = 0;
+  const char *body, *p;
+  size_t got = 0, want;
   ssize_t n;
-  const char *p;
-  int fd, rc = -1;
 
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return -1;
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-      write(fd, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1)
-    goto out;
-  while (got + 1 < sizeof(buf) &&
-         (n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
-    got += (size_t)n;
-  buf[got] = '\0';
-  p = strstr(buf, "\r\n\r\n");
-  if (p != NULL && (p = strstr(p, "\"events\":")) != NULL) {
-    *events = strtoull(p + 9, NULL, 10);
-    rc = 0;
+  if (sc->fd < 0) {
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sc->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sc->fd < 0)
+      return -1;
+    setsockopt(sc->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(sc->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+      goto fail;
   }
+  if (write(sc->fd, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1)
+    goto fail;
+  /* Headers, then Content-Length bytes of body. */
+  for (body = NULL, want = 0;;) {
+    if (got + 1 >= sizeof(buf))
+      goto fail;
+    n = read(sc->fd, buf + got, sizeof(buf) - 1 - got);
+    if (n <= 0)
+      goto fail;
+    got += (size_t)n;
+    buf[got] = '\0';
+    if (body == NULL && (p = strstr(buf, "\r\n\r\n")) != NULL) {
+      const char *cl = strcasestr(buf, "\r\nContent-Length:");
+      if (cl == NULL || cl > p)
+        goto fail;
+      body = p + 4;
+      want = (size_t)(body - buf) + strtoul(cl + 17, NULL, 10);
+    }
+    if (body != NULL && got >= want)
+      break;
+  }
+  p = strstr(body, "\"events\":");
+  if (p == NULL || got > want)
+    goto fail;
+  *events = strtoull(p + 9, NULL, 10);
+  return 0;
 
-out:
-  close(fd);
-  return rc;
+fail:
+  stats_close(sc);
+  return -1;
 }
 
 /* ---- the tests --------------------------------------------------------- */
@@ -1453,9 +1503,20 @@ struct backlog_res {
   char failure[320];
 };
 
+/* The machine's own limits (SPEC 8): the disk's fsync rate and one core's
+ * decoding speed. */
+struct limits_res {
+  bool done;
+  double fsync_per_s;            /* 4 KiB appended, then fdatasync */
+  double fsync_p50, fsync_p99;   /* ms */
+  double decode_per_s[2];        /* by mode, one core */
+};
+
 struct report {
   const struct opts *o;
   const struct pool *pool;
+  struct limits_res limits;
+  bool ran_limits;
   struct ingest_res ingest[2];   /* by mode */
   struct latency_res lat;
   struct e2e_res e2e;
@@ -1585,6 +1646,7 @@ static int run_e2e(const struct opts *o, const struct pool *p,
   struct drive d;
   struct meter m;
   char perf[PATH_MAX];
+  struct stats_conn sc = { 0, -1 };
   uint64_t counted = 0, last = 0, t_change, t_end = 0;
   double up_cpu0;
   int rc = -1;
@@ -1601,6 +1663,7 @@ static int run_e2e(const struct opts *o, const struct pool *p,
   if (drive_open(&d, &dm, p, o->mode, o->conns, o->window, o->events,
                  false, o->ulid) != 0)
     goto out;
+  sc.port = dm.port;
   up_cpu0 = proc_cpu_s(dm.upstream);
   meter_start(&m, dm.emitd, perf_name(o, "e2e", perf, sizeof(perf)),
               dm.dir);
@@ -1610,7 +1673,7 @@ static int run_e2e(const struct opts *o, const struct pool *p,
     r->ingest_rate = (double)o->events / secs(d.t_last - d.t_first);
     for (t_change = now_ns();;) {
       uint64_t t = now_ns();
-      if (upstream_events(dm.port, &counted) == 0 && counted >= o->events) {
+      if (upstream_events(&sc, &counted) == 0 && counted >= o->events) {
         t_end = t;
         break;
       }
@@ -1629,6 +1692,7 @@ static int run_e2e(const struct opts *o, const struct pool *p,
     }
   }
   meter_stop(&m, &r->u);
+  stats_close(&sc);
   r->upstream_cpu_s = proc_cpu_s(dm.upstream) - up_cpu0;
   r->counted = counted;
   r->failed = d.failed;
@@ -1645,6 +1709,89 @@ static int run_e2e(const struct opts *o, const struct pool *p,
 out:
   daemons_close(&dm);
   return rc;
+}
+
+/* Appends 4 KiB and fdatasyncs, again and again for a second, in a file
+ * in the directory the spools go to: the most group commits this disk
+ * allows per second. */
+static int fsync_rate(const struct opts *o, struct limits_res *r)
+{
+  char path[PATH_MAX];
+  static const char block[4096];
+  struct hist *h = calloc(1, sizeof(*h));
+  uint64_t t0, t, n = 0;
+  int fd, rc = -1;
+
+  snprintf(path, sizeof(path), "%s/emitd-bench.fsync.XXXXXX", o->tmp_dir);
+  fd = h != NULL ? mkstemp(path) : -1;
+  if (fd < 0) {
+    fprintf(stderr, "emitd-bench: cannot make a file in %s: %s\n",
+            o->tmp_dir, strerror(errno));
+    free(h);
+    return -1;
+  }
+  unlink(path);
+  t0 = now_ns();
+  do {
+    t = now_ns();
+    if (write(fd, block, sizeof(block)) != (ssize_t)sizeof(block) ||
+        fdatasync(fd) != 0)
+      goto out;
+    hist_add(h, (now_ns() - t) / 1000);
+    n++;
+  } while (now_ns() - t0 < 1000000000ull || n < 20);
+  r->fsync_per_s = (double)n / secs(now_ns() - t0);
+  r->fsync_p50 = hist_quantile_ms(h, 0.50);
+  r->fsync_p99 = hist_quantile_ms(h, 0.99);
+  rc = 0;
+
+out:
+  close(fd);
+  free(h);
+  return rc;
+}
+
+/* Decodes the pool's events in mode with emitd's own codec on this one
+ * thread for a second (no socket, no spool): the most one core can take
+ * in. */
+static int decode_rate(const struct pool *p, enum mode mode, double *rate)
+{
+  struct emd_arena arena = { 0 };
+  emd_event *ev;
+  uint64_t t0 = now_ns(), n = 0;
+  int rc = 0;
+
+  do {
+    for (size_t i = 0; i < 1024 && rc == 0; i++, n++) {
+      const struct tmpl *t = mode == MODE_TEXT ? &p->t[n % p->n]
+                             : &p->b[n % p->n];
+      emd_arena_reset(&arena);
+      if (mode == MODE_TEXT)
+        rc = emd_codec_decode_json(p->text.data + t->off, t->len - 1, NULL,
+                                   &arena, &ev, NULL, 0);
+      else
+        rc = emd_codec_decode_frame((const uint8_t *)p->bin.data + t->off
+                                    + 4, t->len - 4, NULL, &arena, &ev,
+                                    NULL, 0);
+    }
+  } while (rc == 0 && now_ns() - t0 < 1000000000ull);
+  *rate = (double)n / secs(now_ns() - t0);
+  emd_arena_free(&arena);
+  return rc == 0 ? 0 : -1;
+}
+
+static int run_limits(const struct opts *o, const struct pool *p,
+                      struct limits_res *r)
+{
+  fprintf(stderr, "emitd-bench: limits: fdatasync rate in %s, decoding "
+          "speed on one core\n", o->tmp_dir);
+  memset(r, 0, sizeof(*r));
+  if (fsync_rate(o, r) != 0 ||
+      decode_rate(p, MODE_TEXT, &r->decode_per_s[MODE_TEXT]) != 0 ||
+      decode_rate(p, MODE_BINARY, &r->decode_per_s[MODE_BINARY]) != 0)
+    return -1;
+  r->done = true;
+  return 0;
 }
 
 /* Spawns emitd on an existing spool and times spawn -> first reply on a
@@ -1808,6 +1955,21 @@ static void build_rows(const struct report *rp, struct rows *rs)
   struct row *r;
 
   memset(rs, 0, sizeof(*rs));
+  if (rp->ran_limits) {
+    const struct limits_res *l = &rp->limits;
+    r = row_add(rs, "disk: 4 KiB write + fdatasync (per s)", "per s");
+    snprintf(buf, sizeof(buf), "%s (p50 %.1f, p99 %.1f ms)",
+             fmt_count(buf2, sizeof(buf2), l->fsync_per_s), l->fsync_p50,
+             l->fsync_p99);
+    row_set(r, l->done, l->fsync_per_s, buf, V_INFO);
+    for (int m = 0; m < 2; m++) {
+      snprintf(name, sizeof(name), "decode, %s, one core (events/s)",
+               mode_names[m]);
+      r = row_add(rs, name, "events/s");
+      row_set(r, l->done, l->decode_per_s[m],
+              fmt_count(buf, sizeof(buf), l->decode_per_s[m]), V_INFO);
+    }
+  }
   for (int m = 0; m < 2; m++) {
     const struct ingest_res *in = &rp->ingest[m];
     if (!rp->ran_ingest[m])
@@ -1865,11 +2027,11 @@ static void build_rows(const struct report *rp, struct rows *rs)
     r = row_add(rs, "peak anonymous memory, e2e run (MiB)", "MiB");
     snprintf(r->target, sizeof(r->target), "< %.0f", T_ANON_MIB);
     snprintf(buf, sizeof(buf), "%.1f", e->u.anon_peak_mib);
-    row_set(r, e->ran, e->u.anon_peak_mib, buf,
+    row_set(r, e->done, e->u.anon_peak_mib, buf,
             check(e->u.anon_peak_mib < T_ANON_MIB));
     r = row_add(rs, "peak RSS (VmHWM), e2e run (MiB)", "MiB");
     snprintf(buf, sizeof(buf), "%.1f", e->u.rss_peak_mib);
-    row_set(r, e->ran, e->u.rss_peak_mib, buf, V_INFO);
+    row_set(r, e->done, e->u.rss_peak_mib, buf, V_INFO);
   }
   if (rp->ran_backlog) {
     const struct backlog_res *b = &rp->backlog;
@@ -1894,7 +2056,22 @@ struct machine {
   char cpu[128];
   char kernel[128];
   char date[40];
+  char load[2][32];              /* /proc/loadavg before and after */
 };
+
+/* The 1, 5 and 15 minute load averages: other work on the machine shows
+ * up here, and in every figure. */
+static void load_get(char *buf, size_t len)
+{
+  char raw[128];
+  double a, b, c;
+
+  if (read_small("/proc/loadavg", raw, sizeof(raw)) > 0 &&
+      sscanf(raw, "%lf %lf %lf", &a, &b, &c) == 3)
+    snprintf(buf, len, "%.2f %.2f %.2f", a, b, c);
+  else
+    snprintf(buf, len, "unknown");
+}
 
 static void machine_get(struct machine *mc)
 {
@@ -1919,6 +2096,7 @@ static void machine_get(struct machine *mc)
              u.release);
   gmtime_r(&t, &tm);
   strftime(mc->date, sizeof(mc->date), "%Y-%m-%d %H:%M UTC", &tm);
+  load_get(mc->load[0], sizeof(mc->load[0]));
 }
 
 static void print_failures(const struct report *rp, FILE *f)
@@ -1949,11 +2127,12 @@ static void print_table(const struct report *rp, const struct machine *mc)
   build_rows(rp, &rs);
   printf("machine: %ld CPUs, %s, %s, %s\n", mc->nproc, mc->cpu, mc->kernel,
          mc->date);
+  printf("load average: %s before, %s after\n", mc->load[0], mc->load[1]);
   printf("emitd: %s; sync=%s; %u connections, window %" PRIu64 "\n",
          o->emitd_path, o->sync, o->conns, o->window);
-  printf("events: text %.0f B, binary %.0f B on average; %zu templates, "
-         "random ids\n\n", rp->pool->text_avg, rp->pool->bin_avg,
-         rp->pool->n);
+  printf("events: text %.0f B, binary %.0f B on average; %zu templates; "
+         "%s ids\n\n", rp->pool->text_avg, rp->pool->bin_avg, rp->pool->n,
+         o->ulid ? "time-sorted (ULID-like)" : "random");
   printf("%-46s %-24s %-12s %s\n", "metric", "measured", "target",
          "result");
   for (unsigned i = 0; i < rs.n; i++)
@@ -1963,19 +2142,25 @@ static void print_table(const struct report *rp, const struct machine *mc)
   for (int m = 0; m < 2; m++)
     if (rp->ran_ingest[m] && rp->ingest[m].done)
       printf("ingest %s: %.2f s, emitd %.2f s CPU, bench %.2f s CPU, peak "
-             "RSS %.1f MiB, anon %.1f MiB%s\n", mode_names[m],
-             rp->ingest[m].secs, rp->ingest[m].u.cpu_s,
+             "RSS %.1f MiB, anon %.1f MiB, %.0f MiB written%s\n",
+             mode_names[m], rp->ingest[m].secs, rp->ingest[m].u.cpu_s,
              rp->ingest[m].u.bench_cpu_s, rp->ingest[m].u.rss_peak_mib,
-             rp->ingest[m].u.anon_peak_mib,
+             rp->ingest[m].u.anon_peak_mib, rp->ingest[m].u.disk_write_mib,
              rp->ingest[m].upstream ? "" : " (no upstream)");
   if (rp->ran_lat && rp->lat.done)
     printf("latency: %" PRIu64 " events, %.0f/s achieved, p90 %.2f ms, "
            "max %.2f ms\n", rp->lat.events, rp->lat.achieved, rp->lat.p90,
            rp->lat.max);
-  if (rp->ran_e2e && rp->e2e.ran)
+  if (rp->ran_e2e && rp->e2e.done)
     printf("e2e: ingest %.0f events/s; all counted after %.2f s; emitd "
-           "%.2f s CPU, upstream %.2f s CPU\n", rp->e2e.ingest_rate,
-           rp->e2e.secs, rp->e2e.u.cpu_s, rp->e2e.upstream_cpu_s);
+           "%.2f s CPU, upstream %.2f s CPU; peak anon %.1f MiB, RSS %.1f "
+           "MiB\n", rp->e2e.ingest_rate, rp->e2e.secs, rp->e2e.u.cpu_s,
+           rp->e2e.upstream_cpu_s, rp->e2e.u.anon_peak_mib,
+           rp->e2e.u.rss_peak_mib);
+  else if (rp->ran_e2e && rp->e2e.ran)
+    printf("e2e: ingest %.0f events/s, then the upstream counted %" PRIu64
+           " of %" PRIu64 "\n", rp->e2e.ingest_rate, rp->e2e.counted,
+           rp->e2e.events);
   if (rp->ran_backlog && rp->backlog.done)
     printf("backlog: filled at %.0f events/s (sync=none, binary)\n",
            rp->backlog.prefill_rate);
@@ -1991,6 +2176,7 @@ static void json_usage(struct emd_json *j, const char *key,
   emd_json_kf64(j, "bench_cpu_s", u->bench_cpu_s);
   emd_json_kf64(j, "rss_peak_mib", u->rss_peak_mib);
   emd_json_kf64(j, "anon_peak_mib", u->anon_peak_mib);
+  emd_json_kf64(j, "disk_write_mib", u->disk_write_mib);
   emd_json_obj_end(j);
 }
 
@@ -2028,6 +2214,8 @@ static int print_json(const struct report *rp, const struct machine *mc)
   emd_json_kstr(&j, "cpu", mc->cpu);
   emd_json_kstr(&j, "kernel", mc->kernel);
   emd_json_kstr(&j, "date", mc->date);
+  emd_json_kstr(&j, "load_before", mc->load[0]);
+  emd_json_kstr(&j, "load_after", mc->load[1]);
   emd_json_obj_end(&j);
   emd_json_key(&j, "config");
   emd_json_obj_begin(&j);
@@ -2040,11 +2228,24 @@ static int print_json(const struct report *rp, const struct machine *mc)
   emd_json_kf64(&j, "duration_s", o->duration_s);
   emd_json_ku64(&j, "backlog", o->backlog);
   emd_json_ku64(&j, "pool", rp->pool->n);
+  emd_json_kstr(&j, "ids", o->ulid ? "ulid" : "random");
   emd_json_kf64(&j, "text_event_bytes", rp->pool->text_avg);
   emd_json_kf64(&j, "binary_event_bytes", rp->pool->bin_avg);
   emd_json_obj_end(&j);
   emd_json_key(&j, "results");
   emd_json_obj_begin(&j);
+  if (rp->ran_limits) {
+    const struct limits_res *l = &rp->limits;
+    emd_json_key(&j, "limits");
+    emd_json_obj_begin(&j);
+    emd_json_kbool(&j, "done", l->done);
+    emd_json_kf64(&j, "fdatasync_per_s", l->fsync_per_s);
+    emd_json_kf64(&j, "fdatasync_p50_ms", l->fsync_p50);
+    emd_json_kf64(&j, "fdatasync_p99_ms", l->fsync_p99);
+    emd_json_kf64(&j, "decode_text_per_s", l->decode_per_s[MODE_TEXT]);
+    emd_json_kf64(&j, "decode_binary_per_s", l->decode_per_s[MODE_BINARY]);
+    emd_json_obj_end(&j);
+  }
   if (rp->ran_ingest[MODE_TEXT])
     json_ingest(&j, "ingest_text", &rp->ingest[MODE_TEXT]);
   if (rp->ran_ingest[MODE_BINARY])
@@ -2143,7 +2344,9 @@ static void usage(FILE *f)
     "  e2e       events/s until the upstream has counted every event\n"
     "  backlog   ingest with --backlog events pending vs an empty spool,\n"
     "            and the first reply after a restart on that backlog\n"
-    "  all       ingest (text and binary), latency, e2e and backlog\n"
+    "  limits    the disk's fdatasync rate and one core's decoding speed\n"
+    "            (SPEC 8), without emitd\n"
+    "  all       limits, ingest (text and binary), latency, e2e, backlog\n"
     "\n"
     "Options:\n"
     "  --emitd PATH        emitd (default: ../agent/emitd next to us)\n"
@@ -2166,7 +2369,8 @@ static void usage(FILE *f)
     "  --emitd-env K=V     one more EMITD_* setting (repeatable)\n"
     "  --tmp DIR           where run directories go (default /tmp)\n"
     "  --keep              keep the run directories (spools, logs)\n"
-    "  --perf PREFIX       perf record -g on emitd during each phase,\n"
+    "  --perf PREFIX       perf record (DWARF call graphs, 499 Hz) on\n"
+    "                      emitd during each phase,\n"
     "                      into PREFIX.<phase>\n"
     "  --json              JSON instead of the table\n"
     "\n"
@@ -2265,6 +2469,7 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
   }
   o->cmd = argv[1];
   if (strcmp(o->cmd, "ingest") != 0 && strcmp(o->cmd, "latency") != 0 &&
+      strcmp(o->cmd, "limits") != 0 &&
       strcmp(o->cmd, "e2e") != 0 && strcmp(o->cmd, "backlog") != 0 &&
       strcmp(o->cmd, "all") != 0) {
     fprintf(stderr, "emitd-bench: unknown command \"%s\"\n", o->cmd);
@@ -2391,6 +2596,11 @@ int main(int argc, char **argv)
   rp.o = &o;
   rp.pool = &pool;
   all = strcmp(o.cmd, "all") == 0;
+  if (all || strcmp(o.cmd, "limits") == 0) {
+    rp.ran_limits = true;
+    if (run_limits(&o, &pool, &rp.limits) != 0)
+      rp.error = true;
+  }
   if (all || strcmp(o.cmd, "ingest") == 0) {
     for (int m = 0; m < 2; m++) {
       if (!all && (enum mode)m != o.mode)
@@ -2416,6 +2626,7 @@ int main(int argc, char **argv)
     if (run_backlog(&o, &pool, &rp.backlog) != 0 || rp.backlog.failed > 0)
       rp.error = true;
   }
+  load_get(mc.load[1], sizeof(mc.load[1]));
   if (o.json) {
     rc = print_json(&rp, &mc);
     print_failures(&rp, stderr);
