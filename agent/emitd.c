@@ -7,38 +7,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <uv.h>
 
 #include "emd_config.h"
+#include "emd_control.h"
 #include "emd_enrich.h"
 #include "emd_err.h"
+#include "emd_forward.h"
 #include "emd_ingest.h"
 #include "emd_log.h"
 #include "emd_notify.h"
 #include "emd_spool.h"
+#include "emitd.h"
 
 extern char **environ;
-
-/* Everything the daemon owns; the one place with mutable state outside
- * lib/ modules. */
-struct emitd {
-  uv_loop_t loop;
-  struct emd_config cfg;           /* in force */
-  struct emd_config old_cfg;       /* the one before the last reload */
-  const char *config_path;         /* --config, or NULL for the default */
-  struct emd_spool *spool;
-  struct emd_enrich *enrich;
-  struct emd_ingest *ingest;
-  struct emd_notify *notify;       /* systemd; a no-op outside it */
-  int listen_fd;                   /* passed by systemd, or -1 */
-  uv_timer_t status_timer;         /* STATUS= for systemd, every second */
-  uv_signal_t sigterm, sigint, sighup;
-  uv_timer_t grace;                /* bounds the shutdown */
-  bool stopping;
-  int exit_code;
-};
 
 static void usage(FILE *f)
 {
@@ -71,18 +56,30 @@ static void close_walk(uv_handle_t *h, void *arg)
     uv_close(h, NULL);
 }
 
+uint64_t emitd_now_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* Last step of shutdown: every module closes; the loop then runs dry. */
 static void teardown(struct emitd *d)
 {
   struct emd_spool_stats st;
 
-  if (d->spool != NULL) {
-    emd_spool_stats(d->spool, &st);
-    emd_log_info("emitd", "stopped; %llu events pending in the spool",
-                 (unsigned long long)st.pending);
-  }
+  if (d->torn_down)
+    return;
+  d->torn_down = true;
+  emd_spool_stats(d->spool, &st);
+  emitd_control_stop(d);
+  emd_control_close(d->control);
+  d->control = NULL;
   emd_ingest_close(d->ingest);
   d->ingest = NULL;
+  emd_forward_close(d->forward);   /* requests in flight: events stay */
+  d->forward = NULL;
   emd_spool_close(d->spool);
   d->spool = NULL;
   emd_notify_close(d->notify);
@@ -92,6 +89,10 @@ static void teardown(struct emitd *d)
   uv_close((uv_handle_t *)&d->sigint, NULL);
   uv_close((uv_handle_t *)&d->sighup, NULL);
   uv_close((uv_handle_t *)&d->grace, NULL);
+  uv_close((uv_handle_t *)&d->drain, NULL);
+  emd_log_info("emitd", "stopped; %llu events pending in the spool%s",
+               (unsigned long long)st.pending,
+               st.pending > 0 ? " (sent after the next start)" : "");
 }
 
 static void on_grace(uv_timer_t *t)
@@ -102,25 +103,41 @@ static void on_grace(uv_timer_t *t)
   teardown(d);
 }
 
+/* While stopping: done once every reply is written and the spool is
+ * empty (or the grace period ends first). */
+static void on_drain(uv_timer_t *t)
+{
+  struct emitd *d = t->data;
+  struct emd_spool_stats st;
+
+  emd_spool_stats(d->spool, &st);
+  if (d->ingest_idle && st.pending == 0)
+    teardown(d);
+}
+
 static void on_ingest_idle(void *data)
 {
   struct emitd *d = data;
 
-  /* Every reply is written. Forwarding would continue here for the rest
-   * of the grace period. */
-  uv_timer_stop(&d->grace);
-  teardown(d);
+  d->ingest_idle = true;
+  on_drain(&d->drain);
 }
 
 static void begin_shutdown(struct emitd *d, const char *why)
 {
+  struct emd_spool_stats st;
+
   if (d->stopping)
     return;
   d->stopping = true;
   emd_notify_stopping(d->notify);
-  emd_log_info("emitd", "%s: stopping (grace %llu ms)", why,
+  emd_spool_stats(d->spool, &st);
+  emd_log_info("emitd", "%s: stopping; forwarding %llu pending events for "
+               "up to %llu ms", why, (unsigned long long)st.pending,
                (unsigned long long)d->cfg.agent.shutdown_grace_ms);
   uv_timer_start(&d->grace, on_grace, d->cfg.agent.shutdown_grace_ms, 0);
+  uv_timer_start(&d->drain, on_drain, 20, 20);
+  emd_forward_flush(d->forward, true);   /* no lingering now */
   emd_ingest_stop(d->ingest, on_ingest_idle, d);
 }
 
@@ -129,16 +146,16 @@ static void on_stop_signal(uv_signal_t *s, int signum)
   begin_shutdown(s->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
-static void reload(struct emitd *d)
+int emitd_reload(struct emitd *d, char *err, size_t errlen)
 {
   struct emd_config next;
-  char err[512];
+  int rc;
 
-  if (emd_config_load(&next, d->config_path, environ, err, sizeof(err))
-      != 0) {
+  rc = emd_config_load(&next, d->config_path, environ, err, errlen);
+  if (rc != 0) {
     emd_log_error("emitd", "reload failed, keeping the current "
                   "configuration: %s", err);
-    return;
+    return rc;
   }
   /* Settings that cannot change while running are kept, and said so. */
 #define KEEP(field, name)                                                   \
@@ -160,14 +177,23 @@ static void reload(struct emitd *d)
                 emd_log_journal_detect(), 2);
   emd_spool_reconfigure(d->spool, &d->cfg);
   emd_ingest_reconfigure(d->ingest, &d->cfg);
-  emd_log_info("emitd", "configuration reloaded from %s",
-               d->cfg.path ? d->cfg.path : "the environment");
+  if (emd_forward_reconfigure(d->forward, &d->cfg) != 0)
+    emd_log_warn("emitd", "reload: the API key file could not be read; "
+                 "keeping the key in use");
+  emd_log_info("emitd", "configuration reloaded from %s (log_level %s, "
+               "batch_max_events %llu)",
+               d->cfg.path ? d->cfg.path : "the environment",
+               emd_log_level_name(d->cfg.agent.log_level),
+               (unsigned long long)d->cfg.upstream.batch_max_events);
+  return 0;
 }
 
 static void on_sighup(uv_signal_t *s, int signum)
 {
+  char err[512];
+
   (void)signum;
-  reload(s->data);
+  emitd_reload(s->data, err, sizeof(err));
 }
 
 static void on_spool_changed(void *data)
@@ -176,14 +202,19 @@ static void on_spool_changed(void *data)
 
   if (d->ingest != NULL)
     emd_ingest_spool_changed(d->ingest);
+  if (d->forward != NULL)
+    emd_forward_kick(d->forward);
 }
 
 static void status_text(struct emitd *d, char *buf, size_t len)
 {
   struct emd_spool_stats st;
+  struct emd_forward_stats fs;
 
   emd_spool_stats(d->spool, &st);
-  snprintf(buf, len, "pending %llu", (unsigned long long)st.pending);
+  emd_forward_stats(d->forward, &fs);
+  snprintf(buf, len, "pending %llu, upstream %s",
+           (unsigned long long)st.pending, emd_forward_state_name(fs.state));
 }
 
 static void on_status_timer(uv_timer_t *t)
@@ -235,7 +266,21 @@ static int run(struct emitd *d)
     emd_log_error("emitd", "%s", err[0] ? err : emd_strerror(rc));
     goto fail;
   }
+  rc = emd_forward_open(&d->loop, &d->cfg, d->spool, &d->forward);
+  if (rc != 0) {
+    emd_log_error("emitd", "cannot start forwarding to %s: %s",
+                  d->cfg.upstream.endpoint, emd_strerror(rc));
+    goto fail;
+  }
+  rc = emd_control_open(&d->loop, d->cfg.agent.control_socket,
+                        &emitd_control_ops, d, &d->control, err,
+                        sizeof(err));
+  if (rc != 0) {
+    emd_log_error("emitd", "%s", err[0] ? err : emd_strerror(rc));
+    goto fail;
+  }
   emd_spool_set_changed_cb(d->spool, on_spool_changed, d);
+  d->start_ms = emitd_now_ms();
 
   uv_signal_init(&d->loop, &d->sigterm);
   uv_signal_init(&d->loop, &d->sigint);
@@ -246,6 +291,8 @@ static int run(struct emitd *d)
   uv_signal_start(&d->sighup, on_sighup, SIGHUP);
   uv_timer_init(&d->loop, &d->grace);
   d->grace.data = d;
+  uv_timer_init(&d->loop, &d->drain);
+  d->drain.data = d;
   uv_timer_init(&d->loop, &d->status_timer);
   d->status_timer.data = d;
   uv_timer_start(&d->status_timer, on_status_timer, 1000, 1000);
@@ -260,11 +307,14 @@ static int run(struct emitd *d)
   char buf[128];
   status_text(d, buf, sizeof(buf));
   emd_notify_ready(d->notify, buf);
+  emd_forward_kick(d->forward);       /* a backlog from the last run */
   uv_run(&d->loop, UV_RUN_DEFAULT);
   emd_enrich_close(d->enrich);
-  return d->exit_code;
+  return 0;
 
 fail:
+  emd_control_close(d->control);
+  emd_forward_close(d->forward);
   emd_ingest_close(d->ingest);
   emd_spool_close(d->spool);
   uv_run(&d->loop, UV_RUN_DEFAULT);

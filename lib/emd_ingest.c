@@ -43,6 +43,7 @@ struct slot {
   uint32_t line;                      /* line or frame number, from 1 */
   uint32_t ordinal;
   uint64_t seq;
+  uint64_t t0_ns;                     /* when its line was read (uv_hrtime) */
   char *msg;                          /* error message (malloc'd) or NULL */
   char id[EMD_ID_MAX];
   uint8_t timer[EMD_TIMER_MAX];
@@ -101,6 +102,7 @@ struct emd_ingest {
   void *idle_data;
   struct emd_ingest_stats st;
   struct emd_codec_opts opts;
+  uint64_t now_ns;                    /* uv_hrtime() of the read at hand */
   char readbuf[READ_BUF];
   bool readbuf_busy;
 };
@@ -334,12 +336,16 @@ static struct slot *slot_push(struct conn *c)
   c->count++;
   memset(s, 0, offsetof(struct slot, id));
   s->line = c->line;
+  s->t0_ns = c->in->now_ns;
   return s;
 }
 
-static void count_reply(struct emd_ingest *in, const struct slot *s)
+static void count_reply(struct emd_ingest *in, const struct slot *s,
+                        uint64_t now_ns)
 {
   in->st.received++;
+  emd_histogram_observe(&in->st.ack_latency_s,
+                        (double)(now_ns - s->t0_ns) / 1e9);
   switch (s->rc) {
   case 0:
     if (s->duplicate)
@@ -392,13 +398,16 @@ static void conn_flush(struct conn *c)
 {
   struct emd_ingest *in = c->in;
   struct outbuf *o = &c->out[c->cur];
+  uint64_t now_ns = 0;
 
   while (c->count > 0) {
     struct slot *s = &c->slots[c->head];
 
     if (s->state != SLOT_READY)
       break;
-    count_reply(in, s);
+    if (now_ns == 0)
+      now_ns = uv_hrtime();
+    count_reply(in, s, now_ns);
     if (!c->closed) {
       if (c->framer.mode == EMD_FRAME_BINARY)
         format_binary(o, s);
@@ -621,6 +630,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     in->readbuf_busy = false;
   if (nread == 0)
     return;
+  in->now_ns = uv_hrtime();
   if (nread < 0) {
     if (nread != UV_EOF) {
       /* Reset by the peer: nobody will read replies. Events already
@@ -747,6 +757,7 @@ static void on_connection(uv_stream_t *server, int status)
   in->conns = c;
   in->st.clients++;
   in->st.connections++;
+  in->now_ns = uv_hrtime();
   emd_log_debug("ingest", "client connected (%llu now)",
                 (unsigned long long)in->st.clients);
   if (in->stopping) {
@@ -823,6 +834,12 @@ int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
   in->cfg = cfg;
   in->sp = sp;
   in->en = en;
+  /* Seconds, from 100 µs to 10 s. */
+  static const double le[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                               0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                               1, 2.5, 10 };
+  emd_histogram_init(&in->st.ack_latency_s, le, sizeof(le) / sizeof(*le));
+  in->now_ns = uv_hrtime();
   in->opts.ignore_unknown = cfg->ingest.unknown_fields == EMD_UNKNOWN_IGNORE;
   rc = uv_pipe_init(loop, &in->server, 0);
   if (rc != 0) {
@@ -872,6 +889,9 @@ void emd_ingest_reconfigure(struct emd_ingest *in,
 {
   in->cfg = cfg;
   in->opts.ignore_unknown = cfg->ingest.unknown_fields == EMD_UNKNOWN_IGNORE;
+  /* The new limit holds for clients already connected too. */
+  for (struct conn *c = in->conns; c != NULL; c = c->next)
+    c->framer.max = cfg->ingest.max_event_bytes;
 }
 
 static void ingest_maybe_free(struct emd_ingest *in)

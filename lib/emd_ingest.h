@@ -12,6 +12,7 @@
 
 #include "emd_config.h"
 #include "emd_enrich.h"
+#include "emd_metrics.h"
 #include "emd_spool.h"
 
 struct emd_ingest;
@@ -26,6 +27,8 @@ struct emd_ingest_stats {
   uint64_t duplicates;      /* ok:true, duplicate */
   uint64_t bad_json, too_large, invalid, spool_full, shutting_down;
   uint64_t paused;          /* times a client was paused for not reading */
+  struct emd_histogram ack_latency_s;  /* line read to reply written out,
+                                        * for every reply */
 };
 
 /* Starts listening. listen_fd >= 0 is a listening socket handed over (for
@@ -49,10 +52,11 @@ void emd_ingest_reconfigure(struct emd_ingest *in,
 
 typedef void (*emd_ingest_idle_cb)(void *data);
 
-/* Shutdown, first half: stops accepting and reading; every complete line
- * already read still gets its reply; each client is closed once its
- * replies are written. cb runs once, on the loop, when no client is left
- * (at once if none). */
+/* Shutdown, first half: stops accepting; every complete line already read
+ * still gets its reply, and each client is closed as soon as its replies
+ * are written. Until then, lines that still arrive on it are answered
+ * shutting_down and not stored. cb runs once, on the loop, when no client
+ * is left (at once if none). */
 void emd_ingest_stop(struct emd_ingest *in, emd_ingest_idle_cb cb,
                      void *data);
 

@@ -11,8 +11,9 @@
 
 #include "emd_config.h"   /* enum emd_log_level, enum emd_log_format */
 
-/* Sets level and format; journal adds "<N>" priority prefixes and drops
- * the timestamp (journald stamps lines itself). fd is where lines go
+/* Sets level and format; journal adds "<N>" priority prefixes and, in
+ * text format, drops the timestamp (journald stamps lines itself; a JSON
+ * line keeps its "ts" member). fd is where lines go
  * (2 for stderr). Call before other threads start, or from the loop on
  * reload (a line racing a reload may use either setting). */
 void emd_log_setup(enum emd_log_level level, enum emd_log_format fmt,

@@ -631,6 +631,27 @@ static int trim_dead(struct txn *t)
   return 0;
 }
 
+/* One log line per dead letter: its id, seq, reason and HTTP status. */
+static void log_dead(uint64_t seq, const void *rec, size_t reclen,
+                     const char *reason, size_t reason_len, unsigned status)
+{
+  uint8_t id[KEY_MAX];
+  size_t idlen = 0;
+  char sample[EMD_ID_MAX + 4];
+
+  if (rec_id_copy(rec, reclen, id, &idlen) != 0)
+    idlen = 0;
+  emd_log_sample(id, idlen, sample, sizeof(sample));
+  if (status != 0)
+    emd_log_warn("spool", "dead letter: event %s (seq %llu), reason %.*s, "
+                 "HTTP %u", idlen ? sample : "?", (unsigned long long)seq,
+                 (int)reason_len, reason, status);
+  else
+    emd_log_warn("spool", "dead letter: event %s (seq %llu), reason %.*s",
+                 idlen ? sample : "?", (unsigned long long)seq,
+                 (int)reason_len, reason);
+}
+
 /* Moves pending[seq] (its record rec, still in the map) to dead. */
 static int to_dead(struct txn *t, uint64_t seq, const void *rec,
                    size_t reclen, const char *reason, size_t reason_len,
@@ -675,6 +696,7 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
   w->c.pending_bytes -= reclen;
   w->c.dead++;
   t->dirty = true;
+  log_dead(seq, rec, reclen, reason, reason_len, status);
   return trim_dead(t);
 }
 

@@ -15,4 +15,5 @@ apt-get install -y -qq --no-install-recommends \
   libinih-dev libjsmn-dev libssl-dev zlib1g-dev libzstd-dev \
   libmicrohttpd-dev libsystemd-dev libcmocka-dev \
   clang libclang-rt-14-dev valgrind \
-  python3 python3-pytest netcat-openbsd systemd zstd >/dev/null
+  python3 python3-pytest python3-prometheus-client netcat-openbsd systemd \
+  zstd >/dev/null

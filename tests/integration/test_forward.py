@@ -121,7 +121,9 @@ def key_file_case(make_emitd, tmpdir_short, status, state):
         wait_for(lambda: control(d, "status")["upstream"]["state"] == "ok",
                  5, "state ok")
         assert control(d, "status")["spool"]["dead"] == 0
-        assert "good-key" not in d.read_log() and "bad-key" not in d.read_log()
+        log = d.read_log()
+        assert "good-key" not in log and "bad-key" not in log
+        assert "upstream %s" % state in log and "upstream ok" in log
     finally:
         u.stop()
 
@@ -148,7 +150,8 @@ def test_404_is_misconfigured_and_never_dead_letters(make_emitd, upstream):
 
 def test_retries_through_errors_cuts_and_garbled_replies(make_emitd,
                                                          upstream):
-    d = make_emitd(conf=fwd_conf(upstream, batch_max_events=10))
+    d = make_emitd(conf=fwd_conf(upstream, batch_max_events=10,
+                                 max_inflight=1))
     upstream.control("script", [
         {"status": 503, "retry_after": "1"},
         {"status": 500},
@@ -194,6 +197,7 @@ def test_one_poisoned_event_in_a_batch_of_500(make_emitd, upstream):
     dead = control(d, "dead list")["dead"]
     assert [x["id"] for x in dead] == [ids[137]]
     assert dead[0]["status"] == 400
+    assert "dead letter: event %s" % ids[137] in d.read_log()
     assert control(d, "status")["spool"]["pending"] == 0
 
 

@@ -457,3 +457,20 @@ def test_unknown_fields_can_be_ignored(make_emitd):
     d = make_emitd(conf={"ingest": {"unknown_fields": "ignore"}})
     (r,) = d.send([line(event(bogus={"deep": [1, {"x": None}]}))])
     assert r["ok"] is True
+
+
+def test_a_reload_lowers_max_event_bytes_for_open_connections(make_emitd):
+    import signal
+    d = make_emitd(conf={"ingest": {"max_event_bytes": "4KiB"}})
+    c = d.client()
+    big = line(event(user="u" * 100, id="reloadlimit001"))
+    c.send_lines([big])
+    assert c.read_line()["ok"]
+    d.conf["ingest"]["max_event_bytes"] = "100B"
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.read_log(), 5, "reload")
+    c.send_lines([big])
+    r = c.read_line()
+    assert r["error"] == "too_large" and "(100 bytes)" in r["message"]
+    c.close()

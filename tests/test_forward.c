@@ -1,0 +1,1640 @@
+/* test_forward.c: lib/emd_forward.c. First the reply table of SPEC 4, row
+ * by row through emd_forward_classify(); then the forwarder for real: a
+ * real spool in a temp dir, a real loop, and the project's test upstream
+ * (tests/upstream, EMD_UPSTREAM) as a subprocess, scripted to fail. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+/* the inputs of emd_forward_classify() are curl's transfer results, and
+ * the tests speak to the upstream's control interface with curl too */
+#include <curl/curl.h>
+
+#include "emd_arena.h"
+#include "emd_config.h"
+#include "emd_forward.h"
+#include "emd_log.h"
+#include "emd_spool.h"
+
+/* Batch sizes every row is tried with: one event, two, a full batch. */
+static const size_t sizes[] = { 1, 2, 500 };
+#define N_SIZES (sizeof(sizes) / sizeof(sizes[0]))
+
+static void expect_status(long status, enum emd_verdict one,
+                          enum emd_verdict many)
+{
+  size_t i;
+
+  for (i = 0; i < N_SIZES; i++) {
+    enum emd_verdict want = sizes[i] == 1 ? one : many;
+    enum emd_verdict got = emd_forward_classify(CURLE_OK, status, sizes[i]);
+    if (got != want)
+      fail_msg("HTTP %ld for %zu events: verdict %d, want %d", status,
+               sizes[i], (int)got, (int)want);
+  }
+}
+
+static void any_2xx_is_done(void **state)
+{
+  static const long statuses[] = { 200, 201, 202, 204, 206, 299 };
+  size_t i;
+
+  for (i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+    expect_status(statuses[i], EMD_DONE, EMD_DONE);
+}
+
+static void status_401_pauses_and_never_dead_letters(void **state)
+{
+  expect_status(401, EMD_PAUSE, EMD_PAUSE);
+}
+
+static void status_403_pauses_like_401(void **state)
+{
+  expect_status(403, EMD_PAUSE, EMD_PAUSE);
+}
+
+static void status_404_and_405_pause_as_misconfigured(void **state)
+{
+  expect_status(404, EMD_PAUSE, EMD_PAUSE);
+  expect_status(405, EMD_PAUSE, EMD_PAUSE);
+}
+
+static void status_408_429_and_5xx_retry(void **state)
+{
+  static const long statuses[] = { 408, 429, 500, 502, 503, 504, 599 };
+  size_t i;
+
+  for (i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+    expect_status(statuses[i], EMD_RETRY, EMD_RETRY);
+}
+
+static void connection_errors_and_timeouts_retry(void **state)
+{
+  static const int codes[] = {
+    CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT,
+    CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR,
+    CURLE_GOT_NOTHING, CURLE_SSL_CONNECT_ERROR, CURLE_HTTP2,
+    CURLE_HTTP2_STREAM, CURLE_PEER_FAILED_VERIFICATION,
+  };
+  size_t i, j;
+
+  for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+    for (j = 0; j < N_SIZES; j++)
+      assert_int_equal(emd_forward_classify(codes[i], 0, sizes[j]),
+                       EMD_RETRY);
+  }
+}
+
+static void a_reply_cut_after_its_status_line_retries(void **state)
+{
+  /* the status was 200, but the body never arrived whole: no verdicts */
+  assert_int_equal(emd_forward_classify(CURLE_PARTIAL_FILE, 200, 10),
+                   EMD_RETRY);
+  assert_int_equal(emd_forward_classify(CURLE_RECV_ERROR, 200, 1),
+                   EMD_RETRY);
+  assert_int_equal(emd_forward_classify(CURLE_OPERATION_TIMEDOUT, 400, 10),
+                   EMD_RETRY);
+}
+
+static void status_413_splits_a_batch_and_dead_letters_one_event(void **state)
+{
+  expect_status(413, EMD_DEAD, EMD_SPLIT);
+}
+
+static void status_400_and_422_split_a_batch_and_dead_letter_one(void **s)
+{
+  expect_status(400, EMD_DEAD, EMD_SPLIT);
+  expect_status(422, EMD_DEAD, EMD_SPLIT);
+}
+
+static void other_4xx_dead_letter_a_single_event(void **state)
+{
+  static const long statuses[] = { 402, 406, 409, 410, 411, 415, 418, 451,
+                                   499 };
+  size_t i;
+
+  /* a batch is halved first, so one bad event cannot sink the rest */
+  for (i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+    expect_status(statuses[i], EMD_DEAD, EMD_SPLIT);
+}
+
+static void redirects_and_unusable_endpoints_pause(void **state)
+{
+  expect_status(301, EMD_PAUSE, EMD_PAUSE);
+  expect_status(302, EMD_PAUSE, EMD_PAUSE);
+  expect_status(308, EMD_PAUSE, EMD_PAUSE);
+  assert_int_equal(emd_forward_classify(CURLE_URL_MALFORMAT, 0, 5),
+                   EMD_PAUSE);
+  assert_int_equal(emd_forward_classify(CURLE_UNSUPPORTED_PROTOCOL, 0, 1),
+                   EMD_PAUSE);
+  assert_int_equal(emd_forward_classify(CURLE_SSL_CACERT_BADFILE, 0, 1),
+                   EMD_PAUSE);
+}
+
+static void nonsense_statuses_retry_rather_than_lose_events(void **state)
+{
+  expect_status(0, EMD_RETRY, EMD_RETRY);
+  expect_status(100, EMD_RETRY, EMD_RETRY);
+  expect_status(600, EMD_RETRY, EMD_RETRY);
+  expect_status(999, EMD_RETRY, EMD_RETRY);
+  expect_status(-1, EMD_RETRY, EMD_RETRY);
+}
+
+static void state_names_match_the_status_reply(void **state)
+{
+  assert_string_equal(emd_forward_state_name(EMD_FWD_OK), "ok");
+  assert_string_equal(emd_forward_state_name(EMD_FWD_BACKOFF), "backoff");
+  assert_string_equal(emd_forward_state_name(EMD_FWD_UNAUTHORIZED),
+                      "unauthorized");
+  assert_string_equal(emd_forward_state_name(EMD_FWD_FORBIDDEN),
+                      "forbidden");
+  assert_string_equal(emd_forward_state_name(EMD_FWD_MISCONFIGURED),
+                      "misconfigured");
+  assert_string_equal(emd_forward_state_name(42), "?");
+}
+
+/* ---- the forwarder against the test upstream -------------------------- */
+
+#ifndef EMD_UPSTREAM
+#error "EMD_UPSTREAM (the path of emd-upstream) comes from tests/CMakeLists.txt"
+#endif
+
+#define WAIT_MS 15000              /* the longest any step may take */
+#define KEY_BAD "k3yBADsecret0001"
+#define KEY_GOOD "k3yGOODsecret002"
+/* A first pause waits uniformly up to this long (full jitter): a resume
+ * within five seconds then comes from the resume, not the timer, but for
+ * a chance of 1 in 720. */
+#define PROBE_LATER_MS 3600000
+
+struct canned_server;
+
+struct fx {
+  char dir[64];
+  char key_path[128];
+  char log_path[128];
+  int log_fd;
+  struct emd_config cfg;
+  uv_loop_t loop;
+  uv_timer_t tick;
+  struct emd_spool *sp;
+  struct emd_forward *fw;
+  pid_t up_pid;
+  char base[64];                   /* http://127.0.0.1:PORT */
+  size_t appended;                 /* append callbacks seen */
+  size_t append_failed;
+  size_t want_appended;
+  struct canned_server *canned;    /* or NULL */
+  bool (*until)(struct fx *);
+  bool met;
+  uint64_t deadline;
+};
+
+static uint64_t now_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+  struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+  nanosleep(&ts, NULL);
+}
+
+static char *dupstr(const char *s)
+{
+  char *d = strdup(s);
+
+  assert_non_null(d);
+  return d;
+}
+
+static void set_str(char **field, const char *value)
+{
+  free(*field);
+  *field = value != NULL ? dupstr(value) : NULL;
+}
+
+static void write_file(const char *path, const char *text)
+{
+  char tmp[256];
+  FILE *f;
+
+  /* aside, then renamed over: how editors and secret mounters do it */
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  f = fopen(tmp, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  assert_int_equal(fclose(f), 0);
+  assert_int_equal(rename(tmp, path), 0);
+}
+
+static char *read_file(const char *path)
+{
+  FILE *f = fopen(path, "r");
+  char *buf;
+  long n;
+
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  buf = calloc(1, (size_t)n + 1);
+  assert_non_null(buf);
+  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  return buf;
+}
+
+static size_t count_substr(const char *hay, const char *needle)
+{
+  size_t n = 0;
+
+  while ((hay = strstr(hay, needle)) != NULL) {
+    n++;
+    hay += strlen(needle);
+  }
+  return n;
+}
+
+/* ---- the loop ---------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+  struct fx *fx = t->data;
+
+  if (fx->until(fx)) {
+    fx->met = true;
+    uv_stop(&fx->loop);
+  } else if (uv_now(&fx->loop) >= fx->deadline) {
+    uv_stop(&fx->loop);
+  }
+}
+
+/* Runs the loop until pred holds (true) or ms pass (false). */
+static bool run_until(struct fx *fx, bool (*pred)(struct fx *), uint64_t ms)
+{
+  fx->until = pred;
+  fx->met = false;
+  uv_update_time(&fx->loop);
+  fx->deadline = uv_now(&fx->loop) + ms;
+  uv_timer_start(&fx->tick, on_tick, 0, 5);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_timer_stop(&fx->tick);
+  return fx->met;
+}
+
+static bool never(struct fx *fx)
+{
+  return false;
+}
+
+static void run_for(struct fx *fx, uint64_t ms)
+{
+  run_until(fx, never, ms);
+}
+
+static bool all_appended(struct fx *fx)
+{
+  return fx->appended >= fx->want_appended;
+}
+
+static struct emd_spool_stats spool_stats(struct fx *fx)
+{
+  struct emd_spool_stats st;
+
+  emd_spool_stats(fx->sp, &st);
+  return st;
+}
+
+static struct emd_forward_stats fw_stats(struct fx *fx)
+{
+  struct emd_forward_stats st;
+
+  emd_forward_stats(fx->fw, &st);
+  return st;
+}
+
+/* Nothing pending, nothing in flight. */
+static bool drained(struct fx *fx)
+{
+  return spool_stats(fx).pending == 0 && fw_stats(fx).inflight == 0;
+}
+
+static bool unauthorized(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_UNAUTHORIZED;
+}
+
+static bool forbidden(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_FORBIDDEN;
+}
+
+static bool misconfigured(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_MISCONFIGURED;
+}
+
+static bool in_flight(struct fx *fx)
+{
+  return fw_stats(fx).inflight > 0;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void make_id(size_t i, char *out, size_t n)
+{
+  snprintf(out, n, "evt%012zu", i);
+}
+
+static emd_event *make_event(struct emd_arena *a, size_t i)
+{
+  emd_event *ev = emd_arena_alloc(a, sizeof(*ev));
+  emd_tevent *te = emd_arena_alloc(a, sizeof(*te));
+  Buildless__Telemetry__EventContext *ctx = emd_arena_alloc(a, sizeof(*ctx));
+  Buildless__Telemetry__EventContext **ctxs = emd_arena_alloc(a, sizeof(ctx));
+  Buildless__Telemetry__EventDetail *det = emd_arena_alloc(a, sizeof(*det));
+  Buildless__Telemetry__EventTiming *tim = emd_arena_alloc(a, sizeof(*tim));
+  uint8_t *timer = emd_arena_calloc(a, 16);
+  char id[32];
+
+  assert_true(ev && te && ctx && ctxs && det && tim && timer);
+  buildless__service__v1__event__init(ev);
+  buildless__telemetry__telemetry_event__init(te);
+  buildless__telemetry__event_context__init(ctx);
+  buildless__telemetry__event_detail__init(det);
+  buildless__telemetry__event_timing__init(tim);
+  make_id(i, id, sizeof(id));
+  ev->collection = "Build";
+  ev->event = te;
+  te->id = emd_arena_strndup(a, id, strlen(id));
+  ctx->type = "type.googleapis.com/buildless.context.Build";
+  ctx->event = "started";
+  ctxs[0] = ctx;
+  te->n_context = 1;
+  te->context = ctxs;
+  te->detail = det;
+  tim->occurred = now_ms();
+  te->timing = tim;
+  timer[0] = 0x42;
+  te->timer.data = timer;
+  te->timer.len = 16;
+  return ev;
+}
+
+static void on_appended(void *data, const struct emd_spool_result *res)
+{
+  struct fx *fx = data;
+
+  fx->appended++;
+  if (res->rc != 0 || res->duplicate)
+    fx->append_failed++;
+}
+
+/* Spools events first..first+n-1 and waits until they are durable. */
+static void append_events(struct fx *fx, size_t first, size_t n)
+{
+  size_t i;
+
+  fx->want_appended = fx->appended + n;
+  for (i = first; i < first + n; i++) {
+    emd_event *ev = make_event(emd_spool_arena(fx->sp), i);
+    assert_int_equal(emd_spool_append(fx->sp, ev, on_appended, fx), 0);
+  }
+  assert_true(run_until(fx, all_appended, WAIT_MS));
+  assert_int_equal(fx->append_failed, 0);
+}
+
+/* ---- the upstream ------------------------------------------------------ */
+
+struct text {
+  char *data;
+  size_t len;
+};
+
+static size_t on_ctl_body(char *p, size_t size, size_t nmemb, void *data)
+{
+  struct text *b = data;
+  size_t n = size * nmemb;
+  char *d = realloc(b->data, b->len + n + 1);
+
+  if (d == NULL)
+    return 0;
+  memcpy(d + b->len, p, n);
+  b->data = d;
+  b->len += n;
+  d[b->len] = '\0';
+  return n;
+}
+
+/* GET (post NULL) or POST a /_test/ call; returns the body (free()). */
+static char *ctl(struct fx *fx, const char *path, const char *post)
+{
+  struct text body = { 0 };
+  char url[256];
+  long status = 0;
+  CURL *c = curl_easy_init();
+
+  assert_non_null(c);
+  snprintf(url, sizeof(url), "%s%s", fx->base, path);
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_ctl_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+  if (post != NULL)
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+  assert_int_equal(curl_easy_perform(c), CURLE_OK);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(c);
+  if (status != 200)
+    fail_msg("%s: HTTP %ld: %s", path, status, body.data ? body.data : "");
+  if (body.data == NULL)
+    body.data = dupstr("");
+  return body.data;
+}
+
+static void ctl_post(struct fx *fx, const char *path, const char *json)
+{
+  free(ctl(fx, path, json));
+}
+
+static uint64_t json_u64(const char *text, const char *key)
+{
+  char pat[64];
+  const char *p;
+
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  p = strstr(text, pat);
+  if (p == NULL)
+    fail_msg("no %s in %s", key, text);
+  return strtoull(p + strlen(pat), NULL, 10);
+}
+
+static uint64_t up_stat(struct fx *fx, const char *key)
+{
+  char *stats = ctl(fx, "/_test/stats", NULL);
+  uint64_t v = json_u64(stats, key);
+
+  free(stats);
+  return v;
+}
+
+/* Starts emd-upstream with extra arguments (NULL-terminated) on a free
+ * port and points the config at it. */
+static void up_start(struct fx *fx, const char *const *extra)
+{
+  char port_file[128], *text;
+  const char *argv[24] = { EMD_UPSTREAM, "--listen", "127.0.0.1:0",
+                           "--port-file", port_file, "--quiet" };
+  size_t n = 6;
+  int i;
+
+  snprintf(port_file, sizeof(port_file), "%s/port", fx->dir);
+  while (extra != NULL && *extra != NULL && n < 23)
+    argv[n++] = *extra++;
+  argv[n] = NULL;
+  fx->up_pid = fork();
+  assert_true(fx->up_pid >= 0);
+  if (fx->up_pid == 0) {
+    execv(EMD_UPSTREAM, (char *const *)argv);
+    _exit(127);
+  }
+  for (i = 0; i < 1000 && access(port_file, R_OK) != 0; i++)
+    sleep_ms(10);
+  text = read_file(port_file);
+  snprintf(fx->base, sizeof(fx->base), "http://127.0.0.1:%d", atoi(text));
+  free(text);
+  set_str(&fx->cfg.upstream.endpoint, fx->base);
+}
+
+static void up_stop(struct fx *fx)
+{
+  int status = 0;
+
+  if (fx->up_pid <= 0)
+    return;
+  kill(fx->up_pid, SIGTERM);
+  assert_int_equal(waitpid(fx->up_pid, &status, 0), fx->up_pid);
+  fx->up_pid = 0;
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* ---- replies the test upstream does not give ---------------------------- */
+
+/* A one-thread HTTP/1.1 server that answers each request with the next
+ * canned reply (then 200 with an empty body), for replies that parse
+ * partly or mislead. It serves one connection at a time, so tests that
+ * use it keep max_inflight at 1. It counts what each request carried:
+ * delimited messages (protobuf) or lines (JSON). */
+#define CANNED_MAX 8
+
+struct canned {
+  int status;
+  const char *type;                /* Content-Type */
+  char *body;
+  size_t len;
+};
+
+struct canned_server {
+  int lfd;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  struct canned replies[CANNED_MAX];
+  size_t n_replies;
+  size_t served;                   /* requests answered */
+  size_t carried[32];              /* events in request i */
+};
+
+static void canned_add(struct canned *c, const void *p, size_t n)
+{
+  c->body = realloc(c->body, c->len + n);
+  assert_non_null(c->body);
+  memcpy(c->body + c->len, p, n);
+  c->len += n;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+  size_t n = 0;
+
+  for (; v >= 0x80; v >>= 7)
+    p[n++] = (uint8_t)(v | 0x80);
+  p[n++] = (uint8_t)v;
+  return n;
+}
+
+/* Appends one EventID, delimited unless single. */
+static void canned_event_id(struct canned *c, bool ok, const char *eid,
+                            bool single)
+{
+  emd_event_id m = BUILDLESS__SERVICE__V1__EVENT_ID__INIT;
+  uint8_t buf[256];
+  size_t n = 0, len;
+
+  m.ok = ok;
+  m.eid = (char *)eid;
+  len = buildless__service__v1__event_id__get_packed_size(&m);
+  if (!single)
+    n = put_varint(buf, len);
+  buildless__service__v1__event_id__pack(&m, buf + n);
+  canned_add(c, buf, n + len);
+}
+
+static size_t count_carried(const uint8_t *p, size_t len, bool json)
+{
+  const uint8_t *end = p + len;
+  size_t n = 0;
+
+  if (json) {
+    for (; p < end; p++)
+      n += *p == '\n';
+    return n;
+  }
+  while (p < end) {
+    uint64_t l = 0;
+    unsigned shift = 0;
+    while (p < end && (*p & 0x80)) {
+      l |= (uint64_t)(*p++ & 0x7f) << shift;
+      shift += 7;
+    }
+    if (p == end)
+      break;
+    l |= (uint64_t)*p++ << shift;
+    p += l;
+    n++;
+  }
+  return n;
+}
+
+/* Reads one request and answers it; -1 when the connection ends. */
+static int canned_serve(struct canned_server *cs, int fd)
+{
+  static const struct canned empty = { 200, "application/x-protobuf",
+                                       NULL, 0 };
+  char head[8192], *eoh = NULL, *cl;
+  size_t have = 0, body_len, i;
+  uint8_t *body;
+  const struct canned *r;
+  ssize_t got;
+  int hlen;
+
+  while (eoh == NULL) {
+    got = read(fd, head + have, sizeof(head) - 1 - have);
+    if (got <= 0)
+      return -1;
+    have += (size_t)got;
+    head[have] = '\0';
+    eoh = strstr(head, "\r\n\r\n");
+  }
+  cl = strcasestr(head, "Content-Length:");
+  body_len = cl != NULL ? strtoul(cl + 15, NULL, 10) : 0;
+  body = malloc(body_len + 1);
+  if (body == NULL)
+    return -1;
+  i = have - (size_t)(eoh + 4 - head);
+  memcpy(body, eoh + 4, i);
+  while (i < body_len && (got = read(fd, body + i, body_len - i)) > 0)
+    i += (size_t)got;
+  pthread_mutex_lock(&cs->mu);
+  if (cs->served < 32)
+    cs->carried[cs->served] = count_carried(body, body_len,
+                              strcasestr(head, "application/json") != NULL);
+  r = cs->served < cs->n_replies ? &cs->replies[cs->served] : &empty;
+  cs->served++;
+  pthread_mutex_unlock(&cs->mu);
+  free(body);
+  hlen = snprintf(head, sizeof(head), "HTTP/1.1 %d Canned\r\n"
+                  "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                  r->status, r->type, r->len);
+  if (write(fd, head, (size_t)hlen) != hlen ||
+      (r->len > 0 && write(fd, r->body, r->len) != (ssize_t)r->len))
+    return -1;
+  return 0;
+}
+
+static void *canned_main(void *arg)
+{
+  struct canned_server *cs = arg;
+  int fd;
+
+  while ((fd = accept(cs->lfd, NULL, NULL)) >= 0) {
+    while (canned_serve(cs, fd) == 0)
+      ;
+    close(fd);
+  }
+  return NULL;
+}
+
+/* Starts the server with its replies (taken over) and points the config
+ * at it. */
+static struct canned_server *canned_start(struct fx *fx,
+                                          const struct canned *replies,
+                                          size_t n)
+{
+  struct canned_server *cs = calloc(1, sizeof(*cs));
+  struct sockaddr_in sa = { .sin_family = AF_INET };
+  socklen_t sl = sizeof(sa);
+
+  assert_non_null(cs);
+  assert_true(n <= CANNED_MAX);
+  memcpy(cs->replies, replies, n * sizeof(*replies));
+  cs->n_replies = n;
+  pthread_mutex_init(&cs->mu, NULL);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  cs->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(cs->lfd >= 0);
+  assert_int_equal(bind(cs->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(listen(cs->lfd, 8), 0);
+  assert_int_equal(getsockname(cs->lfd, (struct sockaddr *)&sa, &sl), 0);
+  assert_int_equal(pthread_create(&cs->thread, NULL, canned_main, cs), 0);
+  snprintf(fx->base, sizeof(fx->base), "http://127.0.0.1:%d",
+           ntohs(sa.sin_port));
+  set_str(&fx->cfg.upstream.endpoint, fx->base);
+  fx->cfg.upstream.max_inflight = 1;
+  fx->canned = cs;
+  return cs;
+}
+
+/* After the forwarder closed its connections. NULL-safe. */
+static void canned_stop(struct canned_server *cs)
+{
+  size_t i;
+
+  if (cs == NULL)
+    return;
+  shutdown(cs->lfd, SHUT_RDWR);     /* accept() returns */
+  pthread_join(cs->thread, NULL);
+  close(cs->lfd);
+  for (i = 0; i < cs->n_replies; i++)
+    free(cs->replies[i].body);
+  pthread_mutex_destroy(&cs->mu);
+  free(cs);
+}
+
+static size_t canned_served(struct canned_server *cs, size_t *carried,
+                            size_t max)
+{
+  size_t n;
+
+  pthread_mutex_lock(&cs->mu);
+  n = cs->served;
+  memcpy(carried, cs->carried, (max < 32 ? max : 32) * sizeof(*carried));
+  pthread_mutex_unlock(&cs->mu);
+  return n;
+}
+
+/* ---- fixture ----------------------------------------------------------- */
+
+static int fx_setup(void **state)
+{
+  struct fx *fx = calloc(1, sizeof(*fx));
+  char path[128];
+
+  assert_non_null(fx);
+  strcpy(fx->dir, "/tmp/emd-forward-XXXXXX");
+  assert_non_null(mkdtemp(fx->dir));
+  snprintf(path, sizeof(path), "%s/secrets", fx->dir);
+  assert_int_equal(mkdir(path, 0700), 0);
+  snprintf(fx->key_path, sizeof(fx->key_path), "%s/key", path);
+  snprintf(fx->log_path, sizeof(fx->log_path), "%s/log", fx->dir);
+  fx->log_fd = open(fx->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+  assert_true(fx->log_fd >= 0);
+  emd_log_setup(EMD_LOG_DEBUG, EMD_LOG_TEXT, false, fx->log_fd);
+  assert_int_equal(uv_loop_init(&fx->loop), 0);
+  uv_timer_init(&fx->loop, &fx->tick);
+  fx->tick.data = fx;
+
+  assert_int_equal(emd_config_defaults(&fx->cfg), 0);
+  snprintf(path, sizeof(path), "%s/spool", fx->dir);
+  assert_int_equal(mkdir(path, 0700), 0);
+  set_str(&fx->cfg.spool.dir, path);
+  fx->cfg.spool.sync = EMD_SYNC_NONE;
+  fx->cfg.upstream.batch_linger_ms = 20;
+  fx->cfg.upstream.retry_initial_ms = 50;
+  fx->cfg.upstream.retry_max_ms = 400;
+  fx->cfg.upstream.auth_retry_max_ms = PROBE_LATER_MS;
+  fx->cfg.upstream.connect_timeout_ms = 2000;
+  fx->cfg.upstream.timeout_ms = 5000;
+  *state = fx;
+  return 0;
+}
+
+/* The spool committed: what emitd's main does too. */
+static void on_spool_changed(void *data)
+{
+  struct fx *fx = data;
+
+  if (fx->fw != NULL)
+    emd_forward_kick(fx->fw);
+}
+
+/* Opens the spool and the forwarder on the config as the test left it. */
+static void fx_open(struct fx *fx)
+{
+  char err[256];
+
+  assert_int_equal(emd_spool_open(&fx->loop, &fx->cfg, &fx->sp, err,
+                                  sizeof(err)), 0);
+  emd_spool_set_changed_cb(fx->sp, on_spool_changed, fx);
+  assert_int_equal(emd_forward_open(&fx->loop, &fx->cfg, fx->sp, &fx->fw),
+                   0);
+}
+
+static void rm_tree(const char *dir)
+{
+  char cmd[256];
+
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+static int fx_teardown(void **state)
+{
+  struct fx *fx = *state;
+
+  emd_forward_close(fx->fw);
+  emd_spool_close(fx->sp);
+  uv_close((uv_handle_t *)&fx->tick, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&fx->loop), 0);
+  up_stop(fx);
+  canned_stop(fx->canned);
+  emd_log_setup(EMD_LOG_INFO, EMD_LOG_TEXT, false, 2);
+  close(fx->log_fd);
+  rm_tree(fx->dir);
+  emd_config_free(&fx->cfg);
+  free(fx);
+  return 0;
+}
+/* ---- what arrived ------------------------------------------------------ */
+
+struct arrival {
+  uint64_t req;
+  uint64_t pos;
+  bool fin;
+  size_t idx;                      /* the number in the event's id */
+};
+
+/* Reads /_test/events into arrivals; checks each line's path, encoding
+ * and content encoding on the way. Returns how many. */
+static size_t arrivals(struct fx *fx, struct arrival *out, size_t max,
+                       const char *path, const char *encoding,
+                       const char *content_encoding)
+{
+  char *text = ctl(fx, "/_test/events", NULL), *line, *save = NULL, pat[96];
+  size_t n = 0;
+
+  for (line = strtok_r(text, "\n", &save); line != NULL;
+       line = strtok_r(NULL, "\n", &save)) {
+    const char *fin = strstr(line, "\"fin\":"), *id = strstr(line, "\"id\":\"");
+    assert_true(n < max);
+    assert_non_null(fin);
+    assert_non_null(id);
+    snprintf(pat, sizeof(pat), "\"path\":\"%s\"", path);
+    assert_non_null(strstr(line, pat));
+    snprintf(pat, sizeof(pat), "\"encoding\":\"%s\"", encoding);
+    assert_non_null(strstr(line, pat));
+    snprintf(pat, sizeof(pat), "\"content_encoding\":\"%s\"",
+             content_encoding);
+    assert_non_null(strstr(line, pat));
+    out[n].req = json_u64(line, "req");
+    out[n].pos = json_u64(line, "pos");
+    out[n].fin = strncmp(fin + 6, "true", 4) == 0;
+    out[n].idx = (size_t)strtoull(id + 9, NULL, 10);  /* past "evt" */
+    n++;
+  }
+  free(text);
+  return n;
+}
+
+/* Every event 0..n-1 arrived, each request in seq order with fin on its
+ * last event only; returns the number of requests. */
+static size_t check_arrivals(const struct arrival *a, size_t count, size_t n)
+{
+  bool *seen = calloc(n, sizeof(*seen));
+  size_t i, j, reqs = 0;
+
+  assert_non_null(seen);
+  for (i = 0; i < count; i++) {
+    bool last = true;
+    assert_true(a[i].idx < n);
+    seen[a[i].idx] = true;
+    for (j = 0; j < count; j++) {
+      if (a[j].req != a[i].req)
+        continue;
+      if (a[j].pos > a[i].pos)
+        last = false;
+      if (a[j].pos > a[i].pos)
+        assert_true(a[j].idx > a[i].idx);
+    }
+    if (a[i].fin != last)
+      fail_msg("event %zu (req %llu pos %llu): fin %d", a[i].idx,
+               (unsigned long long)a[i].req, (unsigned long long)a[i].pos,
+               (int)a[i].fin);
+    reqs += a[i].pos == 0;
+  }
+  for (i = 0; i < n; i++) {
+    if (!seen[i])
+      fail_msg("event %zu never arrived", i);
+  }
+  free(seen);
+  return reqs;
+}
+
+/* Spools n events under the config's mode, encoding and compression and
+ * checks that every one arrives once, as that mode sends it. */
+static void deliver(struct fx *fx, enum emd_mode mode, enum emd_encoding enc,
+                    enum emd_compression comp, size_t n)
+{
+  static const char *const comps[] = { "none", "gzip", "zstd" };
+  bool single = mode == EMD_MODE_SINGLE;
+  struct arrival *a = calloc(n, sizeof(*a));
+  size_t count, reqs;
+
+  assert_non_null(a);
+  fx->cfg.upstream.mode = mode;
+  fx->cfg.upstream.encoding = enc;
+  fx->cfg.upstream.compression = comp;
+  up_start(fx, NULL);
+  fx_open(fx);
+  append_events(fx, 0, n);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  count = arrivals(fx, a, n,
+                   single ? "/v1/telemetry/event:emit"
+                          : "/v1/telemetry/event:stream",
+                   enc == EMD_ENC_JSON ? "json" : "protobuf", comps[comp]);
+  assert_int_equal(count, n);              /* each event once */
+  reqs = check_arrivals(a, count, n);
+  if (single)
+    assert_int_equal(reqs, n);
+  else
+    assert_true(reqs < n);                 /* batched */
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, n);
+  assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
+  free(a);
+}
+
+static void batch_mode_sends_every_event_once_with_fin_on_each_last(void **s)
+{
+  struct fx *fx = *s;
+  struct emd_forward_stats st;
+
+  deliver(fx, EMD_MODE_BATCH, EMD_ENC_PROTOBUF, EMD_COMP_NONE, 1200);
+  st = fw_stats(fx);
+  /* batch_max_events is 500: at least three requests, none larger */
+  assert_true(st.requests_2xx >= 3);
+  assert_int_equal(st.batch_count[EMD_FORWARD_BATCH_BUCKETS - 1], 0);
+  assert_int_equal(st.batch_events, 1200);
+}
+
+static void batch_mode_json_with_gzip_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_BATCH, EMD_ENC_JSON, EMD_COMP_GZIP, 300);
+}
+
+static void batch_mode_protobuf_with_zstd_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_BATCH, EMD_ENC_PROTOBUF, EMD_COMP_ZSTD, 300);
+}
+
+static void batch_mode_json_with_zstd_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_BATCH, EMD_ENC_JSON, EMD_COMP_ZSTD, 300);
+}
+
+static void single_mode_sends_one_event_per_request(void **s)
+{
+  deliver(*s, EMD_MODE_SINGLE, EMD_ENC_PROTOBUF, EMD_COMP_NONE, 25);
+}
+
+static void single_mode_json_with_gzip_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_SINGLE, EMD_ENC_JSON, EMD_COMP_GZIP, 25);
+}
+
+static void single_mode_protobuf_with_zstd_arrives(void **s)
+{
+  deliver(*s, EMD_MODE_SINGLE, EMD_ENC_PROTOBUF, EMD_COMP_ZSTD, 25);
+}
+
+static void a_batch_larger_than_batch_max_bytes_is_cut(void **s)
+{
+  struct fx *fx = *s;
+
+  /* each event is about 110 bytes: about 9 to a request */
+  fx->cfg.upstream.batch_max_bytes = 1000;
+  deliver(fx, EMD_MODE_BATCH, EMD_ENC_PROTOBUF, EMD_COMP_NONE, 100);
+  assert_true(fw_stats(fx).requests_2xx >= 10);
+  assert_int_equal(fw_stats(fx).batch_count[0] + fw_stats(fx).batch_count[1],
+                   fw_stats(fx).requests_2xx);      /* none over 10 */
+}
+
+static void every_auth_style_reaches_a_keyed_upstream(void **s)
+{
+  static const char *const styles[] = { "bearer", "x-api-key", "basic" };
+  static const enum emd_auth auths[] = { EMD_AUTH_BEARER, EMD_AUTH_X_API_KEY,
+                                         EMD_AUTH_BASIC };
+  const char *args[] = { "--key", KEY_GOOD, NULL };
+  struct fx *fx = *s;
+  char body[128];
+  size_t i;
+
+  write_file(fx->key_path, "  " KEY_GOOD "\n");   /* trimmed */
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
+  up_start(fx, args);
+  fx_open(fx);
+  for (i = 0; i < 3; i++) {
+    snprintf(body, sizeof(body), "{\"auth_style\":\"%s\"}", styles[i]);
+    ctl_post(fx, "/_test/key", body);
+    fx->cfg.upstream.auth = auths[i];
+    assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
+    append_events(fx, 10 * i, 10);
+    assert_true(run_until(fx, drained, WAIT_MS));
+    assert_int_equal(up_stat(fx, "unique_ids"), 10 * (i + 1));
+  }
+  assert_int_equal(fw_stats(fx).requests_4xx, 0);
+}
+
+static void unauthorized_pauses_and_a_key_file_rewrite_resumes(void **s)
+{
+  const char *args[] = { "--key", KEY_GOOD, NULL };
+  struct fx *fx = *s;
+  struct emd_forward_stats st;
+  uint64_t t0;
+  char *log;
+
+  write_file(fx->key_path, KEY_BAD "\n");
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
+  /* the next probe would likely come minutes later: only the watch can
+   * be quick */
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  up_start(fx, args);
+  fx_open(fx);
+  append_events(fx, 0, 30);
+  assert_true(run_until(fx, unauthorized, WAIT_MS));
+  run_for(fx, 300);
+  st = fw_stats(fx);
+  assert_int_equal(st.state, EMD_FWD_UNAUTHORIZED);
+  assert_int_equal(st.last_status, 401);
+  assert_int_equal(st.sent, 0);
+  assert_int_equal(st.dead_status + st.dead_rejected + st.dead_attempts, 0);
+  assert_int_equal(spool_stats(fx).pending, 30);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  t0 = now_ms();
+  write_file(fx->key_path, KEY_GOOD "\n");
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(now_ms() - t0 < 5000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 30);
+  assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  log = read_file(fx->log_path);
+  assert_non_null(strstr(log, "API key changed"));
+  assert_int_equal(count_substr(log, "upstream unauthorized"), 1);
+  assert_null(strstr(log, KEY_BAD));
+  assert_null(strstr(log, KEY_GOOD));
+  free(log);
+}
+
+static void forbidden_pauses_until_a_reload_brings_another_key(void **s)
+{
+  const char *args[] = { "--forbid", KEY_BAD, NULL };
+  struct fx *fx = *s;
+
+  set_str(&fx->cfg.upstream.api_key, KEY_BAD);
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  up_start(fx, args);
+  fx_open(fx);
+  append_events(fx, 0, 12);
+  assert_true(run_until(fx, forbidden, WAIT_MS));
+  run_for(fx, 200);
+  assert_int_equal(spool_stats(fx).pending, 12);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  set_str(&fx->cfg.upstream.api_key, KEY_GOOD);
+  assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
+  assert_true(run_until(fx, drained, 5000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 12);
+  assert_int_equal(fw_stats(fx).state, EMD_FWD_OK);
+}
+
+static void a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing(void **s)
+{
+  struct fx *fx = *s;
+  char url[128];
+
+  up_start(fx, NULL);
+  snprintf(url, sizeof(url), "%s/wrong", fx->base);
+  set_str(&fx->cfg.upstream.endpoint, url);
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  fx_open(fx);
+  append_events(fx, 0, 5);
+  assert_true(run_until(fx, misconfigured, WAIT_MS));
+  assert_int_equal(fw_stats(fx).last_status, 404);
+  run_for(fx, 200);
+  assert_int_equal(spool_stats(fx).pending, 5);
+  assert_int_equal(spool_stats(fx).dead, 0);
+
+  set_str(&fx->cfg.upstream.endpoint, fx->base);
+  assert_int_equal(emd_forward_reconfigure(fx->fw, &fx->cfg), 0);
+  assert_true(run_until(fx, drained, 5000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 5);
+}
+
+static void key_reload_resumes_a_paused_state_at_once(void **s)
+{
+  const char *args[] = { "--key", KEY_GOOD, NULL };
+  struct fx *fx = *s;
+  uint64_t t0;
+
+  write_file(fx->key_path, KEY_BAD "\n");
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  up_start(fx, args);
+  fx_open(fx);
+  append_events(fx, 0, 8);
+  assert_true(run_until(fx, unauthorized, WAIT_MS));
+  /* the service lets anyone in now; the key file is as it was, so only
+   * the reload (SIGHUP, emitctl reload) can end the pause early */
+  ctl_post(fx, "/_test/key", "{\"key\":null}");
+  run_for(fx, 200);
+  assert_int_equal(spool_stats(fx).pending, 8);
+  t0 = now_ms();
+  emd_forward_key_reload(fx->fw);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(now_ms() - t0 < 5000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 8);
+}
+
+static void open_fails_when_the_key_file_cannot_be_read(void **s)
+{
+  struct fx *fx = *s;
+  char err[256];
+
+  set_str(&fx->cfg.upstream.api_key_file, fx->key_path);   /* not there */
+  set_str(&fx->cfg.upstream.endpoint, "http://127.0.0.1:9");
+  assert_int_equal(emd_spool_open(&fx->loop, &fx->cfg, &fx->sp, err,
+                                  sizeof(err)), 0);
+  assert_int_equal(emd_forward_open(&fx->loop, &fx->cfg, fx->sp, &fx->fw),
+                   -ENOENT);
+  fx->fw = NULL;
+}
+
+/* Arrival time (ms since the epoch) of telemetry request i (from 0). */
+static uint64_t request_time(struct fx *fx, size_t i)
+{
+  char *log = ctl(fx, "/_test/requests", NULL), *line = log;
+  uint64_t t;
+
+  while (i-- > 0) {
+    line = strchr(line, '\n');
+    assert_non_null(line);
+    line++;
+  }
+  t = json_u64(line, "t_ms");
+  free(log);
+  return t;
+}
+
+static void a_full_batch_goes_at_once_and_a_partial_one_lingers(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t0;
+
+  fx->cfg.upstream.batch_max_events = 10;
+  fx->cfg.upstream.batch_linger_ms = 1000;
+  up_start(fx, NULL);
+  fx_open(fx);
+  t0 = now_ms();
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(request_time(fx, 0) - t0 < 700);
+
+  t0 = now_ms();
+  append_events(fx, 10, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_true(request_time(fx, 1) - t0 >= 950);
+  assert_int_equal(up_stat(fx, "requests"), 2);
+  assert_int_equal(up_stat(fx, "unique_ids"), 13);
+}
+
+/* One dead letter as emd_spool_list_dead shows it. */
+struct dead_seen {
+  size_t n;
+  char id[32];
+  char reason[16];
+  unsigned status;
+  bool excerpt;
+};
+
+static int on_dead(void *data, const struct emd_spool_item *it)
+{
+  struct dead_seen *d = data;
+
+  d->n++;
+  snprintf(d->id, sizeof(d->id), "%.*s", (int)it->id_len, it->id);
+  snprintf(d->reason, sizeof(d->reason), "%.*s", (int)it->reason_len,
+           it->reason);
+  d->status = it->status;
+  d->excerpt = it->excerpt_len > 0;
+  return 0;
+}
+
+static void a_reply_with_fewer_verdicts_than_events_resends_the_rest(void **s)
+{
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_event_id(&r, true, "evt000000000000", false);
+  canned_event_id(&r, true, "evt000000000001", false);
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 5);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[0], 5);
+  assert_int_equal(carried[1], 3);          /* only those without a verdict */
+  assert_int_equal(fw_stats(fx).sent, 5);
+  assert_int_equal(fw_stats(fx).retried, 3);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void verdicts_naming_other_events_are_not_trusted(void **s)
+{
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_event_id(&r, true, "evt000000000000", false);
+  canned_event_id(&r, false, "evt999999999999", false);
+  canned_event_id(&r, true, "evt000000000002", false);
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[1], 3);          /* all again, none dead */
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, 3);
+}
+
+static void bytes_that_parse_only_as_unknown_fields_are_not_trusted(void **s)
+{
+  static const uint8_t unknown[] = { 0x02, 0x48, 0x01 };  /* field 9 = 1 */
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  /* three delimited messages protobuf-c reads as EventID{ok: false} */
+  canned_add(&r, unknown, sizeof(unknown));
+  canned_add(&r, unknown, sizeof(unknown));
+  canned_add(&r, unknown, sizeof(unknown));
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[1], 3);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void a_reply_over_the_size_cap_is_unreadable(void **s)
+{
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/x-protobuf", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+  char *big = malloc(2 << 20);
+
+  assert_non_null(big);
+  memset(big, 'x', 2 << 20);
+  canned_add(&r, big, 2 << 20);
+  free(big);
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);
+  assert_int_equal(carried[1], 3);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void json_lines_delete_the_accepted_and_dead_letter_the_rejected(
+  void **s)
+{
+  static const char lines[] =
+    "{\"ok\":true,\"eid\":\"evt000000000000\"}\n"
+    "{\"eid\":\"evt000000000001\",\"ok\":false,\"sid\":\"s\"}\n"
+    "\n"
+    "{\"ok\":true,\"eid\":\"evt000000000002\"}\n";
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/json", NULL, 0 };
+  struct canned_server *cs;
+  struct dead_seen d = { 0 };
+  size_t carried[4];
+
+  canned_add(&r, lines, sizeof(lines) - 1);
+  fx->cfg.upstream.encoding = EMD_ENC_JSON;
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 1);
+  assert_int_equal(carried[0], 3);
+  assert_int_equal(fw_stats(fx).sent, 2);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 1);
+  assert_string_equal(d.id, "evt000000000001");
+  assert_string_equal(d.reason, "rejected");
+  assert_int_equal(d.status, 200);
+  assert_true(d.excerpt);
+}
+
+static void a_json_reply_with_a_misspelt_true_is_not_trusted(void **s)
+{
+  static const char reply[] = "{\"ok\":tru}\n";
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/json", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_add(&r, reply, sizeof(reply) - 1);
+  fx->cfg.upstream.encoding = EMD_ENC_JSON;
+  fx->cfg.upstream.mode = EMD_MODE_SINGLE;
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 1);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 2);   /* sent again */
+  assert_int_equal(fw_stats(fx).retried, 1);
+  assert_int_equal(spool_stats(fx).dead, 0);
+}
+
+static void a_single_json_reply_may_span_lines(void **s)
+{
+  static const char reply[] =
+    "{\n  \"ok\": true,\n  \"eid\": \"evt000000000000\"\n}\n";
+  struct fx *fx = *s;
+  struct canned r = { 200, "application/json", NULL, 0 };
+  struct canned_server *cs;
+  size_t carried[4];
+
+  canned_add(&r, reply, sizeof(reply) - 1);
+  fx->cfg.upstream.encoding = EMD_ENC_JSON;
+  fx->cfg.upstream.mode = EMD_MODE_SINGLE;
+  cs = canned_start(fx, &r, 1);
+  fx_open(fx);
+  append_events(fx, 0, 1);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(canned_served(cs, carried, 4), 1);
+  assert_int_equal(fw_stats(fx).sent, 1);
+}
+
+static void a_poisoned_event_in_a_batch_ends_dead_alone(void **s)
+{
+  struct fx *fx = *s;
+  struct dead_seen d = { 0 };
+  char id[32], body[96], *events;
+
+  up_start(fx, NULL);
+  make_id(37, id, sizeof(id));
+  snprintf(body, sizeof(body), "{\"ids\":[\"%s\"]}", id);
+  ctl_post(fx, "/_test/poison", body);
+  fx_open(fx);
+  append_events(fx, 0, 64);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "unique_ids"), 63);
+  events = ctl(fx, "/_test/events", NULL);
+  assert_null(strstr(events, id));
+  free(events);
+  assert_int_equal(spool_stats(fx).dead, 1);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 1);
+  assert_string_equal(d.id, id);
+  assert_string_equal(d.reason, "status");
+  assert_int_equal(d.status, 400);
+  assert_true(d.excerpt);
+  assert_int_equal(fw_stats(fx).dead_status, 1);
+  assert_int_equal(fw_stats(fx).sent, 63);
+}
+
+static void an_event_the_service_rejects_becomes_a_dead_letter(void **s)
+{
+  struct fx *fx = *s;
+  struct dead_seen d = { 0 };
+  char id[32], body[96];
+
+  up_start(fx, NULL);
+  make_id(5, id, sizeof(id));
+  snprintf(body, sizeof(body), "{\"ids\":[\"%s\"]}", id);
+  ctl_post(fx, "/_test/reject", body);
+  fx_open(fx);
+  append_events(fx, 0, 20);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "unique_ids"), 19);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 1);
+  assert_string_equal(d.id, id);
+  assert_string_equal(d.reason, "rejected");
+  assert_int_equal(d.status, 200);
+  assert_int_equal(fw_stats(fx).dead_rejected, 1);
+}
+
+/* The arrival times of the first two telemetry requests, and the first's
+ * status. */
+static void first_two_requests(struct fx *fx, uint64_t *t1, uint64_t *t2,
+                               uint64_t *status1)
+{
+  char *log = ctl(fx, "/_test/requests", NULL), *second;
+
+  second = strchr(log, '\n');
+  assert_non_null(second);
+  *t1 = json_u64(log, "t_ms");
+  *status1 = json_u64(log, "status");
+  *t2 = json_u64(second + 1, "t_ms");
+  free(log);
+}
+
+static bool backing_off(struct fx *fx)
+{
+  return fw_stats(fx).state == EMD_FWD_BACKOFF;
+}
+
+static void flush_sends_a_partial_batch_without_the_linger(void **s)
+{
+  struct fx *fx = *s;
+
+  fx->cfg.upstream.batch_linger_ms = 600000;
+  up_start(fx, NULL);
+  fx_open(fx);
+  append_events(fx, 0, 3);
+  run_for(fx, 200);
+  assert_int_equal(up_stat(fx, "requests"), 0);
+  emd_forward_flush(fx->fw, true);
+  assert_true(run_until(fx, drained, 5000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 3);
+}
+
+static void flush_ends_a_backoff_wait_at_once(void **s)
+{
+  struct fx *fx = *s;
+
+  fx->cfg.upstream.retry_initial_ms = PROBE_LATER_MS;
+  fx->cfg.upstream.retry_max_ms = PROBE_LATER_MS;
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":503}]");
+  fx_open(fx);
+  append_events(fx, 0, 4);
+  assert_true(run_until(fx, backing_off, WAIT_MS));
+  emd_forward_flush(fx->fw, true);
+  assert_true(run_until(fx, drained, 5000));
+  assert_int_equal(up_stat(fx, "unique_ids"), 4);
+}
+
+static void flush_still_honours_retry_after(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t1, t2, status;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":503,\"retry_after\":\"2\"}]");
+  fx_open(fx);
+  append_events(fx, 0, 4);
+  assert_true(run_until(fx, backing_off, WAIT_MS));
+  emd_forward_flush(fx->fw, true);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  first_two_requests(fx, &t1, &t2, &status);
+  assert_int_equal(status, 503);
+  assert_true(t2 - t1 >= 2000);
+}
+
+static void retry_after_in_seconds_holds_the_next_request(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t1, t2, status;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":503,\"retry_after\":\"1\"}]");
+  fx_open(fx);
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  first_two_requests(fx, &t1, &t2, &status);
+  assert_int_equal(status, 503);
+  /* the backoff alone would be at most retry_initial (50 ms) */
+  assert_true(t2 - t1 >= 1000);
+  assert_true(t2 - t1 < 5000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 10);
+  assert_int_equal(fw_stats(fx).requests_5xx, 1);
+}
+
+static void retry_after_as_an_http_date_holds_the_next_request(void **s)
+{
+  struct fx *fx = *s;
+  uint64_t t1, t2, status;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":429,\"retry_after_in_s\":2}]");
+  fx_open(fx);
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  first_two_requests(fx, &t1, &t2, &status);
+  assert_int_equal(status, 429);
+  /* a date has whole seconds: 2 s from the reply is more than 1 s away */
+  assert_true(t2 - t1 >= 1000);
+  assert_true(t2 - t1 < 6000);
+  assert_int_equal(up_stat(fx, "unique_ids"), 10);
+}
+
+static void cut_and_garbled_replies_are_retried_and_nothing_is_lost(void **s)
+{
+  struct fx *fx = *s;
+
+  fx->cfg.upstream.batch_max_events = 10;
+  up_start(fx, NULL);
+  /* accept false: the service never saw it, so an event deleted on such
+   * a reply would never arrive; accepted ones come again (duplicates) */
+  ctl_post(fx, "/_test/script",
+           "[{\"cut\":true,\"accept\":false},"
+           "{\"garbled\":true,\"accept\":false},"
+           "{\"cut\":true},{\"garbled\":true}]");
+  fx_open(fx);
+  append_events(fx, 0, 40);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "cuts"), 2);
+  assert_int_equal(up_stat(fx, "garbled"), 2);
+  assert_int_equal(up_stat(fx, "unique_ids"), 40);
+  assert_true(up_stat(fx, "duplicates") >= 10);
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, 40);
+  /* curl resends once by itself when a reused connection dies before
+   * any reply, so one of the cuts may never reach the forwarder; the
+   * garbled replies always do */
+  assert_true(fw_stats(fx).requests_error >= 1);
+  assert_true(fw_stats(fx).retried >= 30);
+}
+
+static void max_attempts_dead_letters_events_that_keep_failing(void **s)
+{
+  struct fx *fx = *s;
+  struct dead_seen d = { 0 };
+
+  fx->cfg.upstream.max_attempts = 2;
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":500,\"repeat\":2}]");
+  fx_open(fx);
+  append_events(fx, 0, 5);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "requests"), 2);
+  assert_int_equal(up_stat(fx, "unique_ids"), 0);
+  assert_int_equal(spool_stats(fx).dead, 5);
+  assert_int_equal(emd_spool_list_dead(fx->sp, 10, on_dead, &d), 5);
+  assert_string_equal(d.reason, "attempts");
+  assert_int_equal(d.status, 500);
+  assert_int_equal(fw_stats(fx).dead_attempts, 5);
+}
+
+static void closing_with_a_request_in_flight_keeps_its_events(void **s)
+{
+  struct fx *fx = *s;
+
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"delay_ms\":3000}]");
+  fx_open(fx);
+  append_events(fx, 0, 10);
+  assert_true(run_until(fx, in_flight, WAIT_MS));
+  emd_forward_close(fx->fw);
+  fx->fw = NULL;
+  run_for(fx, 100);
+  assert_int_equal(spool_stats(fx).pending, 10);
+
+  /* the next start sends them again */
+  assert_int_equal(emd_forward_open(&fx->loop, &fx->cfg, fx->sp, &fx->fw),
+                   0);
+  emd_forward_kick(fx->fw);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  assert_int_equal(up_stat(fx, "unique_ids"), 10);
+}
+
+int main(void)
+{
+  const struct CMUnitTest classify[] = {
+    cmocka_unit_test(any_2xx_is_done),
+    cmocka_unit_test(status_401_pauses_and_never_dead_letters),
+    cmocka_unit_test(status_403_pauses_like_401),
+    cmocka_unit_test(status_404_and_405_pause_as_misconfigured),
+    cmocka_unit_test(status_408_429_and_5xx_retry),
+    cmocka_unit_test(connection_errors_and_timeouts_retry),
+    cmocka_unit_test(a_reply_cut_after_its_status_line_retries),
+    cmocka_unit_test(status_413_splits_a_batch_and_dead_letters_one_event),
+    cmocka_unit_test(status_400_and_422_split_a_batch_and_dead_letter_one),
+    cmocka_unit_test(other_4xx_dead_letter_a_single_event),
+    cmocka_unit_test(redirects_and_unusable_endpoints_pause),
+    cmocka_unit_test(nonsense_statuses_retry_rather_than_lose_events),
+    cmocka_unit_test(state_names_match_the_status_reply),
+  };
+#define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
+  const struct CMUnitTest live[] = {
+    T(batch_mode_sends_every_event_once_with_fin_on_each_last),
+    T(batch_mode_json_with_gzip_arrives),
+    T(batch_mode_protobuf_with_zstd_arrives),
+    T(batch_mode_json_with_zstd_arrives),
+    T(single_mode_sends_one_event_per_request),
+    T(single_mode_json_with_gzip_arrives),
+    T(single_mode_protobuf_with_zstd_arrives),
+    T(a_batch_larger_than_batch_max_bytes_is_cut),
+    T(a_full_batch_goes_at_once_and_a_partial_one_lingers),
+    T(every_auth_style_reaches_a_keyed_upstream),
+    T(unauthorized_pauses_and_a_key_file_rewrite_resumes),
+    T(key_reload_resumes_a_paused_state_at_once),
+    T(forbidden_pauses_until_a_reload_brings_another_key),
+    T(a_wrong_endpoint_pauses_as_misconfigured_and_drops_nothing),
+    T(a_poisoned_event_in_a_batch_ends_dead_alone),
+    T(an_event_the_service_rejects_becomes_a_dead_letter),
+    T(retry_after_in_seconds_holds_the_next_request),
+    T(retry_after_as_an_http_date_holds_the_next_request),
+    T(flush_sends_a_partial_batch_without_the_linger),
+    T(flush_ends_a_backoff_wait_at_once),
+    T(flush_still_honours_retry_after),
+    T(cut_and_garbled_replies_are_retried_and_nothing_is_lost),
+    T(max_attempts_dead_letters_events_that_keep_failing),
+    T(closing_with_a_request_in_flight_keeps_its_events),
+    T(a_reply_with_fewer_verdicts_than_events_resends_the_rest),
+    T(verdicts_naming_other_events_are_not_trusted),
+    T(bytes_that_parse_only_as_unknown_fields_are_not_trusted),
+    T(a_reply_over_the_size_cap_is_unreadable),
+    T(json_lines_delete_the_accepted_and_dead_letter_the_rejected),
+    T(a_json_reply_with_a_misspelt_true_is_not_trusted),
+    T(a_single_json_reply_may_span_lines),
+    T(open_fails_when_the_key_file_cannot_be_read),
+  };
+#undef T
+  int failed;
+
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  failed = cmocka_run_group_tests_name("classify", classify, NULL, NULL);
+  failed += cmocka_run_group_tests_name("live", live, NULL, NULL);
+  curl_global_cleanup();
+  return failed;
+}
