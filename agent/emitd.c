@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -226,6 +227,24 @@ static void on_status_timer(uv_timer_t *t)
   emd_notify_status(d->notify, buf);
 }
 
+/* ingest.max_clients connections need as many descriptors, and the usual
+ * soft limit is 1024: take what the hard limit allows. */
+static void raise_fd_limit(const struct emd_config *cfg)
+{
+  struct rlimit rl;
+  rlim_t want = (rlim_t)cfg->ingest.max_clients + 256;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+    return;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
+                ? want : rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+    emd_log_warn("emitd", "open files limited to %llu: fewer than "
+                 "ingest.max_clients (%llu) clients may connect",
+                 (unsigned long long)rl.rlim_cur,
+                 (unsigned long long)cfg->ingest.max_clients);
+}
+
 static int check_config(const char *path)
 {
   struct emd_config cfg;
@@ -364,6 +383,7 @@ int main(int argc, char **argv)
   emd_log_setup(d.cfg.agent.log_level, d.cfg.agent.log_format,
                 emd_log_journal_detect(), 2);
   signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit(&d.cfg);
   uv_loop_init(&d.loop);
   if (emd_notify_open(&d.loop, &d.notify) != 0) {
     fprintf(stderr, "emitd: out of memory\n");

@@ -242,6 +242,11 @@ static void conn_free(struct conn *c)
 {
   struct emd_ingest *in = c->in;
 
+  if (!c->refuse && in->st.clients > 0) {
+    in->st.clients--;
+    emd_log_debug("ingest", "client gone (%llu left)",
+                  (unsigned long long)in->st.clients);
+  }
   if (c->prev != NULL)
     c->prev->next = c->next;
   else if (in->conns == c)
@@ -255,10 +260,7 @@ static void conn_free(struct conn *c)
   free(c->out[0].data);
   free(c->out[1].data);
   free(c);
-  if (in->st.clients > 0)
-    in->st.clients--;
-  emd_log_debug("ingest", "client gone (%llu left)",
-                (unsigned long long)in->st.clients);
+
   if (in->stopping && in->conns == NULL && in->idle_cb != NULL) {
     emd_ingest_idle_cb cb = in->idle_cb;
 
@@ -731,6 +733,21 @@ static bool peer_allowed(struct emd_ingest *in, struct conn *c)
   return false;
 }
 
+/* True when the peer has already closed (or reset) the connection, with
+ * nothing left to read: a peek, no bytes consumed. */
+static bool peer_gone(struct conn *c)
+{
+  uv_os_fd_t fd;
+  char b;
+  ssize_t n;
+
+  if (uv_fileno((uv_handle_t *)&c->pipe, &fd) != 0)
+    return false;
+  n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+                    errno != EINTR);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
   struct emd_ingest *in = server->data;
@@ -755,16 +772,19 @@ static void on_connection(uv_stream_t *server, int status)
   if (in->conns != NULL)
     in->conns->prev = c;
   in->conns = c;
-  in->st.clients++;
   in->st.connections++;
   in->now_ns = uv_hrtime();
-  emd_log_debug("ingest", "client connected (%llu now)",
-                (unsigned long long)in->st.clients);
+  /* A flood of connect-and-close must not take the places of clients that
+   * stay: one already closed by its peer is dropped unanswered. */
+  if (peer_gone(c)) {
+    c->refuse = true;
+    conn_close(c);
+    return;
+  }
   if (in->stopping) {
     c->refuse = true;
-    c->line = 0;
     reply_error(c, EMD_ESHUTDOWN, "emitd is shutting down");
-  } else if (in->st.clients > in->cfg->ingest.max_clients) {
+  } else if (in->st.clients >= in->cfg->ingest.max_clients) {
     char msg[128];
 
     c->refuse = true;
@@ -782,6 +802,11 @@ static void on_connection(uv_stream_t *server, int status)
     in->st.refused++;
     emd_log_warn("ingest", "refused pid %d uid %u gid %u: not allowed",
                  (int)c->pid, (unsigned)c->uid, (unsigned)c->gid);
+  }
+  if (!c->refuse) {
+    in->st.clients++;     /* only clients that are served take a place */
+    emd_log_debug("ingest", "client connected (%llu now)",
+                  (unsigned long long)in->st.clients);
   }
   if (c->refuse) {
     c->eof = true;

@@ -632,15 +632,11 @@ static int trim_dead(struct txn *t)
 }
 
 /* One log line per dead letter: its id, seq, reason and HTTP status. */
-static void log_dead(uint64_t seq, const void *rec, size_t reclen,
+static void log_dead(uint64_t seq, const uint8_t *id, size_t idlen,
                      const char *reason, size_t reason_len, unsigned status)
 {
-  uint8_t id[KEY_MAX];
-  size_t idlen = 0;
   char sample[EMD_ID_MAX + 4];
 
-  if (rec_id_copy(rec, reclen, id, &idlen) != 0)
-    idlen = 0;
   emd_log_sample(id, idlen, sample, sizeof(sample));
   if (status != 0)
     emd_log_warn("spool", "dead letter: event %s (seq %llu), reason %.*s, "
@@ -658,11 +654,15 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
                    unsigned status, const void *excerpt, size_t excerpt_len)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[8], *p;
-  size_t n;
+  uint8_t key[8], *p, id[KEY_MAX];
+  size_t n, idlen = 0;
   MDB_val k = { 8, key }, v;
   int rc;
 
+  /* The id for the log line, read now: rec points into the map, and the
+   * writes below may move what it points at. */
+  if (rec_id_copy(rec, reclen, id, &idlen) != 0)
+    idlen = 0;
   n = len_field_size(reclen) + len_field_size(reason_len) +
       (status ? 1 + varint_size(status) : 0) + len_field_size(excerpt_len) +
       1 + varint_size(t->now_ms);
@@ -696,7 +696,7 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
   w->c.pending_bytes -= reclen;
   w->c.dead++;
   t->dirty = true;
-  log_dead(seq, rec, reclen, reason, reason_len, status);
+  log_dead(seq, id, idlen, reason, reason_len, status);
   return trim_dead(t);
 }
 

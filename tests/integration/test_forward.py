@@ -197,7 +197,8 @@ def test_one_poisoned_event_in_a_batch_of_500(make_emitd, upstream):
     dead = control(d, "dead list")["dead"]
     assert [x["id"] for x in dead] == [ids[137]]
     assert dead[0]["status"] == 400
-    assert "dead letter: event %s" % ids[137] in d.read_log()
+    assert "dead letter: event %s (seq %d)" % (ids[137], dead[0]["seq"]) \
+        in d.read_log()
     assert control(d, "status")["spool"]["pending"] == 0
 
 
