@@ -279,6 +279,15 @@ static int run(struct emitd *d)
     emd_log_error("emitd", "cannot set up enrichment: %s", emd_strerror(rc));
     goto fail;
   }
+  /* The control socket first: once the event socket accepts, so does it
+   * (nothing is served before the loop runs). */
+  rc = emd_control_open(&d->loop, d->cfg.agent.control_socket,
+                        &emitd_control_ops, d, &d->control, err,
+                        sizeof(err));
+  if (rc != 0) {
+    emd_log_error("emitd", "%s", err[0] ? err : emd_strerror(rc));
+    goto fail;
+  }
   rc = emd_ingest_open(&d->loop, &d->cfg, d->spool, d->enrich, d->listen_fd,
                        &d->ingest, err, sizeof(err));
   if (rc != 0) {
@@ -289,13 +298,6 @@ static int run(struct emitd *d)
   if (rc != 0) {
     emd_log_error("emitd", "cannot start forwarding to %s: %s",
                   d->cfg.upstream.endpoint, emd_strerror(rc));
-    goto fail;
-  }
-  rc = emd_control_open(&d->loop, d->cfg.agent.control_socket,
-                        &emitd_control_ops, d, &d->control, err,
-                        sizeof(err));
-  if (rc != 0) {
-    emd_log_error("emitd", "%s", err[0] ? err : emd_strerror(rc));
     goto fail;
   }
   emd_spool_set_changed_cb(d->spool, on_spool_changed, d);

@@ -217,25 +217,37 @@ static int dead_row(void *data, const struct emd_spool_item *it)
   return 0;
 }
 
+/* Answers a list command: up to limit rows from list(), and the total. */
+static void reply_list(struct emd_control_reply *r, struct emd_spool *sp,
+                       const char *name, uint64_t total, uint64_t limit,
+                       int (*list)(struct emd_spool *, size_t,
+                                   emd_spool_list_fn, void *),
+                       emd_spool_list_fn row)
+{
+  struct emd_json j;
+  int rc;
+
+  emd_json_init(&j);
+  emd_control_list_begin(&j, name);
+  rc = list(sp, limit, row, &j);
+  emd_control_list_end(&j, total);
+  if (rc < 0)
+    emd_control_reply_error(r, emd_errcode(rc), "cannot read the %s list: "
+                            "%s", name, emd_strerror(rc));
+  else
+    emd_control_reply_json(r, &j);
+  emd_json_free(&j);
+}
+
 static void op_dead_list(void *data, uint64_t limit,
                          struct emd_control_reply *r)
 {
   struct emitd *d = data;
   struct emd_spool_stats ss;
-  struct emd_json j;
-  int rc;
 
   emd_spool_stats(d->spool, &ss);
-  emd_json_init(&j);
-  emd_control_list_begin(&j, "dead");
-  rc = emd_spool_list_dead(d->spool, limit, dead_row, &j);
-  emd_control_list_end(&j, ss.dead);
-  if (rc < 0)
-    emd_control_reply_error(r, emd_errcode(rc), "cannot read the dead "
-                            "letters: %s", emd_strerror(rc));
-  else
-    emd_control_reply_json(r, &j);
-  emd_json_free(&j);
+  reply_list(r, d->spool, "dead", ss.dead, limit, emd_spool_list_dead,
+             dead_row);
 }
 
 static int pending_row(void *data, const struct emd_spool_item *it)
@@ -260,20 +272,10 @@ static void op_pending(void *data, uint64_t limit,
 {
   struct emitd *d = data;
   struct emd_spool_stats ss;
-  struct emd_json j;
-  int rc;
 
   emd_spool_stats(d->spool, &ss);
-  emd_json_init(&j);
-  emd_control_list_begin(&j, "pending");
-  rc = emd_spool_list_pending(d->spool, limit, pending_row, &j);
-  emd_control_list_end(&j, ss.pending);
-  if (rc < 0)
-    emd_control_reply_error(r, emd_errcode(rc), "cannot read the pending "
-                            "events: %s", emd_strerror(rc));
-  else
-    emd_control_reply_json(r, &j);
-  emd_json_free(&j);
+  reply_list(r, d->spool, "pending", ss.pending, limit,
+             emd_spool_list_pending, pending_row);
 }
 
 /* dead retry ID: the dead letter whose event id is ID, else whose seq is

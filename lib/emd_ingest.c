@@ -31,6 +31,7 @@
 #define MAX_SLOTS 8192                /* unsent replies before pausing */
 #define MAX_OUT (1024 * 1024)         /* unwritten reply bytes, likewise */
 #define MSG_MAX 512                   /* longest error message */
+#define ACCEPT_BURST 64               /* accepts per loop turn, at most */
 
 enum slot_state { SLOT_WAIT, SLOT_READY };
 
@@ -97,6 +98,11 @@ struct emd_ingest {
   bool stopping;                      /* emd_ingest_stop was called */
   bool closing;                       /* emd_ingest_close was called */
   bool blocked;                       /* spool full (on_full = block) */
+  uv_check_t turn;                    /* end of a loop turn: new burst */
+  uv_idle_t resume;                   /* next turn: accept what waits */
+  int extra_handles;                  /* turn and resume, until closed */
+  unsigned accepted_this_turn;
+  bool accept_waiting;                /* a connection is left to accept */
   struct conn *conns;
   emd_ingest_idle_cb idle_cb;
   void *idle_data;
@@ -110,6 +116,7 @@ struct emd_ingest {
 static void conn_flush(struct conn *c);
 static void conn_update_reading(struct conn *c);
 static void ingest_maybe_free(struct emd_ingest *in);
+static void on_resume_accept(uv_idle_t *h);
 
 static uint64_t now_ms(void)
 {
@@ -748,15 +755,17 @@ static bool peer_gone(struct conn *c)
                     errno != EINTR);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+static void on_unaccepted_closed(uv_handle_t *h)
 {
-  struct emd_ingest *in = server->data;
+  free(h->data);
+}
+
+/* Takes one waiting connection off the listening socket. */
+static void accept_one(struct emd_ingest *in)
+{
   struct conn *c;
 
-  if (status != 0) {
-    emd_log_warn("ingest", "accept failed: %s", uv_strerror(status));
-    return;
-  }
+  in->accepted_this_turn++;
   c = calloc(1, sizeof(*c));
   if (c == NULL)
     return;
@@ -764,8 +773,8 @@ static void on_connection(uv_stream_t *server, int status)
   c->framer.max = in->cfg->ingest.max_event_bytes;
   uv_pipe_init(in->loop, &c->pipe, 0);
   c->pipe.data = c;
-  if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
-    free(c);
+  if (uv_accept((uv_stream_t *)&in->server, (uv_stream_t *)&c->pipe) != 0) {
+    uv_close((uv_handle_t *)&c->pipe, on_unaccepted_closed);
     return;
   }
   c->next = in->conns;
@@ -814,6 +823,45 @@ static void on_connection(uv_stream_t *server, int status)
     return;
   }
   conn_update_reading(c);
+}
+
+/* A flood of connections must not keep the loop accepting: libuv accepts
+ * until the backlog is empty, which under a flood is never. Past a burst
+ * per loop turn, the next accept waits for the next turn (libuv stops
+ * watching the socket until then), so clients already in get their
+ * turn. */
+static void on_connection(uv_stream_t *server, int status)
+{
+  struct emd_ingest *in = server->data;
+
+  if (status != 0) {
+    emd_log_warn("ingest", "accept failed: %s", uv_strerror(status));
+    return;
+  }
+  if (in->accepted_this_turn >= ACCEPT_BURST) {
+    in->accept_waiting = true;
+    uv_idle_start(&in->resume, on_resume_accept);
+    return;
+  }
+  accept_one(in);
+}
+
+static void on_resume_accept(uv_idle_t *h)
+{
+  struct emd_ingest *in = h->data;
+
+  uv_idle_stop(h);
+  if (in->accept_waiting && in->server_open && !in->server_closing) {
+    in->accept_waiting = false;
+    accept_one(in);          /* and libuv watches the socket again */
+  }
+}
+
+static void on_turn(uv_check_t *h)
+{
+  struct emd_ingest *in = h->data;
+
+  in->accepted_this_turn = 0;
 }
 
 static int bind_socket(struct emd_ingest *in, char *err, size_t errlen)
@@ -873,6 +921,12 @@ int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
   }
   in->server.data = in;
   in->server_open = true;
+  uv_check_init(loop, &in->turn);
+  uv_idle_init(loop, &in->resume);
+  in->turn.data = in->resume.data = in;
+  in->extra_handles = 2;
+  uv_check_start(&in->turn, on_turn);
+  uv_unref((uv_handle_t *)&in->turn);
   if (listen_fd >= 0) {
     rc = uv_pipe_open(&in->server, listen_fd);
     if (rc != 0)
@@ -921,8 +975,17 @@ void emd_ingest_reconfigure(struct emd_ingest *in,
 
 static void ingest_maybe_free(struct emd_ingest *in)
 {
-  if (in->closing && !in->server_open && in->conns == NULL)
+  if (in->closing && !in->server_open && in->conns == NULL &&
+      in->extra_handles == 0)
     free(in);
+}
+
+static void on_extra_closed(uv_handle_t *h)
+{
+  struct emd_ingest *in = h->data;
+
+  in->extra_handles--;
+  ingest_maybe_free(in);
 }
 
 static void on_server_closed(uv_handle_t *h)
@@ -940,6 +1003,8 @@ static void close_server(struct emd_ingest *in)
     return;
   in->server_closing = true;
   uv_close((uv_handle_t *)&in->server, on_server_closed);
+  uv_close((uv_handle_t *)&in->turn, on_extra_closed);
+  uv_close((uv_handle_t *)&in->resume, on_extra_closed);
   if (in->bound)
     unlink(in->cfg->agent.socket);
 }

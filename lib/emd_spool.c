@@ -14,8 +14,9 @@
  *
  * Databases (keys and values big-endian):
  *   pending    seq(8) -> SpoolRecord
- *   ids        event id -> seq(8) delivered_ms(8), 0 while held (pending
- *              or dead)
+ *   ids        event id -> seq(8) 0(8); the second field is kept for the
+ *              format's sake (schema 1 wrote a delivery time there) and
+ *              not read: the delivered index says when to forget an id
  *   timers     timer -> next ordinal(4) last used ms(8)
  *   dead       seq(8) -> DeadRecord
  *   delivered  delivered_ms(8) seq(8) -> event id
@@ -943,17 +944,15 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
 static int id_delivered(struct txn *t, const uint8_t *id, size_t idlen,
                         uint64_t seq)
 {
-  uint8_t val[16], key[16];
-  MDB_val k = { idlen, (void *)id }, v = { 16, val };
-  int rc;
+  uint8_t key[16];
+  MDB_val k, v;
 
   if (t->sp->w.k.dedup_window_ms == 0)
     return forget_id(t, id, idlen, seq);
-  put_be64(val, seq);
-  put_be64(val + 8, t->now_ms);
-  rc = mdb_put(t->txn, t->sp->db_ids, &k, &v, 0);
-  if (rc != 0)
-    return rc;
+  /* The ids row stays as it is (nothing reads a delivery time from it):
+   * rewriting it would dirty one more B-tree page per event, and with
+   * random ids that page is a different one every time. The delivered
+   * index alone says when to forget it. */
   put_be64(key, t->now_ms);
   put_be64(key + 8, seq);
   k.mv_size = 16;

@@ -19,6 +19,11 @@ EMITD = os.path.join(BUILD, "agent", "emitd")
 EMITCTL = os.path.join(BUILD, "agent", "emitctl")
 SPOOL_DUMP = os.path.join(BUILD, "tests", "tools", "emd-spool-dump")
 UPSTREAM = os.path.join(BUILD, "tests", "upstream", "emd-upstream")
+# EMD_VALGRIND=1 runs emitd under valgrind: any error or definite leak
+# makes it exit 99, which stop() reports.
+VALGRIND = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+            "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite"]
+WRAP = VALGRIND if os.environ.get("EMD_VALGRIND") == "1" else []
 
 SMALLEST = ('{"context":[{"type":"type.googleapis.com/buildless.context.Build",'
             '"event":"started"}]}')
@@ -131,12 +136,13 @@ class Emitd:
     def start(self, wait=True):
         self.write_config()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([EMITD, "--config", self.config_path],
+        self.proc = subprocess.Popen(WRAP + [EMITD, "--config",
+                                             self.config_path],
                                      stdout=self.log, stderr=self.log,
                                      env=self.env)
         if wait:
-            wait_for(self.connectable, 10, "emitd to listen (log: %s)"
-                     % self.log_path)
+            wait_for(self.connectable, 60 if WRAP else 10,
+                     "emitd to listen (log: %s)" % self.log_path)
         return self
 
     def connectable(self):
@@ -167,9 +173,12 @@ class Emitd:
         if self.proc is None:
             return None
         self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
+        rc = self.proc.wait(timeout * (6 if WRAP else 1))
         self.proc = None
         self.log.close()
+        if WRAP and sig != signal.SIGKILL:
+            assert rc == 0, "valgrind found errors or leaks:\n" + \
+                self.read_log()[-8000:]
         return rc
 
     def kill9(self):
@@ -215,8 +224,11 @@ def make_emitd(tmpdir_short):
     yield make
     for d in started:
         if d.proc is not None:
-            d.proc.kill()
-            d.proc.wait()
+            if WRAP:
+                d.stop()           # valgrind's verdict comes at exit
+            else:
+                d.proc.kill()
+                d.proc.wait()
 
 
 class Upstream:

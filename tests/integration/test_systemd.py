@@ -177,3 +177,51 @@ def test_sigterm_with_a_backlog_exits_in_time_keeps_it_and_says_stopping(
     finally:
         p.terminate()
         p.wait(10)
+
+
+def dockerfile_env():
+    """The ENV settings of the runtime image, read from the Dockerfile."""
+    from conftest import SOURCE
+    text = open(os.path.join(SOURCE, "Dockerfile")).read()
+    block = text[text.index("\nENV ") + 5:].split("\n\n")[0].split("\nVOLUME")[0]
+    env = {}
+    for part in block.replace("\\\n", " ").split():
+        k, v = part.split("=", 1)
+        env[k] = v
+    entry = text[text.index("ENTRYPOINT"):].split("\n")[0]
+    health = text[text.index("HEALTHCHECK"):].split("CMD", 1)[1].split("\n")[0]
+    return env, entry, health
+
+
+def test_the_image_entry_command_runs_on_its_environment(tmpdir_short,
+                                                         upstream):
+    from conftest import EMITCTL
+    env_img, entry, health = dockerfile_env()
+    assert '"emitd"' in entry and '"emitctl", "status"' in health
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMITD_")}
+    for k, v in env_img.items():      # the image's volumes, here in tmp
+        env[k] = v.replace("/run/emitd", tmpdir_short + "/run").replace(
+            "/var/lib/emitd", tmpdir_short + "/lib")
+    os.makedirs(tmpdir_short + "/run")
+    env["EMITD_UPSTREAM_ENDPOINT"] = upstream.url
+    log = open(os.path.join(tmpdir_short, "log"), "wb")
+    p = subprocess.Popen([EMITD], env=env, stdout=log, stderr=log)
+    try:
+        wait_up(p, env["EMITD_AGENT_SOCKET"], tmpdir_short)
+        assert os.stat(env["EMITD_AGENT_SOCKET"]).st_mode & 0o777 == 0o666
+        c = Client(env["EMITD_AGENT_SOCKET"])
+        c.send_lines([line(event(id="imageentry0001"))])
+        assert c.read_line()["ok"]
+        c.close()
+        wait_for(lambda: "imageentry0001" in upstream.ids(), 10, "forwarded")
+        h = subprocess.run([EMITCTL, "status"], env=env, capture_output=True,
+                           text=True, timeout=10)
+        assert h.returncode == 0, h.stderr
+        p.terminate()
+        assert p.wait(10) == 0
+        # JSON logs for the container runtime.
+        first = open(os.path.join(tmpdir_short, "log")).readline()
+        assert first.startswith("{") and '"level":"info"' in first
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -52,7 +52,7 @@ int main(int argc, char **argv)
   uv_loop_t loop;
   int rc;
 
-  if (argc != 2) {
+  if (argc != 2 || argv[1][0] == '-') {
     fprintf(stderr, "usage: emd-spool-dump SPOOL_DIR\n");
     return 2;
   }
