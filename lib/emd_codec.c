@@ -98,6 +98,9 @@
 /* Messages */
 
 static int vfail(char *msg, size_t msglen, int rc, const char *fmt,
+                 va_list ap) __attribute__((format(printf, 4, 0)));
+
+static int vfail(char *msg, size_t msglen, int rc, const char *fmt,
                  va_list ap)
 {
   if (msg != NULL && msglen > 0)

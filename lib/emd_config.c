@@ -657,6 +657,13 @@ static int conf_set(struct emd_config *cfg, const struct conf_key *k,
 {
   void *field = (char *)cfg + k->off;
 
+  /* The file reads " ;" as the start of a comment: a value that starts
+   * with ';' could not be written back and read the same. */
+  if (v[0] == ';') {
+    snprintf(why, n, "a value may not start with ';' (it reads as a "
+             "comment)");
+    return EMD_ECONFIG;
+  }
   switch (k->type) {
   case CONF_STR:
     return set_str(field, k, v, why, n);
@@ -916,7 +923,10 @@ static void conf_read_env(struct conf_ctx *c, char *const *envp)
         if (near(typo, name))
           snprintf(hint, sizeof(hint), " (did you mean %s?)", name);
       }
-      fail(c, EMD_ECONFIG, "%.*s: %s%s", (int)len, var,
+      char shown[96], raw[96];
+
+      snprintf(raw, sizeof(raw), "%.*s", (int)(len < 80 ? len : 80), var);
+      fail(c, EMD_ECONFIG, "%s: %s%s", sanitize(raw, shown, sizeof(shown)),
            k == NULL ? "unknown setting" : "no value", hint);
       return;
     }
@@ -1005,8 +1015,8 @@ static void check_endpoint(struct conf_ctx *c)
          where(c, F(upstream.endpoint), loc, sizeof(loc)));
     return;
   }
-  if (url[len - 1] == '/')
-    url[len - 1] = '\0';
+  while (len > skip && url[len - 1] == '/')   /* "no trailing slash" */
+    url[--len] = '\0';
 }
 
 static void check_api_key(struct conf_ctx *c)

@@ -30,7 +30,7 @@ bool emd_log_enabled(enum emd_log_level lvl);
 void emd_log(enum emd_log_level lvl, const char *module, const char *fmt,
              ...) __attribute__((format(printf, 3, 4)));
 void emd_logv(enum emd_log_level lvl, const char *module, const char *fmt,
-              va_list ap);
+              va_list ap) __attribute__((format(printf, 3, 0)));
 
 /* Parses "error", "warn", "info", "debug"; -1 if none matches. */
 int emd_log_level_parse(const char *s);

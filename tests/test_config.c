@@ -783,7 +783,7 @@ static void retry_initial_above_retry_max_is_an_error(void **state)
                "retry_initial (500ms)");
 }
 
-static void endpoint_needs_http_and_loses_one_trailing_slash(void **state)
+static void endpoint_needs_http_and_loses_trailing_slashes(void **state)
 {
   struct emd_config c;
   char err[512];
@@ -798,7 +798,7 @@ static void endpoint_needs_http_and_loses_one_trailing_slash(void **state)
   expect_error("[upstream]\nendpoint = https://x/?a=b\n", NULL, msg);
   assert_int_equal(load_text(&c, "[upstream]\nendpoint = https://h/base//\n",
                              NULL, err, sizeof(err)), 0);
-  assert_string_equal(c.upstream.endpoint, "https://h/base/");
+  assert_string_equal(c.upstream.endpoint, "https://h/base");
   emd_config_free(&c);
   assert_int_equal(load_text(&c, "[upstream]\nendpoint = HTTP://h:1\n",
                              NULL, err, sizeof(err)), 0);
@@ -1109,6 +1109,28 @@ static void test_data_files_fail_as_their_comments_say(void **state)
   emd_config_free(&c);
 }
 
+static void values_that_would_read_back_as_comments_are_refused(
+    void **state)
+{
+  (void)state;
+  expect_error("[agent]\nsocket=;x\n", NULL,
+               "agent.conf:2: [agent] socket: a value may not start with ';' "
+               "(it reads as a comment)");
+}
+
+static void raw_bytes_in_variable_names_are_not_echoed(void **state)
+{
+  char *const env[] = { "EMITD_SPOOL_\x05SYNC=always", NULL };
+  struct emd_config c;
+  char err[256];
+
+  (void)state;
+  assert_int_equal(emd_config_load(&c, "/dev/null", env, err, sizeof(err)),
+                   EMD_ECONFIG);
+  assert_null(strchr(err, '\x05'));
+  assert_non_null(strstr(err, "EMITD_SPOOL_?SYNC: unknown setting"));
+}
+
 static void error_buffer_is_cut_safely(void **state)
 {
   struct emd_config c;
@@ -1151,7 +1173,7 @@ int main(void)
     cmocka_unit_test(unknown_emitd_variable_is_an_error),
     cmocka_unit_test(environment_errors_name_the_variable),
     cmocka_unit_test(retry_initial_above_retry_max_is_an_error),
-    cmocka_unit_test(endpoint_needs_http_and_loses_one_trailing_slash),
+    cmocka_unit_test(endpoint_needs_http_and_loses_trailing_slashes),
     cmocka_unit_test(enrich_values_obey_the_event_rules),
     cmocka_unit_test(sockets_must_fit_and_differ),
     cmocka_unit_test(api_key_never_appears_in_errors_or_the_dump),
@@ -1161,6 +1183,8 @@ int main(void)
     cmocka_unit_test(size_parser_accepts_binary_units_only),
     cmocka_unit_test(duration_parser_requires_a_unit),
     cmocka_unit_test(test_data_files_fail_as_their_comments_say),
+    cmocka_unit_test(values_that_would_read_back_as_comments_are_refused),
+    cmocka_unit_test(raw_bytes_in_variable_names_are_not_echoed),
     cmocka_unit_test(error_buffer_is_cut_safely),
   };
 
