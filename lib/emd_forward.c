@@ -755,13 +755,13 @@ static bool id_matches(const struct fw_batch *b, size_t i, const char *eid,
  * eid, when it holds nothing unknown (bytes that merely happen to parse
  * must not delete or dead-letter anything). */
 static bool pb_verdict(const struct fw_batch *b, size_t i, const uint8_t *p,
-                       size_t len, struct emd_forward *fw,
+                       size_t len, struct emd_arena *arena,
                        struct fw_verdict *v)
 {
   emd_event_id *eid;
 
-  eid = buildless__service__v1__event_id__unpack(emd_arena_pb(&fw->arena),
-                                                 len, p);
+  eid = buildless__service__v1__event_id__unpack(emd_arena_pb(arena), len,
+                                                 p);
   if (eid == NULL)
     return false;
   if (eid->eid != NULL && eid->eid[0] != '\0') {
@@ -778,7 +778,7 @@ static bool pb_verdict(const struct fw_batch *b, size_t i, const uint8_t *p,
 
 /* event:stream: delimited EventIDs; event:emit: one EventID. Returns how
  * many verdicts were read, or -1 when the body cannot be trusted. */
-static long parse_pb(struct emd_forward *fw, const struct fw_batch *b,
+static long parse_pb(struct emd_arena *arena, const struct fw_batch *b,
                      const uint8_t *p, size_t len, bool single,
                      struct fw_verdict *v)
 {
@@ -787,10 +787,10 @@ static long parse_pb(struct emd_forward *fw, const struct fw_batch *b,
   size_t i = 0;
 
   if (single)
-    return pb_verdict(b, 0, p, len, fw, &v[0]) ? 1 : -1;
+    return pb_verdict(b, 0, p, len, arena, &v[0]) ? 1 : -1;
   while (p < end) {
     if (i == b->n || !varint_get(&p, end, &l) || (uint64_t)(end - p) < l ||
-        !pb_verdict(b, i, p, (size_t)l, fw, &v[i]))
+        !pb_verdict(b, i, p, (size_t)l, arena, &v[i]))
       return -1;
     p += l;
     i++;
@@ -901,6 +901,64 @@ static long parse_json(const struct fw_batch *b, const char *p, size_t len,
   return (long)i;
 }
 
+/* The verdicts of a 2xx body for the events of b, into v[0..b->n): an
+ * empty body accepts all; an event the body gives no trusted verdict for
+ * gets -1. Returns the verdicts read, or -1 when the body is untrusted. */
+static long read_verdicts(struct emd_arena *arena, const struct fw_batch *b,
+                          const char *body, size_t len, bool json,
+                          bool single, struct fw_verdict *v)
+{
+  long got;
+
+  if (len == 0) {
+    for (size_t i = 0; i < b->n; i++)
+      v[i].ok = 1;
+    return (long)b->n;
+  }
+  got = json ? parse_json(b, body, len, single, v)
+             : parse_pb(arena, b, (const uint8_t *)body, len, single, v);
+  for (size_t i = 0; i < b->n; i++)
+    if (got < 0 || i >= (size_t)got)
+      v[i].ok = -1;
+  return got;
+}
+
+long emd_forward_parse_reply(const void *body, size_t len, bool json,
+                             bool single, const uint8_t *const *events,
+                             const size_t *lens, size_t n, int *ok)
+{
+  struct fw_batch b;
+  struct fw_verdict *v;
+  struct emd_arena arena = { 0 };
+  size_t total = 0, i;
+  long got = -ENOMEM;
+
+  memset(&b, 0, sizeof(b));
+  for (i = 0; i < n; i++)
+    total += lens[i];
+  b.items = calloc(n + 1, sizeof(*b.items));
+  b.buf = malloc(total + 1);
+  v = calloc(n + 1, sizeof(*v));
+  if (b.items == NULL || b.buf == NULL || v == NULL)
+    goto out;
+  for (i = 0; i < n; i++) {
+    memcpy(b.buf + b.len, events[i], lens[i]);
+    b.items[i].off = b.len;
+    b.items[i].len = lens[i];
+    b.len += lens[i];
+  }
+  b.n = n;
+  got = read_verdicts(&arena, &b, body, len, json, single, v);
+  for (i = 0; i < n; i++)
+    ok[i] = v[i].ok;
+out:
+  free(b.items);
+  free(b.buf);
+  free(v);
+  emd_arena_free(&arena);
+  return got;
+}
+
 /* A 2xx: per event, accepted -> delete, rejected -> dead letter, no
  * verdict -> retry. An event is never deleted without its ok. */
 static void take_reply(struct emd_forward *fw, struct fw_req *r,
@@ -912,7 +970,6 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
   struct fw_verdict *v;
   uint64_t *seqs;
   bool *keep;
-  long got;
 
   emd_arena_reset(&fw->arena);
   v = emd_arena_calloc(&fw->arena, b->n * sizeof(*v));
@@ -923,20 +980,13 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
     hold(fw, cfg->upstream.retry_initial_ms);
     return;
   }
-  if (len == 0) {                  /* an empty 2xx: all accepted */
+  if (r->reply_cut) {             /* cut short: no verdict for anyone */
     for (i = 0; i < b->n; i++)
-      v[i].ok = 1;
-    got = (long)b->n;
-  } else if (r->reply_cut) {
-    got = -1;
-  } else if (r->json) {
-    got = parse_json(b, body, len, r->single, v);
+      v[i].ok = -1;
   } else {
-    got = parse_pb(fw, b, (const uint8_t *)body, len, r->single, v);
+    read_verdicts(&fw->arena, b, body, len, r->json, r->single, v);
   }
   for (i = 0; i < b->n; i++) {
-    if (got < 0 || i >= (size_t)got)
-      v[i].ok = -1;
     keep[i] = v[i].ok < 0;
     if (v[i].ok > 0)
       seqs[n_ok++] = b->items[i].seq;

@@ -34,6 +34,17 @@ enum emd_verdict { EMD_DONE, EMD_RETRY, EMD_PAUSE, EMD_SPLIT, EMD_DEAD };
 enum emd_verdict emd_forward_classify(int curl_rc, long status,
                                       size_t n_events);
 
+/* Pure, for tests and the fuzzer: reads a 2xx reply body (len 0: all
+ * accepted) to the n events whose packed Events are events[i] (lens[i]
+ * bytes), sent as JSON or protobuf to event:emit (single) or
+ * event:stream, under the same trust rules as a real reply. ok[i] becomes
+ * 1 accepted, 0 rejected, -1 no trusted verdict (the event is resent).
+ * Returns the verdicts read (0..n), -1 when the body is not trusted, or
+ * -ENOMEM. */
+long emd_forward_parse_reply(const void *body, size_t len, bool json,
+                             bool single, const uint8_t *const *events,
+                             const size_t *lens, size_t n, int *ok);
+
 /* The upstream state that `status` reports (SPEC 6). */
 enum emd_forward_state {
   EMD_FWD_OK,              /* sending */

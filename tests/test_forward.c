@@ -1577,10 +1577,70 @@ static void closing_with_a_request_in_flight_keeps_its_events(void **s)
   assert_int_equal(up_stat(fx, "unique_ids"), 10);
 }
 
+/* ---- the reply reader, on its own ------------------------------------ */
+
+static size_t pack_event(const char *id, uint8_t *out)
+{
+  Buildless__Service__V1__Event ev = BUILDLESS__SERVICE__V1__EVENT__INIT;
+  Buildless__Telemetry__TelemetryEvent te =
+    BUILDLESS__TELEMETRY__TELEMETRY_EVENT__INIT;
+
+  te.id = (char *)id;
+  ev.event = &te;
+  return buildless__service__v1__event__pack(&ev, out);
+}
+
+static void reply_reader_trusts_only_verdicts_for_their_own_events(
+    void **state)
+{
+  uint8_t a[64], b[64];
+  const uint8_t *evs[2] = { a, b };
+  size_t lens[2];
+  int ok[2];
+  /* Delimited EventIDs: ok for the first by id, not ok for the second. */
+  static const uint8_t good[] = {
+    0x14, 0x08, 0x01, 0x12, 0x10, 'r', 'e', 'p', 'l', 'y', 'e', 'v', 'e',
+    'n', 't', '0', '0', '0', '0', '0', '1',
+    0x12, 0x12, 0x10, 'r', 'e', 'p', 'l', 'y', 'e', 'v', 'e', 'n', 't',
+    '0', '0', '0', '0', '0', '2',
+  };
+  /* The same verdicts, naming each other's events: not to be trusted. */
+  static const uint8_t swapped[] = {
+    0x14, 0x08, 0x01, 0x12, 0x10, 'r', 'e', 'p', 'l', 'y', 'e', 'v', 'e',
+    'n', 't', '0', '0', '0', '0', '0', '2',
+    0x12, 0x12, 0x10, 'r', 'e', 'p', 'l', 'y', 'e', 'v', 'e', 'n', 't',
+    '0', '0', '0', '0', '0', '1',
+  };
+  const char *json = "{\"ok\":true}\n";
+
+  (void)state;
+  lens[0] = pack_event("replyevent000001", a);
+  lens[1] = pack_event("replyevent000002", b);
+  assert_int_equal(emd_forward_parse_reply(good, sizeof(good), false, false,
+                                           evs, lens, 2, ok), 2);
+  assert_int_equal(ok[0], 1);
+  assert_int_equal(ok[1], 0);
+  assert_int_equal(emd_forward_parse_reply(swapped, sizeof(swapped), false,
+                                           false, evs, lens, 2, ok), -1);
+  assert_int_equal(ok[0], -1);
+  assert_int_equal(ok[1], -1);
+  /* A short JSON reply: the first accepted, the second resent. */
+  assert_int_equal(emd_forward_parse_reply(json, strlen(json), true, false,
+                                           evs, lens, 2, ok), 1);
+  assert_int_equal(ok[0], 1);
+  assert_int_equal(ok[1], -1);
+  /* An empty 2xx accepts all. */
+  assert_int_equal(emd_forward_parse_reply("", 0, false, false, evs, lens,
+                                           2, ok), 2);
+  assert_int_equal(ok[0], 1);
+  assert_int_equal(ok[1], 1);
+}
+
 int main(void)
 {
   const struct CMUnitTest classify[] = {
     cmocka_unit_test(any_2xx_is_done),
+    cmocka_unit_test(reply_reader_trusts_only_verdicts_for_their_own_events),
     cmocka_unit_test(status_401_pauses_and_never_dead_letters),
     cmocka_unit_test(status_403_pauses_like_401),
     cmocka_unit_test(status_404_and_405_pause_as_misconfigured),
