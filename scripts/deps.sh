@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  build-essential cmake pkg-config ca-certificates \
+  build-essential cmake pkg-config ca-certificates openssl \
   libuv1-dev liblmdb-dev lmdb-utils libcurl4-openssl-dev \
   libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev \
   libinih-dev libjsmn-dev libssl-dev zlib1g-dev libzstd-dev \

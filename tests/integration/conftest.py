@@ -234,8 +234,9 @@ def make_emitd(tmpdir_short):
 class Upstream:
     """The project's test upstream (emd-upstream) on a free port."""
 
-    def __init__(self, tmp, args=()):
+    def __init__(self, tmp, args=(), cafile=None):
         self.tmp = tmp
+        self.cafile = cafile       # set when it serves HTTPS
         self.port_file = os.path.join(tmp, "upstream.port")
         self.log_path = os.path.join(tmp, "upstream.log")
         self.args = list(args)
@@ -253,7 +254,8 @@ class Upstream:
                  "emd-upstream to listen")
         with open(self.port_file) as f:
             self.port = int(f.read().strip())
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % (
+            "https" if self.cafile else "http", self.port)
         return self
 
     def stop(self):
@@ -265,7 +267,14 @@ class Upstream:
 
     def _req(self, method, path, body=None):
         import http.client
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        if self.cafile:
+            import ssl
+            ctx = ssl.create_default_context(cafile=self.cafile)
+            c = http.client.HTTPSConnection("127.0.0.1", self.port,
+                                             timeout=10, context=ctx)
+        else:
+            c = http.client.HTTPConnection("127.0.0.1", self.port,
+                                           timeout=10)
         data = None if body is None else json.dumps(body)
         c.request(method, path, body=data,
                   headers={"Content-Type": "application/json"})

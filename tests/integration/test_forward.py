@@ -246,3 +246,36 @@ def test_sigterm_with_the_upstream_down_exits_on_time_and_keeps_all(
     assert time.monotonic() - t0 < 2.5
     rows, stats = d.dump()
     assert sorted(r["event"]["event"]["id"] for r in rows) == ids
+
+
+def test_tls_verification_is_on_and_ca_file_adds_a_ca(make_emitd,
+                                                      tmpdir_short):
+    from conftest import Upstream
+    cert = os.path.join(tmpdir_short, "cert.pem")
+    key = os.path.join(tmpdir_short, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    u = Upstream(tmpdir_short, ["--tls-cert", cert, "--tls-key", key],
+                 cafile=cert).start()
+    try:
+        assert u.url.startswith("https://")
+        # A self-signed upstream without ca_file: never trusted.
+        d = make_emitd(conf=fwd_conf(u), sub="noca")
+        assert d.send([line(event(id="tlsnotrusted01"))])[0]["ok"]
+        wait_for(lambda: control(d, "status")["upstream"]["state"] ==
+                 "backoff", 10, "backoff on the untrusted certificate")
+        time.sleep(0.5)
+        assert u.stats()["events"] == 0
+        assert control(d, "status")["spool"]["pending"] == 1
+        assert control(d, "status")["upstream"]["last_status"] == 0
+        assert "certificate" in d.read_log().lower()
+        d.stop()
+        # The same upstream with its certificate as ca_file: delivered.
+        d2 = make_emitd(conf=fwd_conf(u, ca_file=cert), sub="withca")
+        assert d2.send([line(event(id="tlstrusted001"))])[0]["ok"]
+        wait_for(lambda: "tlstrusted001" in u.ids(), 10, "delivered over TLS")
+    finally:
+        u.stop()

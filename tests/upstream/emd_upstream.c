@@ -642,6 +642,8 @@ struct opts {
   int delay_ms;
   bool quiet;
   bool keep;               /* keep records in memory for /_test/events */
+  char *tls_cert;          /* PEM, read from --tls-cert: serve HTTPS */
+  char *tls_key;           /* PEM, read from --tls-key */
 };
 
 struct upstream {
@@ -2070,6 +2072,8 @@ static void usage(FILE *f)
 "                       (default 64 MiB)\n"
 "  --no-keep            keep no records in memory (for benchmarks;\n"
 "                       /_test/events is then empty)\n"
+"  --tls-cert FILE      serve HTTPS with this PEM certificate ...\n"
+"  --tls-key FILE       ... and this PEM key\n"
 "  --quiet              no line per request on stderr\n"
 "  --help               this text\n", f);
 }
@@ -2088,9 +2092,38 @@ static int add_ids(struct strset *set, const char *list)
   return rc;
 }
 
+/* Reads a PEM file whole, NUL-terminated, into *out (malloc'd). */
+static int read_pem(const char *path, char **out)
+{
+  FILE *f = fopen(path, "rb");
+  char *buf;
+  long n;
+
+  if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
+      n > (1 << 20) || fseek(f, 0, SEEK_SET) != 0 ||
+      (buf = malloc((size_t)n + 1)) == NULL) {
+    fprintf(stderr, "emd-upstream: cannot read %s\n", path);
+    if (f != NULL)
+      fclose(f);
+    return -1;
+  }
+  if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    fprintf(stderr, "emd-upstream: cannot read %s\n", path);
+    free(buf);
+    fclose(f);
+    return -1;
+  }
+  buf[n] = '\0';
+  fclose(f);
+  free(*out);
+  *out = buf;
+  return 0;
+}
+
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-  enum { O_PORTFILE = 256, O_AUTHSTYLE, O_DELAY, O_MAXBODY, O_NOKEEP };
+  enum { O_PORTFILE = 256, O_AUTHSTYLE, O_DELAY, O_MAXBODY, O_NOKEEP,
+         O_TLSCERT, O_TLSKEY };
   static const struct option longopts[] = {
     { "listen", required_argument, NULL, 'l' },
     { "port-file", required_argument, NULL, O_PORTFILE },
@@ -2105,6 +2138,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
     { "delay-ms", required_argument, NULL, O_DELAY },
     { "max-body", required_argument, NULL, O_MAXBODY },
     { "no-keep", no_argument, NULL, O_NOKEEP },
+    { "tls-cert", required_argument, NULL, O_TLSCERT },
+    { "tls-key", required_argument, NULL, O_TLSKEY },
     { "quiet", no_argument, NULL, 'q' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
@@ -2127,6 +2162,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
     case 's': o->script = optarg; break;
     case 'q': o->quiet = true; break;
     case O_NOKEEP: o->keep = false; break;
+    case O_TLSCERT:
+    case O_TLSKEY:
+      if (read_pem(optarg, ch == O_TLSCERT ? &o->tls_cert : &o->tls_key)
+          != 0)
+        return 2;
+      break;
     case 'f':
       if (strset_add(&o->forbid, optarg) != 0)
         return 1;
@@ -2170,6 +2211,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
   }
   if (optind < argc) {
     fprintf(stderr, "emd-upstream: unexpected argument %s\n", argv[optind]);
+    return 2;
+  }
+  if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+    fprintf(stderr, "emd-upstream: --tls-cert and --tls-key go together\n");
     return 2;
   }
   return 0;
@@ -2301,6 +2346,16 @@ static struct MHD_Daemon *start_daemon(struct upstream *up,
     flags |= MHD_USE_ERROR_LOG;
   if (v6)
     flags |= MHD_USE_IPv6;
+  if (up->o->tls_cert != NULL)
+    return MHD_start_daemon(flags | MHD_USE_TLS, 0, NULL, NULL, on_request,
+                            up,
+                            MHD_OPTION_HTTPS_MEM_CERT, up->o->tls_cert,
+                            MHD_OPTION_HTTPS_MEM_KEY, up->o->tls_key,
+                            MHD_OPTION_SOCK_ADDR, ss,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, up,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+                            MHD_OPTION_END);
   return MHD_start_daemon(flags, 0, NULL, NULL, on_request, up,
                           MHD_OPTION_SOCK_ADDR, ss,
                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, up,
@@ -2357,8 +2412,8 @@ int main(int argc, char **argv)
   }
   snprintf(host, sizeof(host), "%.*s", (int)(strrchr(o.listen, ':') -
                                              o.listen), o.listen);
-  fprintf(stderr, "emd-upstream listening on http://%s:%u\n", host,
-          info->port);
+  fprintf(stderr, "emd-upstream listening on %s://%s:%u\n",
+          o.tls_cert != NULL ? "https" : "http", host, info->port);
   sigwait(&sigs, &sig);
   if (!o.quiet)
     fprintf(stderr, "emd-upstream: %s, stopping\n", strsignal(sig));
@@ -2371,6 +2426,8 @@ out:
   upstream_close(&up);
 out_opts:
   strset_clear(&o.forbid);
+  free(o.tls_cert);
+  free(o.tls_key);
   strset_clear(&o.reject);
   strset_clear(&o.poison);
   return rc;
