@@ -473,13 +473,10 @@ static void on_spooled(void *data, const struct emd_spool_result *res)
   s->seq = res->seq;
   s->ordinal = res->ordinal;
   s->duplicate = res->duplicate;
-  if (c->handle_gone) {
-    /* Nobody to reply to; keep the ring moving so counts stay right. */
-    conn_flush(c);
-    conn_maybe_free(c);
-    return;
-  }
+  /* With nobody left to reply to, this still moves the ring on (counts
+   * stay right) and frees the connection after its last callback. */
   conn_flush(c);
+  conn_maybe_free(c);
 }
 
 /* ---- input --------------------------------------------------------------- */
@@ -524,47 +521,35 @@ static bool is_blank(const char *p, size_t n)
   return true;
 }
 
-static void handle_line(struct conn *c, const char *p, size_t n)
+/* One line (text mode) or frame payload (binary mode): decoded, checked
+ * and handed on, or answered with an error at once. */
+static void handle_item(struct conn *c, const char *p, size_t n)
 {
   struct emd_ingest *in = c->in;
+  bool binary = c->framer.mode == EMD_FRAME_BINARY;
   char msg[MSG_MAX];
   emd_event *ev;
   int rc;
 
   c->line++;
-  if (n > 0 && p[n - 1] == '\r')
-    n--;
-  if (is_blank(p, n))
-    return;                 /* counted, but no reply (SPEC 2) */
+  if (!binary) {
+    if (n > 0 && p[n - 1] == '\r')
+      n--;
+    if (is_blank(p, n))
+      return;               /* counted, but no reply (SPEC 2) */
+  }
   if (in->stopping) {
     reply_error(c, EMD_ESHUTDOWN, NULL);
     return;
   }
   msg[0] = '\0';
-  rc = emd_codec_decode_json(p, n, &in->opts, emd_spool_arena(in->sp), &ev,
-                             msg, sizeof(msg));
-  if (rc != 0) {
-    reply_error(c, rc, msg[0] ? msg : NULL);
-    return;
-  }
-  submit(c, ev);
-}
-
-static void handle_frame(struct conn *c, const uint8_t *p, size_t n)
-{
-  struct emd_ingest *in = c->in;
-  char msg[MSG_MAX];
-  emd_event *ev;
-  int rc;
-
-  c->line++;
-  if (in->stopping) {
-    reply_error(c, EMD_ESHUTDOWN, NULL);
-    return;
-  }
-  msg[0] = '\0';
-  rc = emd_codec_decode_frame(p, n, &in->opts, emd_spool_arena(in->sp), &ev,
-                              msg, sizeof(msg));
+  if (binary)
+    rc = emd_codec_decode_frame((const uint8_t *)p, n, &in->opts,
+                                emd_spool_arena(in->sp), &ev, msg,
+                                sizeof(msg));
+  else
+    rc = emd_codec_decode_json(p, n, &in->opts, emd_spool_arena(in->sp),
+                               &ev, msg, sizeof(msg));
   if (rc != 0) {
     reply_error(c, rc, msg[0] ? msg : NULL);
     return;
@@ -576,10 +561,7 @@ static int on_item(void *data, const char *p, size_t n)
 {
   struct conn *c = data;
 
-  if (c->framer.mode == EMD_FRAME_BINARY)
-    handle_frame(c, (const uint8_t *)p, n);
-  else
-    handle_line(c, p, n);
+  handle_item(c, p, n);
   return c->closed;
 }
 

@@ -112,18 +112,15 @@ void emd_logv(enum emd_log_level lvl, const char *module, const char *fmt,
   gmtime_r(&now.tv_sec, &tm);
   strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
   if (log_cfg.format == EMD_LOG_JSON) {
-    w = snprintf(line, sizeof(line), "%s{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\","
-                 "\"module\":\"",
-                 "", ts, now.tv_nsec / 1000000, level_names[lvl]);
+    char pfx[8] = "";
+
+    /* Under journald the priority prefix goes before the JSON object. */
+    if (log_cfg.journal)
+      snprintf(pfx, sizeof(pfx), "<%d>", level_prio[lvl]);
+    w = snprintf(line, sizeof(line), "%s{\"ts\":\"%s.%03ldZ\",\"level\":"
+                 "\"%s\",\"module\":\"", pfx, ts, now.tv_nsec / 1000000,
+                 level_names[lvl]);
     n = (size_t)w;
-    if (log_cfg.journal) {
-      /* The prefix goes first, before the JSON object. */
-      char pfx[8];
-      int pl = snprintf(pfx, sizeof(pfx), "<%d>", level_prio[lvl]);
-      memmove(line + pl, line, n);
-      memcpy(line, pfx, (size_t)pl);
-      n += (size_t)pl;
-    }
     n = json_escape(line, n, sizeof(line) - 32, module);
     memcpy(line + n, "\",\"msg\":\"", 9);
     n += 9;

@@ -270,10 +270,8 @@ BAD = [
 
 @pytest.mark.parametrize("path,obj", BAD, ids=[
     "%s-%d" % (p, i) for i, (p, _) in enumerate(BAD)])
-def test_every_rule_is_checked_at_the_socket(make_emitd, path, obj,
-                                             request):
-    d = request.getfixturevalue("shared_emitd")
-    (r,) = d.send([line(obj)])
+def test_every_rule_is_checked_at_the_socket(shared_emitd, path, obj):
+    (r,) = shared_emitd.send([line(obj)])
     assert r["ok"] is False, r
     assert r["error"] == "invalid", r
     assert path in r["message"], r
@@ -297,13 +295,16 @@ def test_lengths_count_code_points_not_bytes(shared_emitd):
 
 
 @pytest.fixture(scope="module")
-def shared_emitd(tmp_path_factory):
-    from conftest import Emitd
+def shared_emitd():
+    """One emitd for the many one-line rule checks."""
+    import shutil
     import tempfile
+    from conftest import Emitd
     tmp = tempfile.mkdtemp(prefix="emd-", dir="/tmp")
     d = Emitd(tmp).start()
     yield d
     d.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_durability_after_kill9_under_load(make_emitd):
