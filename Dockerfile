@@ -16,7 +16,7 @@ RUN apt-get update \
       libuv1-dev liblmdb-dev libcurl4-openssl-dev \
       libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
       libprotobuf-dev libinih-dev libjsmn-dev libssl-dev zlib1g-dev \
-      libzstd-dev libsystemd-dev libcmocka-dev libmicrohttpd-dev \
+      libzstd-dev libxxhash-dev libsystemd-dev libcmocka-dev libmicrohttpd-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -30,7 +30,7 @@ FROM debian:12-slim
 # bundle for https:// upstreams.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libuv1 liblmdb0 libcurl4 libprotobuf-c1 libinih1 libzstd1 zlib1g \
+      libuv1 liblmdb0 libcurl4 libprotobuf-c1 libinih1 libzstd1 zlib1g libxxhash0 \
       libssl3 libsystemd0 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /stage/usr/local/bin/emitd /stage/usr/local/bin/emitctl \

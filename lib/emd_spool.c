@@ -14,14 +14,23 @@
  *
  * Databases (keys and values big-endian):
  *   pending    seq(8) -> SpoolRecord
- *   ids        event id -> seq(8) 0(8); the second field is kept for the
- *              format's sake (schema 1 wrote a delivery time there) and
- *              not read: the delivered index says when to forget an id
+ *   ids        seq(8) -> delivered_ms(8) event id: the ids of delivered
+ *              events, kept for dedup_window
  *   timers     timer -> next ordinal(4) last used ms(8)
  *   dead       seq(8) -> DeadRecord
- *   delivered  delivered_ms(8) seq(8) -> event id
  *   meta       "schema_version" -> u32, "instance_id" -> 16 bytes,
  *              "state" -> struct counters as 6 x u64
+ * Schema 1 had ids as event id -> seq, a B-tree insert per event at a
+ * random place (a page written per event with random ids), and the
+ * delivered ids in a database of their own; opening it upgrades it.
+ *
+ * Which ids are known (pending, dead or delivered) is answered by the id
+ * table (emd_idtab, a hash table in ids.tab next to data.mdb), from the
+ * hash of an id to candidate seqs; the id is then compared with the one
+ * stored at that seq here, so the databases stay the only truth. The
+ * writer changes the table in step with each transaction (rolled back
+ * with it). A table not closed cleanly with this spool's last
+ * transaction is rebuilt from the databases, in steps between groups.
  * SpoolRecord and DeadRecord are written and read on the wire level here,
  * so events are packed once, straight into LMDB's page, and never
  * unpacked. */
@@ -42,9 +51,10 @@
 #include <lmdb.h>
 
 #include "emd_err.h"
+#include "emd_idtab.h"
 #include "emd_log.h"
 
-#define SCHEMA_VERSION 1u
+#define SCHEMA_VERSION 2u
 #define META_SCHEMA "schema_version"
 #define META_INSTANCE "instance_id"
 #define META_STATE "state"
@@ -56,6 +66,8 @@
 #define EXCERPT_MAX 512
 #define KEY_MAX 511             /* LMDB's default maximum key size */
 #define WALK_MAX 65536          /* expiry rows per transaction */
+#define REBUILD_STEP 16384      /* rows per id table rebuild step */
+#define IDTAB_FILE "ids.tab"
 #define MAP_HEADROOM ((uint64_t)4 << 30)  /* ids, timers, dead, free pages */
 #define MIB ((uint64_t)1 << 20)
 
@@ -120,6 +132,7 @@ struct group {
   struct counters after;     /* the writer's figures after it */
   uint64_t oldest_ms;
   uint64_t commits;
+  bool ids_rebuilding;
 };
 
 /* Settings that may change live; the loop's copy is sp->k, the writer's
@@ -148,6 +161,15 @@ struct group_queue {
   struct group *head, *tail;
 };
 
+/* Filling an untrusted id table from pending, dead and ids, in steps. */
+struct rebuild {
+  bool active;
+  int phase;                 /* 0 pending, 1 dead, 2 ids; 3 done */
+  uint64_t next;             /* the next seq to look at in that phase */
+  uint64_t n;                /* ids indexed */
+  uint64_t start_ns;
+};
+
 /* What only the writer thread touches (after open). */
 struct writer {
   struct knobs k;
@@ -163,6 +185,9 @@ struct writer {
   uint64_t next_sweep_ms;
   struct group_queue unsynced;  /* committed, waiting for mdb_env_sync */
   uint64_t last_sync_ns;
+  struct emd_idtab *ids;     /* see the top of this file */
+  struct rebuild rb;
+  bool ids_bad;              /* a rollback failed: not clean at close */
 };
 
 struct emd_spool {
@@ -174,7 +199,8 @@ struct emd_spool {
   int nhandles;              /* open handles; the last close frees */
 
   MDB_env *env;
-  MDB_dbi db_pending, db_ids, db_timers, db_dead, db_delivered, db_meta;
+  MDB_dbi db_pending, db_ids, db_timers, db_dead, db_meta;
+  uint32_t loaded_version;   /* of an existing spool; 0 when created */
   MDB_txn *rtxn;             /* the loop's reader, reset between reads */
   MDB_cursor *rcur;
   bool reading;
@@ -566,20 +592,13 @@ static int first_row(struct txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v)
   return rc;
 }
 
-/* Drops ids[id] if it still names seq. id must not point into the map. */
+/* The event at seq no longer carries id for the duplicate check. */
 static int forget_id(struct txn *t, const void *id, size_t idlen,
                      uint64_t seq)
 {
-  MDB_val k = { idlen, (void *)id }, v;
-  int rc;
+  struct emd_idtab *tab = t->sp->w.ids;
 
-  rc = mdb_get(t->txn, t->sp->db_ids, &k, &v);
-  if (rc == MDB_NOTFOUND)
-    return 0;
-  if (rc != 0)
-    return rc;
-  if (v.mv_size == 16 && get_be64(v.mv_data) == seq)
-    return mdb_del(t->txn, t->sp->db_ids, &k, NULL);
+  emd_idtab_remove(tab, emd_idtab_hash(tab, id, idlen), seq);
   return 0;
 }
 
@@ -594,6 +613,79 @@ static int rec_id_copy(const void *recbuf, size_t reclen, uint8_t *buf,
       event_id(r.event, r.event_len, &id, len) != 0)
     return -1;
   memcpy(buf, id, *len);
+  return 0;
+}
+
+/* What the spool holds at seq: *found, and the id of the pending record,
+ * dead letter or delivered event there (in the map; *idlen 0 if it cannot
+ * be read). */
+static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
+                 size_t *idlen, bool *found)
+{
+  uint8_t key[8];
+  MDB_val k = { 8, key }, v;
+  struct deadrec d;
+  struct rec r;
+  int rc;
+
+  *found = true;
+  *idlen = 0;
+  put_be64(key, seq);
+  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
+  if (rc == 0) {
+    if (rec_parse(v.mv_data, v.mv_size, &r) != 0 ||
+        event_id(r.event, r.event_len, id, idlen) != 0)
+      *idlen = 0;
+    return 0;
+  }
+  if (rc == MDB_NOTFOUND)
+    rc = mdb_get(t->txn, t->sp->db_dead, &k, &v);
+  if (rc == 0) {
+    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
+        rec_parse(d.rec, d.rec_len, &r) != 0 ||
+        event_id(r.event, r.event_len, id, idlen) != 0)
+      *idlen = 0;
+    return 0;
+  }
+  if (rc == MDB_NOTFOUND)
+    rc = mdb_get(t->txn, t->sp->db_ids, &k, &v);
+  if (rc == 0) {
+    if (v.mv_size > 8) {
+      *id = (const uint8_t *)v.mv_data + 8;
+      *idlen = v.mv_size - 8;
+    }
+    return 0;
+  }
+  *found = false;
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Whether the spool knows id (hash h): *seq is then the event carrying
+ * it. Slots naming a seq that holds nothing any more are dropped on the
+ * way; a seq holding another id is another id with the same hash. */
+static int id_known(struct txn *t, uint64_t h, const char *id, size_t len,
+                    bool *known, uint64_t *seq)
+{
+  struct emd_idtab *tab = t->sp->w.ids;
+  const uint8_t *got;
+  size_t pos = 0, gotlen;
+  uint64_t s;
+  bool found;
+  int rc;
+
+  *known = false;
+  while (emd_idtab_next(tab, h, &pos, &s)) {
+    rc = id_at(t, s, &got, &gotlen, &found);
+    if (rc != 0)
+      return rc;
+    if (found && gotlen == len && memcmp(got, id, len) == 0) {
+      *known = true;
+      *seq = s;
+      return 0;
+    }
+    if (!found && emd_idtab_remove(tab, h, s))
+      pos = 0;                     /* slots moved: walk again */
+  }
   return 0;
 }
 
@@ -873,10 +965,9 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   emd_event *ev = op->u.app.ev;
   emd_tevent *te = ev->event;
   struct tslot *slot = NULL;
-  uint8_t val[16];
-  MDB_val k, v;
-  size_t evlen, size;
-  bool refused;
+  size_t idlen, evlen, size;
+  uint64_t h, seq;
+  bool refused, known;
   int rc;
 
   app_restore(op);
@@ -885,28 +976,20 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     res->rc = EMD_ESPOOLFULL;
     return 0;
   }
-  k.mv_data = te->id;
-  k.mv_size = te->id ? strlen(te->id) : 0;
-  if (k.mv_size == 0 || k.mv_size > KEY_MAX ||
-      te->timer.len > EMD_TIMER_MAX) {
+  idlen = te->id ? strlen(te->id) : 0;
+  if (idlen == 0 || idlen > KEY_MAX || te->timer.len > EMD_TIMER_MAX) {
     res->rc = EMD_EINVALID;
     return 0;
   }
-  /* One search does both the duplicate check and the insert: with
-   * MDB_NOOVERWRITE a known id comes back as MDB_KEYEXIST with its value
-   * in v. */
-  put_be64(val, w->c.next_seq);
-  put_be64(val + 8, 0);
-  v.mv_size = sizeof(val);
-  v.mv_data = val;
-  rc = mdb_put(t->txn, t->sp->db_ids, &k, &v, MDB_NOOVERWRITE);
-  if (rc == MDB_KEYEXIST) {
-    res->duplicate = true;
-    res->seq = v.mv_size >= 8 ? get_be64(v.mv_data) : 0;
-    return 0;
-  }
+  h = emd_idtab_hash(w->ids, te->id, idlen);
+  rc = id_known(t, h, te->id, idlen, &known, &seq);
   if (rc != 0)
     return rc;
+  if (known) {
+    res->duplicate = true;
+    res->seq = seq;
+    return 0;
+  }
   if (te->ordinal == 0 && te->timer.len > 0) {
     rc = timer_get(t, te->timer.data, te->timer.len, &slot);
     if (rc != 0)
@@ -923,9 +1006,11 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   if (refused) {
     app_restore(op);
     res->rc = EMD_ESPOOLFULL;
-    return mdb_del(t->txn, t->sp->db_ids, &k, NULL);
+    return 0;
   }
   rc = put_record(t, w->c.next_seq, ev, evlen, size);
+  if (rc == 0)
+    rc = emd_idtab_insert(w->ids, h, w->c.next_seq);
   if (rc != 0)
     return rc;
   if (slot != NULL) {
@@ -940,50 +1025,60 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   return 0;
 }
 
-/* Remembers a delivered id for dedup_window, or forgets it now. */
-static int id_delivered(struct txn *t, const uint8_t *id, size_t idlen,
-                        uint64_t seq)
-{
-  uint8_t key[16];
-  MDB_val k, v;
-
-  if (t->sp->w.k.dedup_window_ms == 0)
-    return forget_id(t, id, idlen, seq);
-  /* The ids row stays as it is (nothing reads a delivery time from it):
-   * rewriting it would dirty one more B-tree page per event, and with
-   * random ids that page is a different one every time. The delivered
-   * index alone says when to forget it. */
-  put_be64(key, t->now_ms);
-  put_be64(key + 8, seq);
-  k.mv_size = 16;
-  k.mv_data = key;
-  v.mv_size = idlen;
-  v.mv_data = (void *)id;
-  return mdb_put(t->txn, t->sp->db_delivered, &k, &v, 0);
-}
-
-static int apply_delete(struct txn *t, uint64_t seq)
+/* Deletes delivered events (their seqs, as the forwarder sent them: in
+ * order, mostly) and remembers their ids for dedup_window in ids, where
+ * their table slots now find them, or forgets them at once. Cursors, so
+ * each lookup starts from the page the last one ended on. */
+static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[8], id[KEY_MAX];
-  size_t idlen = 0, len;
-  MDB_val k = { 8, key }, v;
+  bool keep = w->k.dedup_window_ms != 0;
+  uint8_t key[8], val[8 + KEY_MAX];
+  MDB_cursor *pc = NULL, *ic = NULL;
+  MDB_val k, v;
+  size_t idlen;
   int rc;
 
-  put_be64(key, seq);
-  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
-  if (rc != 0)
-    return rc == MDB_NOTFOUND ? 0 : rc;
-  len = v.mv_size;
-  if (rec_id_copy(v.mv_data, v.mv_size, id, &idlen) != 0)
-    idlen = 0;
-  rc = mdb_del(t->txn, t->sp->db_pending, &k, NULL);
-  if (rc != 0)
-    return rc;
-  w->c.pending--;
-  w->c.pending_bytes -= len;
-  t->dirty = true;
-  return idlen > 0 ? id_delivered(t, id, idlen, seq) : 0;
+  rc = mdb_cursor_open(t->txn, t->sp->db_pending, &pc);
+  if (rc == 0 && keep)
+    rc = mdb_cursor_open(t->txn, t->sp->db_ids, &ic);
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    put_be64(key, seqs[i]);
+    k.mv_size = 8;
+    k.mv_data = key;
+    rc = mdb_cursor_get(pc, &k, &v, MDB_SET);
+    if (rc == MDB_NOTFOUND) {
+      rc = 0;                      /* gone already (a dead letter, say) */
+      continue;
+    }
+    if (rc != 0)
+      break;
+    /* The id now: the delete may move what v points at. */
+    if (rec_id_copy(v.mv_data, v.mv_size, val + 8, &idlen) != 0)
+      idlen = 0;
+    w->c.pending--;
+    w->c.pending_bytes -= v.mv_size;
+    t->dirty = true;
+    rc = mdb_cursor_del(pc, 0);
+    if (rc != 0 || idlen == 0)
+      continue;
+    if (!keep) {
+      forget_id(t, val + 8, idlen, seqs[i]);
+      continue;
+    }
+    /* Keyed by seq, so rows go in near the end of the tree. */
+    put_be64(val, t->now_ms);
+    k.mv_size = 8;
+    k.mv_data = key;
+    v.mv_size = 8 + idlen;
+    v.mv_data = val;
+    rc = mdb_cursor_put(ic, &k, &v, 0);
+  }
+  if (ic != NULL)
+    mdb_cursor_close(ic);
+  if (pc != NULL)
+    mdb_cursor_close(pc);
+  return rc;
 }
 
 static int apply_attempted(struct txn *t, uint64_t seq)
@@ -1037,7 +1132,7 @@ static int apply_dead(struct txn *t, const struct op *op)
 static int revive(struct txn *t, MDB_val *k, MDB_val *v)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[8], val[16], id[KEY_MAX], *p;
+  uint8_t key[8], old[8], id[KEY_MAX], *p;
   const uint8_t *idp;
   size_t idlen = 0, size;
   struct deadrec d;
@@ -1046,7 +1141,7 @@ static int revive(struct txn *t, MDB_val *k, MDB_val *v)
   uint64_t seq = w->c.next_seq;
   int rc;
 
-  memcpy(val, k->mv_data, 8);      /* the old seq, for the delete */
+  memcpy(old, k->mv_data, 8);      /* the old seq, for the delete */
   if (dead_parse(v->mv_data, v->mv_size, &d) != 0 ||
       rec_parse(d.rec, d.rec_len, &r) != 0)
     return mdb_del(t->txn, t->sp->db_dead, k, NULL) == 0 ? 0 : EIO;
@@ -1066,16 +1161,11 @@ static int revive(struct txn *t, MDB_val *k, MDB_val *v)
   rc = mdb_put(t->txn, t->sp->db_pending, &nk, &nv, MDB_APPEND);
   if (rc != 0)
     return rc;
-  nk.mv_data = val;
+  nk.mv_data = old;
   rc = mdb_del(t->txn, t->sp->db_dead, &nk, NULL);
   if (rc == 0 && idlen > 0) {
-    put_be64(val, seq);
-    put_be64(val + 8, 0);
-    nk.mv_size = idlen;
-    nk.mv_data = id;
-    nv.mv_size = 16;
-    nv.mv_data = val;
-    rc = mdb_put(t->txn, t->sp->db_ids, &nk, &nv, 0);
+    forget_id(t, id, idlen, get_be64(old));
+    rc = emd_idtab_insert(w->ids, emd_idtab_hash(w->ids, id, idlen), seq);
   }
   if (rc != 0)
     return rc;
@@ -1149,10 +1239,10 @@ static int apply_op(struct txn *t, struct op *op, bool appends)
   case OP_APPEND:
     return apply_append(t, op, appends);
   case OP_DELETE:
+    return apply_deletes(t, op->u.seqs.seqs, op->u.seqs.n);
   case OP_ATTEMPTED:
     for (size_t i = 0; i < op->u.seqs.n && rc == 0; i++)
-      rc = op->kind == OP_DELETE ? apply_delete(t, op->u.seqs.seqs[i])
-                                 : apply_attempted(t, op->u.seqs.seqs[i]);
+      rc = apply_attempted(t, op->u.seqs.seqs[i]);
     return rc;
   case OP_DEAD:
     return apply_dead(t, op);
@@ -1201,7 +1291,9 @@ static int expire_pending(struct txn *t)
   return 0;
 }
 
-/* dedup_window: forgets ids delivered before now - dedup_window. */
+/* dedup_window: forgets ids delivered before now - dedup_window. Rows
+ * go by seq, which is nearly delivery order; a row delivered late holds
+ * back the younger ones after it until it expires itself. */
 static int expire_ids(struct txn *t)
 {
   struct writer *w = &t->sp->w;
@@ -1212,20 +1304,21 @@ static int expire_ids(struct txn *t)
   int rc;
 
   for (int i = 0; i < WALK_MAX; i++) {
-    rc = first_row(t, t->sp->db_delivered, &k, &v);
+    rc = first_row(t, t->sp->db_ids, &k, &v);
     if (rc != 0)
       return rc == MDB_NOTFOUND ? 0 : rc;
     /* A garbled row is dropped, not allowed to stop every commit. */
-    bad = k.mv_size != 16 || v.mv_size > KEY_MAX;
-    if (!bad && !older(get_be64(k.mv_data), w->k.dedup_window_ms, t->now_ms))
+    bad = k.mv_size != 8 || v.mv_size < 8 || v.mv_size > 8 + KEY_MAX;
+    if (!bad && !older(get_be64(v.mv_data), w->k.dedup_window_ms, t->now_ms))
       return 0;
     memcpy(key, k.mv_data, k.mv_size);
-    idlen = bad ? 0 : v.mv_size;
-    memcpy(id, v.mv_data, idlen);
+    idlen = bad ? 0 : v.mv_size - 8;
+    if (idlen > 0)
+      memcpy(id, (const uint8_t *)v.mv_data + 8, idlen);
     k.mv_data = key;
-    rc = mdb_del(t->txn, t->sp->db_delivered, &k, NULL);
+    rc = mdb_del(t->txn, t->sp->db_ids, &k, NULL);
     if (rc == 0 && idlen > 0)
-      rc = forget_id(t, id, idlen, get_be64(key + 8));
+      rc = forget_id(t, id, idlen, get_be64(key));
     if (rc != 0)
       return rc;
     t->dirty = true;
@@ -1301,6 +1394,21 @@ static int oldest_in(MDB_txn *txn, MDB_dbi dbi, uint64_t *ms)
   return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* Undoes the table's changes of a transaction that did not commit. */
+static void ids_rollback(struct writer *w)
+{
+  int rc = emd_idtab_rollback(w->ids);
+
+  if (rc != 0 && !w->ids_bad) {
+    /* Slots may be missing (never extra ones): duplicates could go
+     * unnoticed until the table is rebuilt at the next start. */
+    emd_log_error("spool", "id table: cannot undo a failed transaction "
+                  "(%s); it will be rebuilt at the next start",
+                  strerror(rc));
+    w->ids_bad = true;
+  }
+}
+
 /* One write transaction for group g; appends false refuses every append
  * (the retry after the map filled up). Returns an MDB or emd error; on
  * error nothing was committed. */
@@ -1320,6 +1428,7 @@ static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
   rc = mdb_txn_begin(sp->env, NULL, 0, &t.txn);
   if (rc != 0)
     return rc;
+  emd_idtab_begin(w->ids);
   for (size_t i = 0; i < g->nops && rc == 0; i++)
     rc = apply_op(&t, &g->ops[i], appends);
   if (rc == 0)
@@ -1338,11 +1447,15 @@ static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
     rc = oldest_in(t.txn, sp->db_pending, &oldest);
   if (rc != 0 || !t.dirty) {
     mdb_txn_abort(t.txn);
+    ids_rollback(w);
     return rc;
   }
   rc = mdb_txn_commit(t.txn);
-  if (rc != 0)
+  if (rc != 0) {
+    ids_rollback(w);
     return rc;
+  }
+  emd_idtab_commit(w->ids);
   w->commits++;
   w->oldest_ms = oldest;
   g->changed = true;
@@ -1406,6 +1519,7 @@ out:
   g->after = w->c;
   g->oldest_ms = w->oldest_ms;
   g->commits = w->commits;
+  g->ids_rebuilding = w->rb.active;
 }
 
 static void queue_push(struct group_queue *q, struct group *g)
@@ -1481,6 +1595,100 @@ static bool sync_due(const struct writer *w, uint64_t *wait_ns)
   return false;
 }
 
+/* One step of filling the id table from the databases: up to budget
+ * rows, in a read transaction of the writer's own between groups. */
+static void rebuild_step(struct emd_spool *sp, size_t budget)
+{
+  struct writer *w = &sp->w;
+  struct rebuild *rb = &w->rb;
+  MDB_dbi dbs[3] = { sp->db_pending, sp->db_dead, sp->db_ids };
+  uint8_t key[8];
+  MDB_val k, v;
+  MDB_txn *txn = NULL;
+  MDB_cursor *c;
+  struct deadrec d;
+  struct rec r;
+  const uint8_t *id;
+  size_t idlen;
+  int rc;
+
+  rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+  while (rc == 0 && rb->phase < 3 && budget > 0) {
+    rc = mdb_cursor_open(txn, dbs[rb->phase], &c);
+    if (rc != 0)
+      break;
+    put_be64(key, rb->next);
+    k.mv_size = 8;
+    k.mv_data = key;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+         rc == 0 && budget > 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT), budget--) {
+      if (k.mv_size != 8)
+        continue;
+      idlen = 0;
+      if (rb->phase == 0) {
+        if (rec_parse(v.mv_data, v.mv_size, &r) != 0 ||
+            event_id(r.event, r.event_len, &id, &idlen) != 0)
+          idlen = 0;
+      } else if (rb->phase == 1) {
+        if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
+            rec_parse(d.rec, d.rec_len, &r) != 0 ||
+            event_id(r.event, r.event_len, &id, &idlen) != 0)
+          idlen = 0;
+      } else if (v.mv_size > 8) {
+        id = (const uint8_t *)v.mv_data + 8;
+        idlen = v.mv_size - 8;
+      }
+      rb->next = get_be64(k.mv_data) + 1;
+      if (idlen > 0 &&
+          emd_idtab_insert(w->ids, emd_idtab_hash(w->ids, id, idlen),
+                           get_be64(k.mv_data)) == 0)
+        rb->n++;
+    }
+    mdb_cursor_close(c);
+    if (rc == MDB_NOTFOUND) {
+      rb->phase++;
+      rb->next = 0;
+      rc = 0;
+    }
+  }
+  if (txn != NULL)
+    mdb_txn_abort(txn);
+  if (rc != 0) {
+    emd_log_error("spool", "id table rebuild stopped: %s; duplicates of "
+                  "events from before this start may go unnoticed",
+                  mdb_strerror(rc));
+    rb->active = false;
+    w->ids_bad = true;
+  } else if (rb->phase == 3) {
+    rb->active = false;
+    emd_log_info("spool", "id table rebuilt: %llu ids in %.1f s",
+                 (unsigned long long)rb->n,
+                 (double)(uv_hrtime() - rb->start_ns) / 1e9);
+  }
+}
+
+/* The writer's last act: the id table, marked clean for the spool's last
+ * transaction unless it is not complete. */
+static void ids_close(struct emd_spool *sp)
+{
+  struct writer *w = &sp->w;
+  struct emd_idtab_stamp stamp;
+  MDB_envinfo info;
+  bool clean;
+  int rc;
+
+  memcpy(stamp.instance, sp->instance, INSTANCE_LEN);
+  clean = !w->rb.active && !w->ids_bad &&
+          mdb_env_info(sp->env, &info) == 0;
+  stamp.txnid = clean ? (uint64_t)info.me_last_txnid : 0;
+  rc = emd_idtab_close(w->ids, clean ? &stamp : NULL);
+  w->ids = NULL;
+  if (rc != 0)
+    emd_log_warn("spool", "id table: cannot write it out (%s); it will be "
+                 "rebuilt at the next start", strerror(rc));
+}
+
 static void writer_main(void *arg)
 {
   struct emd_spool *sp = arg;
@@ -1497,6 +1705,11 @@ static void writer_main(void *arg)
         (sync_due(w, NULL) || (sp->stop && sp->todo.head == NULL))) {
       writer_sync(sp);
       continue;
+    }
+    if (w->rb.active && !sp->stop) {
+      uv_mutex_unlock(&sp->mu);
+      rebuild_step(sp, REBUILD_STEP);
+      uv_mutex_lock(&sp->mu);
     }
     g = queue_pop(&sp->todo);
     if (g != NULL) {
@@ -1522,8 +1735,12 @@ static void writer_main(void *arg)
     }
     if (sp->stop)
       break;
-    uv_cond_wait(&sp->cv, &sp->mu);
+    if (!w->rb.active)
+      uv_cond_wait(&sp->cv, &sp->mu);
   }
+  uv_mutex_unlock(&sp->mu);
+  ids_close(sp);
+  uv_mutex_lock(&sp->mu);
   sp->exited = true;
   uv_async_send(&sp->async);
   uv_mutex_unlock(&sp->mu);
@@ -1644,6 +1861,7 @@ static void group_finish(struct emd_spool *sp, struct group *g)
   sp->st.expired = g->after.expired;
   sp->st.oldest_ms = g->oldest_ms;
   sp->st.commits = g->commits;
+  sp->st.ids_rebuilding = g->ids_rebuilding;
   for (size_t i = 0; i < g->nops; i++) {
     struct op *op = &g->ops[i];
 
@@ -1674,6 +1892,7 @@ static void spool_free(struct emd_spool *sp)
     uv_cond_destroy(&sp->cv);
     uv_mutex_destroy(&sp->mu);
   }
+  emd_idtab_close(sp->w.ids, NULL);   /* if the writer never ran */
   free(sp->w.slots);
   free(sp->w.touched);
   free(sp->w.scratch);
@@ -1864,13 +2083,14 @@ static int env_open(struct emd_spool *sp, const char *dir, char *err,
   return env_check_size(sp, dir, err, errlen);
 }
 
-static const char *const db_names[] = { "pending", "ids", "timers", "dead",
-                                        "delivered", "meta" };
+#define NDBS 5
+static const char *const db_names[NDBS] = { "pending", "ids", "timers",
+                                            "dead", "meta" };
 
 static MDB_dbi *db_slot(struct emd_spool *sp, int i)
 {
-  MDB_dbi *dbs[] = { &sp->db_pending, &sp->db_ids, &sp->db_timers,
-                     &sp->db_dead, &sp->db_delivered, &sp->db_meta };
+  MDB_dbi *dbs[NDBS] = { &sp->db_pending, &sp->db_ids, &sp->db_timers,
+                         &sp->db_dead, &sp->db_meta };
 
   return dbs[i];
 }
@@ -1891,7 +2111,7 @@ static int spool_create(struct emd_spool *sp, const char *dir, char *err,
     return -e;
   }
   rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
-  for (int i = 0; i < 6 && rc == 0; i++)
+  for (int i = 0; i < NDBS && rc == 0; i++)
     rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, db_slot(sp, i));
   put_be32(ver, SCHEMA_VERSION);
   put_be64(state, 1);              /* next_seq: seqs start at 1 */
@@ -2010,7 +2230,9 @@ static int spool_load(struct emd_spool *sp, MDB_txn *txn, const char *dir,
   c->dead = get_be64((uint8_t *)v.mv_data + 24);
   c->dropped = get_be64((uint8_t *)v.mv_data + 32);
   c->expired = get_be64((uint8_t *)v.mv_data + 40);
-  for (int i = 0; i < 5; i++) {
+  sp->loaded_version = ver;
+  /* Schema 1 has all five too (and "delivered", see spool_upgrade). */
+  for (int i = 0; i < NDBS - 1; i++) {
     rc = mdb_dbi_open(txn, db_names[i], 0, db_slot(sp, i));
     if (rc != 0) {
       errf(err, errlen, "spool %s: database \"%s\" missing (%s); move the "
@@ -2067,6 +2289,109 @@ static int spool_meta(struct emd_spool *sp, const char *dir, char *err,
   return 0;
 }
 
+/* Schema 1 -> 2 in one transaction: the old ids index (id -> seq) goes,
+ * the delivered ids move from "delivered" (delivered_ms seq -> id) into
+ * ids (seq -> delivered_ms id), and the id table is rebuilt after. */
+static int spool_upgrade(struct emd_spool *sp, const char *dir, char *err,
+                         size_t errlen)
+{
+  MDB_val k, v, nk, nv;
+  MDB_txn *txn = NULL;
+  MDB_cursor *c = NULL;
+  MDB_dbi old;
+  uint8_t key[8], val[8 + KEY_MAX], ver[4];
+  uint64_t n = 0;
+  int rc;
+
+  rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+  if (rc == 0)
+    rc = mdb_drop(txn, sp->db_ids, 0);
+  if (rc == 0) {
+    rc = mdb_dbi_open(txn, "delivered", 0, &old);
+    if (rc == 0)
+      rc = mdb_cursor_open(txn, old, &c);
+    else if (rc == MDB_NOTFOUND)
+      rc = 0;                      /* nothing delivered to remember */
+  }
+  while (rc == 0 && c != NULL &&
+         (rc = mdb_cursor_get(c, &k, &v, n ? MDB_NEXT : MDB_FIRST)) == 0) {
+    n++;
+    if (k.mv_size != 16 || v.mv_size == 0 || v.mv_size > KEY_MAX)
+      continue;                    /* garbled: forgotten */
+    memcpy(key, (uint8_t *)k.mv_data + 8, 8);
+    memcpy(val, k.mv_data, 8);
+    memcpy(val + 8, v.mv_data, v.mv_size);
+    nk.mv_size = 8;
+    nk.mv_data = key;
+    nv.mv_size = 8 + v.mv_size;
+    nv.mv_data = val;
+    rc = mdb_put(txn, sp->db_ids, &nk, &nv, 0);
+  }
+  if (rc == MDB_NOTFOUND)
+    rc = 0;
+  if (c != NULL) {
+    mdb_cursor_close(c);
+    if (rc == 0)
+      rc = mdb_drop(txn, old, 1);
+  }
+  put_be32(ver, SCHEMA_VERSION);
+  k.mv_size = sizeof(META_SCHEMA) - 1;
+  k.mv_data = META_SCHEMA;
+  v.mv_size = 4;
+  v.mv_data = ver;
+  if (rc == 0)
+    rc = mdb_put(txn, sp->db_meta, &k, &v, 0);
+  if (rc == 0)
+    rc = mdb_txn_commit(txn);
+  else if (txn != NULL)
+    mdb_txn_abort(txn);
+  if (rc != 0) {
+    errf(err, errlen, "spool %s: cannot upgrade it from schema 1: %s", dir,
+         mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  emd_log_info("spool", "spool %s upgraded from schema 1 to %u (%llu "
+               "delivered ids kept)", dir, SCHEMA_VERSION,
+               (unsigned long long)n);
+  return 0;
+}
+
+/* Opens the id table; one that cannot be trusted is rebuilt by the writer
+ * (see rebuild_step). */
+static int ids_open(struct emd_spool *sp, const char *dir, char *err,
+                    size_t errlen)
+{
+  struct emd_idtab_stamp stamp;
+  char path[4096];
+  MDB_envinfo info;
+  bool trusted;
+  int rc;
+
+  rc = mdb_env_info(sp->env, &info);
+  if (rc != 0) {
+    errf(err, errlen, "cannot read spool %s: %s", dir, mdb_strerror(rc));
+    return err_from_mdb(rc);
+  }
+  memcpy(stamp.instance, sp->instance, INSTANCE_LEN);
+  stamp.txnid = (uint64_t)info.me_last_txnid;
+  snprintf(path, sizeof(path), "%s/%s", dir, IDTAB_FILE);
+  rc = emd_idtab_open(path, &stamp, &sp->w.ids, &trusted, err, errlen);
+  if (rc != 0)
+    return -rc;
+  if (!trusted && sp->loaded_version != 0) {
+    sp->w.rb.active = true;
+    sp->w.rb.start_ns = uv_hrtime();
+    emd_log_info("spool", "id table %s was not closed cleanly with this "
+                 "spool: rebuilding it in the background from %llu pending "
+                 "and %llu dead events and the delivered ids; until it is "
+                 "done, an event sent again may be stored twice (the "
+                 "service de-duplicates by id)", path,
+                 (unsigned long long)sp->w.c.pending,
+                 (unsigned long long)sp->w.c.dead);
+  }
+  return 0;
+}
+
 static void stats_from_writer(struct emd_spool *sp)
 {
   sp->st.next_seq = sp->w.c.next_seq;
@@ -2077,6 +2402,7 @@ static void stats_from_writer(struct emd_spool *sp)
   sp->st.expired = sp->w.c.expired;
   sp->st.oldest_ms = sp->w.oldest_ms;
   sp->st.commits = 0;
+  sp->st.ids_rebuilding = sp->w.rb.active;
 }
 
 /* The handles and the writer thread, last: nothing before can fail with
@@ -2150,6 +2476,10 @@ int emd_spool_open(uv_loop_t *loop, const struct emd_config *cfg,
     rc = env_open(sp, dir, err, errlen);
   if (rc == 0)
     rc = spool_meta(sp, dir, err, errlen);
+  if (rc == 0 && sp->loaded_version == 1)
+    rc = spool_upgrade(sp, dir, err, errlen);
+  if (rc == 0)
+    rc = ids_open(sp, dir, err, errlen);
   if (rc != 0)
     goto fail;
   stats_from_writer(sp);

@@ -127,6 +127,9 @@ struct emd_spool_stats {
                             * become dead letters "dropped") */
   uint64_t expired;        /* moved to dead by max_age, ever */
   uint64_t commits;        /* group commits since open */
+  bool ids_rebuilding;     /* the id table is being rebuilt (after a crash
+                            * or an upgrade): until done, an event sent
+                            * again may be stored twice */
 };
 
 /* The current figures, as of the last commit. */

@@ -11,9 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 #include <uv.h>
 
 #include "emd_err.h"
@@ -946,6 +948,163 @@ static void timer_ttl_forgets_idle_counters(void **state)
   free(s);
 }
 
+/* ---- the id table ---------------------------------------------------- */
+
+static int patch(const char *path, const void *from, const void *to,
+                 size_t n);
+
+/* Four events: seq 1 delivered (kept for the window), seq 2 a dead
+ * letter, seqs 3 and 4 pending. */
+static void known_ids_spool(struct fx *f)
+{
+  struct seen *s = calloc(1, sizeof(*s));
+
+  open_spool(f);
+  append(f, s, 0, "knowndelivered1", "A", 0, 0, 0);
+  append(f, s, 1, "knowndeadletter", "A", 0, 0, 0);
+  append(f, s, 2, "knownpending001", "A", 0, 0, 0);
+  append(f, s, 3, "knownpending002", "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1 }, 1), 0);
+  assert_int_equal(emd_spool_dead(f->sp, 2, "rejected", 400, "no", 2), 0);
+  drain(f);
+  free(s);
+}
+
+/* Every id of known_ids_spool is a duplicate of its seq; fresh, a new
+ * id, is not and gets seq next. */
+static void ids_still_known(struct fx *f, const char *fresh, uint64_t next)
+{
+  struct seen *s = calloc(1, sizeof(*s));
+  const char *ids[] = { "knowndelivered1", "knowndeadletter",
+                        "knownpending001", "knownpending002" };
+
+  for (int i = 0; i < 4; i++)
+    append(f, s, i, ids[i], "A", 0, 0, 0);
+  append(f, s, 4, fresh, "A", 0, 0, 0);
+  drain(f);
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(s->rc[i], 0);
+    assert_true(s->dup[i]);
+    assert_int_equal(s->seq[i], i + 1);
+  }
+  assert_false(s->dup[4]);
+  assert_int_equal(s->seq[4], next);
+  free(s);
+}
+
+static void id_table_survives_a_clean_restart(void **state)
+{
+  struct fx *f = *state;
+  char path[256];
+  struct stat st;
+
+  known_ids_spool(f);
+  close_spool(f);
+  snprintf(path, sizeof(path), "%s/ids.tab", f->dir);
+  assert_int_equal(stat(path, &st), 0);
+  open_spool(f);
+  assert_false(stats(f).ids_rebuilding);  /* trusted as it is */
+  ids_still_known(f, "knownnotyet0001", 5);
+}
+
+/* After a crash (the table not closed cleanly) or with the table gone,
+ * the table is rebuilt from pending, dead and delivered ids. The writer
+ * rebuilds before it takes its first group, so a small spool is done
+ * before the first duplicate check. */
+static void id_table_is_rebuilt_after_a_crash_or_loss(void **state)
+{
+  struct fx *f = *state;
+  char path[256];
+
+  known_ids_spool(f);
+  close_spool(f);
+  snprintf(path, sizeof(path), "%s/ids.tab", f->dir);
+  /* What a crash leaves: the header's clean flag (after magic, version)
+   * still 0. */
+  assert_int_equal(patch(path, "EMDIDTB1\1\0\0\0\1\0\0\0",
+                         "EMDIDTB1\1\0\0\0\0\0\0\0", 16), 1);
+  open_spool(f);
+  assert_true(stats(f).ids_rebuilding);
+  ids_still_known(f, "knownnotyet0001", 5);
+  assert_false(stats(f).ids_rebuilding);
+  close_spool(f);
+  assert_int_equal(unlink(path), 0);
+  open_spool(f);
+  assert_true(stats(f).ids_rebuilding);
+  ids_still_known(f, "knownnotyet0002", 6);
+}
+
+/* A spool written by schema 1 (ids as id -> seq, delivered ids in a
+ * "delivered" database) made by hand from a schema 2 one: opening it
+ * upgrades it and keeps every id known. */
+static void schema_1_spool_is_upgraded_with_its_ids(void **state)
+{
+  struct fx *f = *state;
+  const char *ids[] = { "knowndelivered1", "knowndeadletter",
+                        "knownpending001", "knownpending002" };
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dids, ddel, dmeta;
+  MDB_val k, v;
+  uint8_t seq[16] = { 0 }, key16[16] = { 0 }, ver[4] = { 0, 0, 0, 1 };
+  uint64_t now = (uint64_t)time(NULL) * 1000;
+  char path[256];
+
+  known_ids_spool(f);
+  close_spool(f);
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "ids", 0, &dids), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
+  assert_int_equal(mdb_dbi_open(txn, "delivered", MDB_CREATE, &ddel), 0);
+  assert_int_equal(mdb_drop(txn, dids, 0), 0);
+  for (int i = 0; i < 4; i++) {
+    seq[7] = (uint8_t)(i + 1);
+    k = (MDB_val){ strlen(ids[i]), (void *)ids[i] };
+    v = (MDB_val){ 16, seq };
+    assert_int_equal(mdb_put(txn, dids, &k, &v, 0), 0);
+  }
+  for (int i = 0; i < 8; i++)
+    key16[i] = (uint8_t)(now >> (56 - 8 * i));
+  key16[15] = 1;
+  k = (MDB_val){ 16, key16 };
+  v = (MDB_val){ strlen(ids[0]), (void *)ids[0] };
+  assert_int_equal(mdb_put(txn, ddel, &k, &v, 0), 0);
+  k = (MDB_val){ 14, "schema_version" };
+  v = (MDB_val){ 4, ver };
+  assert_int_equal(mdb_put(txn, dmeta, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  snprintf(path, sizeof(path), "%s/ids.tab", f->dir);
+  assert_int_equal(unlink(path), 0);
+
+  open_spool(f);
+  ids_still_known(f, "knownnotyet0001", 5);
+  close_spool(f);
+  /* Upgraded: schema 2, no "delivered", the delivered id in ids. */
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "delivered", 0, &ddel), MDB_NOTFOUND);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
+  k = (MDB_val){ 14, "schema_version" };
+  assert_int_equal(mdb_get(txn, dmeta, &k, &v), 0);
+  assert_int_equal(((uint8_t *)v.mv_data)[3], 2);
+  assert_int_equal(mdb_dbi_open(txn, "ids", 0, &dids), 0);
+  seq[7] = 1;
+  k = (MDB_val){ 8, seq };
+  assert_int_equal(mdb_get(txn, dids, &k, &v), 0);
+  assert_int_equal(v.mv_size, 8 + strlen(ids[0]));
+  assert_memory_equal((uint8_t *)v.mv_data + 8, ids[0], strlen(ids[0]));
+  mdb_txn_abort(txn);
+  mdb_env_close(env);
+}
+
 /* ---- refusing to open --------------------------------------------------- */
 
 static char *slurp(const char *path, size_t *n)
@@ -1042,7 +1201,7 @@ static void newer_schema_refuses_to_open_and_leaves_files_alone(
 
   make_spool(f, 5);
   snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
-  assert_true(patch(path, "schema_version\0\0\0\1", "schema_version\0\0\0\2",
+  assert_true(patch(path, "schema_version\0\0\0\2", "schema_version\0\0\0\3",
                     18) >= 1);
   refuses(f, EMD_ESPOOLVER, "upgrade emitd or move the spool aside");
 }
@@ -1269,6 +1428,9 @@ int main(void)
     T(max_age_moves_old_events_to_dead_letters),
     T(dedup_window_forgets_delivered_ids),
     T(timer_ttl_forgets_idle_counters),
+    T(id_table_survives_a_clean_restart),
+    T(id_table_is_rebuilt_after_a_crash_or_loss),
+    T(schema_1_spool_is_upgraded_with_its_ids),
     T(newer_schema_refuses_to_open_and_leaves_files_alone),
     T(garbage_files_refuse_to_open),
     T(spool_without_meta_refuses_to_open),

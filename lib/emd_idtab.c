@@ -1,0 +1,456 @@
+/* emd_idtab.c: see emd_idtab.h.
+ *
+ * File layout (native byte order; the file never leaves the machine):
+ *   page 0     struct hdr
+ *   then       cap slots of { hash, seq }, hash 0 meaning empty
+ * The file's blocks are allocated when it is made (posix_fallocate).
+ * Growing writes a new file next to the old one (path + ".new"), moves
+ * every slot over and renames it into place. */
+#include "emd_idtab.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#define MAGIC "EMDIDTB1"
+#define VERSION 1u
+#define HDR_SIZE 4096u
+#define MIN_CAP ((uint64_t)1 << 16)
+#define MAX_CAP ((uint64_t)1 << 36)
+
+struct hdr {
+  char magic[8];
+  uint32_t version;
+  uint32_t clean;
+  uint64_t cap;
+  uint64_t count;
+  uint64_t seed;
+  struct emd_idtab_stamp stamp;
+};
+
+struct slot {
+  uint64_t h;
+  uint64_t seq;
+};
+
+enum jkind { J_INSERTED, J_REMOVED };
+
+struct jent {
+  uint64_t h;
+  uint64_t seq;
+  enum jkind kind;
+};
+
+struct emd_idtab {
+  char *path;
+  int fd;
+  void *map;
+  size_t map_len;
+  struct hdr *hdr;
+  struct slot *slots;
+  uint64_t mask;
+  bool journaling;
+  struct jent *journal;
+  size_t njournal, journal_cap;
+};
+
+static size_t file_size(uint64_t cap)
+{
+  return HDR_SIZE + (size_t)cap * sizeof(struct slot);
+}
+
+static uint64_t new_seed(void)
+{
+  uint64_t seed = 0;
+
+  if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+    seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL);
+  return seed;
+}
+
+/* Maps fd (already len bytes long). */
+static int map_file(int fd, size_t len, void **map)
+{
+  *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (*map == MAP_FAILED) {
+    *map = NULL;
+    return errno;
+  }
+  return 0;
+}
+
+static void use_map(struct emd_idtab *t, void *map, size_t len)
+{
+  t->map = map;
+  t->map_len = len;
+  t->hdr = map;
+  t->slots = (struct slot *)((char *)map + HDR_SIZE);
+  t->mask = t->hdr->cap - 1;
+}
+
+/* A fresh, empty file of cap slots at fd (truncated first: the slots
+ * read as zero, and the file stays sparse until they are used). */
+static int init_file(int fd, uint64_t cap, uint64_t seed, void **map)
+{
+  struct hdr *h;
+  int rc;
+
+  if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)file_size(cap)) != 0)
+    return errno;
+  /* The blocks now: a full disk is an error here, where a sparse page
+   * first written through the map would be a SIGBUS. */
+  rc = posix_fallocate(fd, 0, (off_t)file_size(cap));
+  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL)
+    return rc;
+  rc = map_file(fd, file_size(cap), map);
+  if (rc != 0)
+    return rc;
+  h = *map;
+  memcpy(h->magic, MAGIC, 8);
+  h->version = VERSION;
+  h->clean = 0;
+  h->cap = cap;
+  h->count = 0;
+  h->seed = seed;
+  return 0;
+}
+
+static bool header_ok(const struct hdr *h, size_t len)
+{
+  return memcmp(h->magic, MAGIC, 8) == 0 && h->version == VERSION &&
+         h->cap >= MIN_CAP && h->cap <= MAX_CAP &&
+         (h->cap & (h->cap - 1)) == 0 && len == file_size(h->cap) &&
+         h->count < h->cap;
+}
+
+int emd_idtab_open(const char *path, const struct emd_idtab_stamp *stamp,
+                   struct emd_idtab **out, bool *trusted, char *err,
+                   size_t errlen)
+{
+  struct emd_idtab *t;
+  struct hdr probe;
+  struct stat st;
+  void *map = NULL;
+  bool keep = false;
+  int rc;
+
+  *out = NULL;
+  *trusted = false;
+  t = calloc(1, sizeof(*t));
+  if (t == NULL || (t->path = strdup(path)) == NULL) {
+    free(t);
+    snprintf(err, errlen, "id table %s: out of memory", path);
+    return ENOMEM;
+  }
+  t->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (t->fd < 0 || fstat(t->fd, &st) != 0) {
+    rc = errno;
+    goto fail;
+  }
+  if (st.st_size >= (off_t)sizeof(probe) &&
+      pread(t->fd, &probe, sizeof(probe), 0) == (ssize_t)sizeof(probe) &&
+      header_ok(&probe, (size_t)st.st_size))
+    keep = probe.clean == 1 &&
+           memcmp(&probe.stamp, stamp, sizeof(*stamp)) == 0;
+  if (keep)
+    rc = map_file(t->fd, (size_t)st.st_size, &map);
+  else
+    rc = init_file(t->fd, MIN_CAP, new_seed(), &map);
+  if (rc != 0)
+    goto fail;
+  use_map(t, map, keep ? (size_t)st.st_size : file_size(MIN_CAP));
+  /* From now on the file on disk no longer matches any stamp until a
+   * clean close says it does. */
+  t->hdr->clean = 0;
+  if (msync(t->map, HDR_SIZE, MS_SYNC) != 0) {
+    rc = errno;
+    goto fail;
+  }
+  *trusted = keep;
+  *out = t;
+  return 0;
+fail:
+  snprintf(err, errlen, "id table %s: %s", path, strerror(rc));
+  if (map != NULL)
+    munmap(map, keep ? (size_t)st.st_size : file_size(MIN_CAP));
+  if (t->fd >= 0)
+    close(t->fd);
+  free(t->path);
+  free(t);
+  return rc;
+}
+
+int emd_idtab_close(struct emd_idtab *t, const struct emd_idtab_stamp *stamp)
+{
+  int rc = 0;
+
+  if (t == NULL)
+    return 0;
+  if (stamp != NULL) {
+    /* Every slot on disk before the header says they are. */
+    if (msync(t->map, t->map_len, MS_SYNC) != 0)
+      rc = errno;
+    if (rc == 0) {
+      t->hdr->stamp = *stamp;
+      t->hdr->clean = 1;
+      if (msync(t->map, HDR_SIZE, MS_SYNC) != 0)
+        rc = errno;
+    }
+  }
+  munmap(t->map, t->map_len);
+  close(t->fd);
+  free(t->journal);
+  free(t->path);
+  free(t);
+  return rc;
+}
+
+int emd_idtab_clear(struct emd_idtab *t)
+{
+  void *map;
+  int rc;
+
+  munmap(t->map, t->map_len);
+  t->map = NULL;
+  rc = init_file(t->fd, MIN_CAP, new_seed(), &map);
+  if (rc != 0)
+    return rc;
+  use_map(t, map, file_size(MIN_CAP));
+  t->njournal = 0;
+  return 0;
+}
+
+uint64_t emd_idtab_hash(const struct emd_idtab *t, const void *id,
+                        size_t len)
+{
+  uint64_t h = XXH3_64bits_withSeed(id, len, t->hdr->seed);
+
+  return h != 0 ? h : 1;
+}
+
+bool emd_idtab_next(const struct emd_idtab *t, uint64_t h, size_t *pos,
+                    uint64_t *seq)
+{
+  /* *pos counts the slots already looked at from h's home slot. */
+  for (uint64_t i = *pos; i <= t->mask; i++) {
+    const struct slot *s = &t->slots[(h + i) & t->mask];
+
+    if (s->h == 0)
+      break;
+    if (s->h == h) {
+      *pos = (size_t)i + 1;
+      *seq = s->seq;
+      return true;
+    }
+  }
+  *pos = (size_t)t->mask + 1;
+  return false;
+}
+
+/* Puts (h, seq) into slots of a table with mask, known not to be there
+ * and with room. */
+static void place(struct slot *slots, uint64_t mask, uint64_t h,
+                  uint64_t seq)
+{
+  uint64_t i = h & mask;
+
+  while (slots[i].h != 0)
+    i = (i + 1) & mask;
+  slots[i].h = h;
+  slots[i].seq = seq;
+}
+
+static int grow(struct emd_idtab *t)
+{
+  uint64_t cap = t->hdr->cap * 2;
+  size_t len = file_size(cap);
+  char *tmp;
+  void *map = NULL;
+  struct hdr *nh;
+  struct slot *ns;
+  int fd, rc;
+
+  if (cap > MAX_CAP)
+    return ENOSPC;
+  tmp = malloc(strlen(t->path) + 5);
+  if (tmp == NULL)
+    return ENOMEM;
+  sprintf(tmp, "%s.new", t->path);
+  fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    rc = errno;
+    free(tmp);
+    return rc;
+  }
+  rc = init_file(fd, cap, t->hdr->seed, &map);
+  if (rc == 0) {
+    nh = map;
+    ns = (struct slot *)((char *)map + HDR_SIZE);
+    for (uint64_t i = 0; i <= t->mask; i++)
+      if (t->slots[i].h != 0)
+        place(ns, cap - 1, t->slots[i].h, t->slots[i].seq);
+    nh->count = t->hdr->count;
+    if (rename(tmp, t->path) != 0)
+      rc = errno;
+  }
+  if (rc != 0) {
+    if (map != NULL)
+      munmap(map, len);
+    close(fd);
+    unlink(tmp);
+    free(tmp);
+    return rc;
+  }
+  free(tmp);
+  munmap(t->map, t->map_len);
+  close(t->fd);
+  t->fd = fd;
+  use_map(t, map, len);
+  return 0;
+}
+
+static int journal_add(struct emd_idtab *t, uint64_t h, uint64_t seq,
+                       enum jkind kind)
+{
+  struct jent *j;
+  size_t cap;
+
+  if (!t->journaling)
+    return 0;
+  if (t->njournal == t->journal_cap) {
+    cap = t->journal_cap ? t->journal_cap * 2 : 1024;
+    j = realloc(t->journal, cap * sizeof(*j));
+    if (j == NULL)
+      return ENOMEM;
+    t->journal = j;
+    t->journal_cap = cap;
+  }
+  t->journal[t->njournal++] = (struct jent){ h, seq, kind };
+  return 0;
+}
+
+/* Insert without the journal. */
+static int insert(struct emd_idtab *t, uint64_t h, uint64_t seq,
+                  bool *added)
+{
+  uint64_t i;
+  int rc;
+
+  *added = false;
+  for (i = h & t->mask; t->slots[i].h != 0; i = (i + 1) & t->mask)
+    if (t->slots[i].h == h && t->slots[i].seq == seq)
+      return 0;
+  if ((t->hdr->count + 1) * 10 > t->hdr->cap * 7) {
+    rc = grow(t);
+    if (rc != 0)
+      return rc;
+    for (i = h & t->mask; t->slots[i].h != 0; i = (i + 1) & t->mask)
+      ;
+  }
+  t->slots[i].h = h;
+  t->slots[i].seq = seq;
+  t->hdr->count++;
+  *added = true;
+  return 0;
+}
+
+/* Remove without the journal: the slot is emptied and the slots after it
+ * in its run move back where their probe allows (no tombstones). */
+static bool remove_slot(struct emd_idtab *t, uint64_t h, uint64_t seq)
+{
+  uint64_t i, j, home;
+
+  for (i = h & t->mask; t->slots[i].h != 0; i = (i + 1) & t->mask)
+    if (t->slots[i].h == h && t->slots[i].seq == seq)
+      break;
+  if (t->slots[i].h == 0)
+    return false;
+  for (j = (i + 1) & t->mask; t->slots[j].h != 0; j = (j + 1) & t->mask) {
+    home = t->slots[j].h & t->mask;
+    /* The slot at j may move to i if its home is not in (i, j]. */
+    if (((j - home) & t->mask) >= ((j - i) & t->mask)) {
+      t->slots[i] = t->slots[j];
+      i = j;
+    }
+  }
+  t->slots[i].h = 0;
+  t->slots[i].seq = 0;
+  t->hdr->count--;
+  return true;
+}
+
+int emd_idtab_insert(struct emd_idtab *t, uint64_t h, uint64_t seq)
+{
+  bool added;
+  int rc;
+
+  if (h == 0)
+    return EINVAL;
+  /* Room in the journal first, so a change is never left unrecorded. */
+  rc = journal_add(t, h, seq, J_INSERTED);
+  if (rc != 0)
+    return rc;
+  rc = insert(t, h, seq, &added);
+  if (!added && t->journaling)
+    t->njournal--;
+  return rc;
+}
+
+bool emd_idtab_remove(struct emd_idtab *t, uint64_t h, uint64_t seq)
+{
+  if (h == 0 || journal_add(t, h, seq, J_REMOVED) != 0)
+    return false;
+  if (remove_slot(t, h, seq))
+    return true;
+  if (t->journaling)
+    t->njournal--;
+  return false;
+}
+
+size_t emd_idtab_count(const struct emd_idtab *t)
+{
+  return (size_t)t->hdr->count;
+}
+
+size_t emd_idtab_capacity(const struct emd_idtab *t)
+{
+  return (size_t)t->hdr->cap;
+}
+
+void emd_idtab_begin(struct emd_idtab *t)
+{
+  t->journaling = true;
+  t->njournal = 0;
+}
+
+void emd_idtab_commit(struct emd_idtab *t)
+{
+  t->journaling = false;
+  t->njournal = 0;
+}
+
+int emd_idtab_rollback(struct emd_idtab *t)
+{
+  bool added;
+  int rc = 0;
+
+  t->journaling = false;
+  while (t->njournal > 0) {
+    const struct jent *j = &t->journal[--t->njournal];
+
+    if (j->kind == J_INSERTED)
+      remove_slot(t, j->h, j->seq);
+    else if (rc == 0)
+      rc = insert(t, j->h, j->seq, &added);
+  }
+  return rc;
+}
