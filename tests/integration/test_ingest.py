@@ -349,6 +349,33 @@ def test_durability_after_kill9_under_load(make_emitd):
     assert d.send([SMALLEST])[0]["ok"]
 
 
+def test_ids_stay_known_after_kill9_and_after_a_clean_restart(make_emitd):
+    d = make_emitd()
+    ids = ["knownafter%08d" % i for i in range(3000)]
+    first = d.send([line(event(id=i)) for i in ids])
+    assert all(r["ok"] and "duplicate" not in r for r in first)
+    seqs = {r["id"]: r["seq"] for r in first}
+    d.kill9()
+    # The id table was not closed cleanly: rebuilt from the spool.
+    d.start()
+    wait_for(lambda: "id table rebuilt: 3000 ids" in d.read_log(), 10,
+             "the id table rebuild")
+    again = d.send([line(event(id=i)) for i in ids[::7]])
+    assert all(r == {"ok": True, "id": r["id"], "seq": seqs[r["id"]],
+                     "duplicate": True} for r in again), again[:3]
+    # A clean stop writes the table out: the next start trusts it.
+    d.stop()
+    log_before = len(d.read_log())
+    d.start()
+    again = d.send([line(event(id=i)) for i in ids[3::7]])
+    assert all(r.get("duplicate") and r["seq"] == seqs[r["id"]]
+               for r in again), again[:3]
+    assert "rebuilding" not in d.read_log()[log_before:]
+    fresh = d.send([line(event(id="knownafterfresh1"))])[0]
+    assert fresh["ok"] and "duplicate" not in fresh
+    assert fresh["seq"] == 3001
+
+
 def test_spool_full_rejects_new_events_and_keeps_old_ones(make_emitd):
     d = make_emitd(conf={"spool": {"max_bytes": "8KiB"}})
     rs = d.send([line(event(id="fill%09d" % i, user="u" * 100))
