@@ -1,17 +1,28 @@
 /* emd_pack.c: see emd_pack.h.
  *
- * Two walks over the same fields with the same presence rules: size_msg()
- * appends a length to the cache for every sub-message (and every packed
- * run) it enters, before its children, and write_msg() consumes them in
- * that same order. The two must skip and visit exactly the same fields,
- * which is why both go through field_present() and value kinds shared
- * here. */
+ * One walk, back to front: fields in reverse descriptor order, repeated
+ * items in reverse, each value written just below the previous one, so
+ * by the time a sub-message's tag and length prefix are due its bytes are
+ * already there and its length is a subtraction. Nothing is sized twice
+ * and no byte is moved.
+ *
+ * Room is checked only where the size is not bounded: a scalar field
+ * never takes more than MAX_SCALAR bytes (a 5-byte tag and a 10-byte
+ * varint), so each message first makes sure of MAX_SCALAR bytes for each
+ * of its fields, and from then on only strings, bytes, repeated fields,
+ * unknown fields and the return from a sub-message (which may have used
+ * that reserve) check again, for their own bytes plus the reserve of the
+ * fields still to come. A message that does not fit makes every level
+ * return NULL, and emd_pack() starts over in a buffer twice the size. */
 #include "emd_pack.h"
 
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define MAX_SCALAR 15   /* a tag (at most 5 bytes) and a 10-byte varint */
+#define FIRST_CAP 4096  /* bytes of the first buffer */
 
 /* protobuf-c's wire types, by field type (ProtobufCType order). */
 static const uint8_t wire_type[] = {
@@ -59,7 +70,8 @@ static const uint8_t elt_size[] = {
   (*(const type *)(const void *)((const char *)(base) + (off)))
 
 /* ------------------------------------------------------------------ */
-/* varints */
+/* writing backwards: each helper takes the lowest byte written so far
+ * and returns the new lowest */
 
 static inline size_t varint_size(uint64_t v)
 {
@@ -67,55 +79,57 @@ static inline size_t varint_size(uint64_t v)
   return ((unsigned)(63 - __builtin_clzll(v | 1)) * 9 + 73) / 64;
 }
 
-static inline uint8_t *put_varint(uint8_t *p, uint64_t v)
+static inline void put_varint(uint8_t *p, uint64_t v)
 {
   while (v >= 0x80) {
     *p++ = (uint8_t)(v | 0x80);
     v >>= 7;
   }
-  *p++ = (uint8_t)v;
+  *p = (uint8_t)v;
+}
+
+static inline uint8_t *prepend_varint(uint8_t *p, uint64_t v)
+{
+  if (v < 0x80) {
+    *--p = (uint8_t)v;
+    return p;
+  }
+  p -= varint_size(v);
+  put_varint(p, v);
   return p;
 }
 
-static inline uint32_t zigzag32(int32_t v)
+static inline uint8_t *prepend_tag(uint8_t *p, uint32_t id, unsigned wire)
 {
-  return ((uint32_t)v << 1) ^ (uint32_t)-(int32_t)((uint32_t)v >> 31);
+  if (id < 16) {
+    *--p = (uint8_t)(id << 3 | wire);
+    return p;
+  }
+  return prepend_varint(p, ((uint64_t)id << 3) | wire);
 }
 
-static inline uint64_t zigzag64(int64_t v)
+static inline uint8_t *prepend_le32(uint8_t *p, uint32_t v)
 {
-  return ((uint64_t)v << 1) ^ (uint64_t)-(int64_t)((uint64_t)v >> 63);
-}
-
-/* int32 and enum go out as 64-bit two's complement: 10 bytes if < 0 */
-static inline uint64_t int32_wire(int32_t v)
-{
-  return (uint64_t)(int64_t)v;
-}
-
-static inline size_t tag_size(uint32_t id)
-{
-  return varint_size((uint64_t)id << 3);
-}
-
-static inline uint8_t *put_tag(uint8_t *p, uint32_t id, unsigned wire)
-{
-  return put_varint(p, ((uint64_t)id << 3) | wire);
-}
-
-static inline uint8_t *put_le32(uint8_t *p, uint32_t v)
-{
+  p -= 4;
   p[0] = (uint8_t)v;
   p[1] = (uint8_t)(v >> 8);
   p[2] = (uint8_t)(v >> 16);
   p[3] = (uint8_t)(v >> 24);
-  return p + 4;
+  return p;
 }
 
-static inline uint8_t *put_le64(uint8_t *p, uint64_t v)
+static inline uint8_t *prepend_le64(uint8_t *p, uint64_t v)
 {
-  put_le32(p, (uint32_t)v);
-  return put_le32(p + 4, (uint32_t)(v >> 32));
+  p = prepend_le32(p, (uint32_t)(v >> 32));
+  return prepend_le32(p, (uint32_t)v);
+}
+
+static inline uint8_t *prepend_bytes(uint8_t *p, const void *data, size_t len)
+{
+  p -= len;
+  if (len != 0)
+    memcpy(p, data, len);
+  return prepend_varint(p, len);
 }
 
 static inline uint32_t load32(const void *p)
@@ -134,42 +148,42 @@ static inline uint64_t load64(const void *p)
   return v;
 }
 
-/* ------------------------------------------------------------------ */
-/* which fields go out: protobuf-c 1.4's rules, in one place */
-
-static bool is_zeroish(ProtobufCType type, const void *member)
+static inline uint32_t zigzag32(int32_t v)
 {
-  switch (type) {
-  case PROTOBUF_C_TYPE_BOOL:
-    return *(const protobuf_c_boolean *)member == 0;
-  case PROTOBUF_C_TYPE_ENUM:
-  case PROTOBUF_C_TYPE_SINT32:
-  case PROTOBUF_C_TYPE_INT32:
-  case PROTOBUF_C_TYPE_UINT32:
-  case PROTOBUF_C_TYPE_SFIXED32:
-  case PROTOBUF_C_TYPE_FIXED32:
-    return *(const uint32_t *)member == 0;
-  case PROTOBUF_C_TYPE_SINT64:
-  case PROTOBUF_C_TYPE_INT64:
-  case PROTOBUF_C_TYPE_UINT64:
-  case PROTOBUF_C_TYPE_SFIXED64:
-  case PROTOBUF_C_TYPE_FIXED64:
-    return *(const uint64_t *)member == 0;
-  case PROTOBUF_C_TYPE_FLOAT:
-    return *(const float *)member == 0;    /* -0.0 too, not NaN */
-  case PROTOBUF_C_TYPE_DOUBLE:
-    return *(const double *)member == 0;
-  case PROTOBUF_C_TYPE_STRING: {
-    const char *s = *(const char *const *)member;
-    return s == NULL || s[0] == '\0';
-  }
-  case PROTOBUF_C_TYPE_BYTES:
-    /* protobuf-c reads the first word, which is len */
-    return ((const ProtobufCBinaryData *)member)->len == 0;
-  case PROTOBUF_C_TYPE_MESSAGE:
-    return *(const void *const *)member == NULL;
-  }
-  return true;
+  return ((uint32_t)v << 1) ^ (uint32_t) - (int32_t)((uint32_t)v >> 31);
+}
+
+static inline uint64_t zigzag64(int64_t v)
+{
+  return ((uint64_t)v << 1) ^ (uint64_t) - (int64_t)((uint64_t)v >> 63);
+}
+
+/* int32 and enum go out as 64-bit two's complement: 10 bytes if < 0 */
+static inline uint64_t int32_wire(int32_t v)
+{
+  return (uint64_t)(int64_t)v;
+}
+
+/* Whether [lo, p) holds n bytes plus the reserve of k more fields. */
+static inline bool room(const uint8_t *lo, const uint8_t *p, size_t k,
+                        size_t n)
+{
+  return (size_t)(p - lo) >= k * MAX_SCALAR + n;
+}
+
+/* ------------------------------------------------------------------ */
+/* which fields go out: protobuf-c 1.4's rules
+ *
+ * A plain proto3 field (LABEL_NONE, outside any oneof) goes out unless it
+ * is "zeroish": 0 (a float or double == 0, so -0.0 too but not NaN), a
+ * NULL or empty string, bytes of len 0, a NULL message. That test is the
+ * common case and sits inside enc_proto3(), case by case; every other
+ * field goes through field_present(). */
+
+static inline bool is_plain_proto3(const ProtobufCFieldDescriptor *f)
+{
+  return f->label == PROTOBUF_C_LABEL_NONE &&
+         (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) == 0;
 }
 
 static inline bool is_pointer_type(ProtobufCType type)
@@ -177,16 +191,13 @@ static inline bool is_pointer_type(ProtobufCType type)
   return type == PROTOBUF_C_TYPE_MESSAGE || type == PROTOBUF_C_TYPE_STRING;
 }
 
-/* Whether a field that is not repeated goes out. */
+/* Whether a required, optional or oneof field goes out. */
 static inline bool field_present(const ProtobufCFieldDescriptor *f,
                                  const ProtobufCMessage *m,
                                  const void *member)
 {
   const void *ptr;
 
-  if (f->label == PROTOBUF_C_LABEL_NONE &&
-      (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) == 0)
-    return !is_zeroish(f->type, member);
   if (f->label == PROTOBUF_C_LABEL_REQUIRED)
     return true;
   /* OPTIONAL, or a oneof member (OPTIONAL or NONE) */
@@ -194,7 +205,7 @@ static inline bool field_present(const ProtobufCFieldDescriptor *f,
     if (MEMBER(uint32_t, m, f->quantifier_offset) != f->id)
       return false;
     if (!is_pointer_type(f->type))
-      return true;
+      return true;   /* even when 0 */
   } else if (!is_pointer_type(f->type)) {
     return MEMBER(protobuf_c_boolean, m, f->quantifier_offset) != 0;
   }
@@ -210,350 +221,359 @@ static inline bool is_packed(const ProtobufCFieldDescriptor *f)
 }
 
 /* ------------------------------------------------------------------ */
-/* sizing */
+/* values; k is the number of fields of the enclosing message still to be
+ * written after this one, whose reserve must survive */
 
-static size_t size_msg(const ProtobufCMessage *m, struct emd_pack_sizes *c);
+static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
+                        uint8_t *p);
 
-/* A new cache entry, filled in later by set_entry(); counts past cap
- * without storing, so emd_pack_size() learns how much to grow. */
-static inline size_t new_entry(struct emd_pack_sizes *c)
+/* A sub-message with its length prefix (no tag); NULL is empty. */
+static inline uint8_t *enc_sub(const ProtobufCMessage *sub,
+                               const uint8_t *lo, uint8_t *p, size_t k)
 {
-  return c->n++;
+  uint8_t *end = p;
+
+  if (sub != NULL) {
+    p = enc_msg(sub, lo, p);
+    /* the prefix and tag, and the reserve sub may have used */
+    if (p == NULL || !room(lo, p, k, MAX_SCALAR))
+      return NULL;
+  }
+  return prepend_varint(p, (size_t)(end - p));
 }
 
-static inline void set_entry(struct emd_pack_sizes *c, size_t i, size_t v)
+static inline uint8_t *enc_string(const char *s, const uint8_t *lo,
+                                  uint8_t *p, size_t k)
 {
-  if (i < c->cap)
-    c->len[i] = v;
+  size_t len = s != NULL ? strlen(s) : 0;
+
+  if (!room(lo, p, k, len + MAX_SCALAR))
+    return NULL;
+  return prepend_bytes(p, s, len);
 }
 
-/* Size of one value without its tag. */
-static size_t value_size(ProtobufCType type, const void *member,
-                         struct emd_pack_sizes *c)
+static inline uint8_t *enc_binary(const ProtobufCBinaryData *b,
+                                  const uint8_t *lo, uint8_t *p, size_t k)
+{
+  if (!room(lo, p, k, b->len + MAX_SCALAR))
+    return NULL;
+  return prepend_bytes(p, b->data, b->len);
+}
+
+/* One value without its tag. Scalars rely on the reserve. */
+static uint8_t *enc_value(ProtobufCType type, const void *member,
+                          const uint8_t *lo, uint8_t *p, size_t k)
 {
   switch (type) {
   case PROTOBUF_C_TYPE_SINT32:
-    return varint_size(zigzag32(*(const int32_t *)member));
+    return prepend_varint(p, zigzag32(*(const int32_t *)member));
   case PROTOBUF_C_TYPE_ENUM:
   case PROTOBUF_C_TYPE_INT32:
-    return varint_size(int32_wire(*(const int32_t *)member));
+    return prepend_varint(p, int32_wire(*(const int32_t *)member));
   case PROTOBUF_C_TYPE_UINT32:
-    return varint_size(*(const uint32_t *)member);
+    return prepend_varint(p, *(const uint32_t *)member);
   case PROTOBUF_C_TYPE_SINT64:
-    return varint_size(zigzag64(*(const int64_t *)member));
+    return prepend_varint(p, zigzag64(*(const int64_t *)member));
   case PROTOBUF_C_TYPE_INT64:
   case PROTOBUF_C_TYPE_UINT64:
-    return varint_size(*(const uint64_t *)member);
+    return prepend_varint(p, *(const uint64_t *)member);
   case PROTOBUF_C_TYPE_SFIXED32:
   case PROTOBUF_C_TYPE_FIXED32:
   case PROTOBUF_C_TYPE_FLOAT:
-    return 4;
+    return prepend_le32(p, load32(member));
   case PROTOBUF_C_TYPE_SFIXED64:
   case PROTOBUF_C_TYPE_FIXED64:
   case PROTOBUF_C_TYPE_DOUBLE:
-    return 8;
+    return prepend_le64(p, load64(member));
   case PROTOBUF_C_TYPE_BOOL:
-    return 1;
+    *--p = *(const protobuf_c_boolean *)member != 0;
+    return p;
+  case PROTOBUF_C_TYPE_STRING:
+    return enc_string(*(const char *const *)member, lo, p, k);
+  case PROTOBUF_C_TYPE_BYTES:
+    return enc_binary(member, lo, p, k);
+  case PROTOBUF_C_TYPE_MESSAGE:
+    return enc_sub(*(const ProtobufCMessage *const *)member, lo, p, k);
+  }
+  return p;
+}
+
+/* A plain proto3 field, tag and value, or nothing when it is zeroish.
+ * One switch does both the test and the writing. */
+static inline uint8_t *enc_proto3(const ProtobufCFieldDescriptor *f,
+                                  const void *member, const uint8_t *lo,
+                                  uint8_t *p, size_t k)
+{
+  unsigned wire;
+
+  switch (f->type) {
   case PROTOBUF_C_TYPE_STRING: {
     const char *s = *(const char *const *)member;
-    size_t len = s != NULL ? strlen(s) : 0;
-    return varint_size(len) + len;
-  }
-  case PROTOBUF_C_TYPE_BYTES: {
-    size_t len = ((const ProtobufCBinaryData *)member)->len;
-    return varint_size(len) + len;
+
+    if (s == NULL || s[0] == '\0')
+      return p;
+    p = enc_string(s, lo, p, k);
+    wire = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    break;
   }
   case PROTOBUF_C_TYPE_MESSAGE: {
     const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)member;
-    size_t i, len;
 
-    if (sub == NULL)   /* written as an empty message, no entry */
-      return 1;
-    i = new_entry(c);
-    len = size_msg(sub, c);
-    set_entry(c, i, len);
-    return varint_size(len) + len;
+    if (sub == NULL)
+      return p;
+    p = enc_sub(sub, lo, p, k);
+    wire = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    break;
   }
+  case PROTOBUF_C_TYPE_BYTES:
+    /* protobuf-c tests the first word of the struct, which is len */
+    if (((const ProtobufCBinaryData *)member)->len == 0)
+      return p;
+    p = enc_binary(member, lo, p, k);
+    wire = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    break;
+  case PROTOBUF_C_TYPE_BOOL:
+    if (*(const protobuf_c_boolean *)member == 0)
+      return p;
+    *--p = 1;
+    wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+    break;
+  case PROTOBUF_C_TYPE_ENUM:
+  case PROTOBUF_C_TYPE_INT32: {
+    int32_t v = *(const int32_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_varint(p, int32_wire(v));
+    wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+    break;
   }
-  return 0;
+  case PROTOBUF_C_TYPE_SINT32: {
+    int32_t v = *(const int32_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_varint(p, zigzag32(v));
+    wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+    break;
+  }
+  case PROTOBUF_C_TYPE_UINT32: {
+    uint32_t v = *(const uint32_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_varint(p, v);
+    wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+    break;
+  }
+  case PROTOBUF_C_TYPE_SFIXED32:
+  case PROTOBUF_C_TYPE_FIXED32: {
+    uint32_t v = *(const uint32_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_le32(p, v);
+    wire = PROTOBUF_C_WIRE_TYPE_32BIT;
+    break;
+  }
+  case PROTOBUF_C_TYPE_FLOAT:
+    if (*(const float *)member == 0)   /* -0.0 too, not NaN */
+      return p;
+    p = prepend_le32(p, load32(member));
+    wire = PROTOBUF_C_WIRE_TYPE_32BIT;
+    break;
+  case PROTOBUF_C_TYPE_INT64:
+  case PROTOBUF_C_TYPE_UINT64: {
+    uint64_t v = *(const uint64_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_varint(p, v);
+    wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+    break;
+  }
+  case PROTOBUF_C_TYPE_SINT64: {
+    int64_t v = *(const int64_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_varint(p, zigzag64(v));
+    wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+    break;
+  }
+  case PROTOBUF_C_TYPE_SFIXED64:
+  case PROTOBUF_C_TYPE_FIXED64: {
+    uint64_t v = *(const uint64_t *)member;
+
+    if (v == 0)
+      return p;
+    p = prepend_le64(p, v);
+    wire = PROTOBUF_C_WIRE_TYPE_64BIT;
+    break;
+  }
+  case PROTOBUF_C_TYPE_DOUBLE:
+    if (*(const double *)member == 0)
+      return p;
+    p = prepend_le64(p, load64(member));
+    wire = PROTOBUF_C_WIRE_TYPE_64BIT;
+    break;
+  default:
+    return p;
+  }
+  if (p == NULL)
+    return NULL;
+  return prepend_tag(p, f->id, wire);
 }
 
-static size_t packed_payload_size(ProtobufCType type, size_t count,
-                                  const void *array)
+/* The items of a packed run, last first. The caller checked the room. */
+static uint8_t *enc_packed_items(ProtobufCType type, size_t count,
+                                 const void *array, uint8_t *p)
 {
-  size_t i, rv = 0;
+  size_t i = count;
 
   switch (type) {
   case PROTOBUF_C_TYPE_SINT32:
-    for (i = 0; i < count; i++)
-      rv += varint_size(zigzag32(((const int32_t *)array)[i]));
-    return rv;
+    while (i-- > 0)
+      p = prepend_varint(p, zigzag32(((const int32_t *)array)[i]));
+    return p;
   case PROTOBUF_C_TYPE_ENUM:
   case PROTOBUF_C_TYPE_INT32:
-    for (i = 0; i < count; i++)
-      rv += varint_size(int32_wire(((const int32_t *)array)[i]));
-    return rv;
+    while (i-- > 0)
+      p = prepend_varint(p, int32_wire(((const int32_t *)array)[i]));
+    return p;
   case PROTOBUF_C_TYPE_UINT32:
-    for (i = 0; i < count; i++)
-      rv += varint_size(((const uint32_t *)array)[i]);
-    return rv;
+    while (i-- > 0)
+      p = prepend_varint(p, ((const uint32_t *)array)[i]);
+    return p;
   case PROTOBUF_C_TYPE_SINT64:
-    for (i = 0; i < count; i++)
-      rv += varint_size(zigzag64(((const int64_t *)array)[i]));
-    return rv;
+    while (i-- > 0)
+      p = prepend_varint(p, zigzag64(((const int64_t *)array)[i]));
+    return p;
   case PROTOBUF_C_TYPE_INT64:
   case PROTOBUF_C_TYPE_UINT64:
-    for (i = 0; i < count; i++)
-      rv += varint_size(((const uint64_t *)array)[i]);
-    return rv;
+    while (i-- > 0)
+      p = prepend_varint(p, ((const uint64_t *)array)[i]);
+    return p;
   case PROTOBUF_C_TYPE_BOOL:
-    return count;
-  default:
-    return count * elt_size[type];   /* fixed32/64, float, double */
+    while (i-- > 0)
+      *--p = ((const protobuf_c_boolean *)array)[i] != 0;
+    return p;
+  case PROTOBUF_C_TYPE_SFIXED32:
+  case PROTOBUF_C_TYPE_FIXED32:
+  case PROTOBUF_C_TYPE_FLOAT:
+    while (i-- > 0)
+      p = prepend_le32(p, load32((const char *)array + 4 * i));
+    return p;
+  default:   /* sfixed64, fixed64, double */
+    while (i-- > 0)
+      p = prepend_le64(p, load64((const char *)array + 8 * i));
+    return p;
   }
 }
 
-static size_t size_repeated(const ProtobufCFieldDescriptor *f, size_t count,
-                            const void *array, struct emd_pack_sizes *c)
+static uint8_t *enc_repeated(const ProtobufCFieldDescriptor *f, size_t count,
+                             const void *array, const uint8_t *lo,
+                             uint8_t *p, size_t k)
 {
-  size_t i, rv, step;
+  unsigned wire = wire_type[f->type];
+  size_t i = count, step = elt_size[f->type];
+  uint8_t *end = p;
 
   if (is_packed(f)) {
-    size_t entry = new_entry(c);
-    size_t payload = packed_payload_size(f->type, count, array);
-
-    set_entry(c, entry, payload);
-    return tag_size(f->id) + varint_size(payload) + payload;
+    /* at most 10 bytes an item, then a length prefix and a tag */
+    if (!room(lo, p, k, count * 10 + MAX_SCALAR))
+      return NULL;
+    p = enc_packed_items(f->type, count, array, p);
+    p = prepend_varint(p, (size_t)(end - p));
+    return prepend_tag(p, f->id, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
   }
-  rv = tag_size(f->id) * count;
-  step = elt_size[f->type];
-  for (i = 0; i < count; i++)
-    rv += value_size(f->type, (const char *)array + i * step, c);
-  return rv;
+  /* strings, bytes and messages check for themselves */
+  if (wire != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED &&
+      !room(lo, p, k, count * MAX_SCALAR))
+    return NULL;
+  while (i-- > 0) {
+    p = enc_value(f->type, (const char *)array + i * step, lo, p, k);
+    if (p == NULL)
+      return NULL;
+    p = prepend_tag(p, f->id, wire);
+  }
+  return p;
 }
 
-static size_t size_msg(const ProtobufCMessage *m, struct emd_pack_sizes *c)
+static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
+                        uint8_t *p)
 {
   const ProtobufCMessageDescriptor *d = m->descriptor;
-  const ProtobufCFieldDescriptor *f = d->fields, *end = f + d->n_fields;
-  size_t i, rv = 0;
+  size_t n = d->n_fields, i = m->n_unknown_fields;
 
-  for (; f < end; f++) {
+  /* unknown fields come last, so they are written first */
+  while (i-- > 0) {
+    const ProtobufCMessageUnknownField *u = &m->unknown_fields[i];
+
+    if (!room(lo, p, n, u->len + MAX_SCALAR))
+      return NULL;
+    p -= u->len;
+    if (u->len != 0)
+      memcpy(p, u->data, u->len);
+    p = prepend_tag(p, u->tag, u->wire_type);
+  }
+  if (!room(lo, p, n, 0))
+    return NULL;
+  /* field i written, fields 0 .. i - 1 still to come: i keeps the reserve */
+  for (i = n; i-- > 0;) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
     const void *member = (const char *)m + f->offset;
 
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+    if (is_plain_proto3(f)) {
+      p = enc_proto3(f, member, lo, p, i);
+    } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
       size_t count = MEMBER(size_t, m, f->quantifier_offset);
 
-      if (count != 0)
-        rv += size_repeated(f, count, *(const void *const *)member, c);
+      if (count == 0)
+        continue;
+      p = enc_repeated(f, count, *(const void *const *)member, lo, p, i);
     } else if (field_present(f, m, member)) {
-      rv += tag_size(f->id) + value_size(f->type, member, c);
+      p = enc_value(f->type, member, lo, p, i);
+      if (p != NULL)
+        p = prepend_tag(p, f->id, wire_type[f->type]);
     }
+    if (p == NULL)
+      return NULL;
   }
-  for (i = 0; i < m->n_unknown_fields; i++)
-    rv += tag_size(m->unknown_fields[i].tag) + m->unknown_fields[i].len;
-  return rv;
-}
-
-int emd_pack_size(const ProtobufCMessage *m, struct emd_pack_sizes *c,
-                  size_t *len)
-{
-  size_t rv, cap;
-  size_t *grown;
-
-  for (;;) {
-    c->n = 0;
-    rv = size_msg(m, c);
-    if (c->n <= c->cap)
-      break;
-    /* more entries than room: grow to fit them all, and size again */
-    cap = c->cap * 2 > c->n ? c->cap * 2 : c->n;
-    cap = cap < 32 ? 32 : cap;
-    grown = realloc(c->len, cap * sizeof(*c->len));
-    if (grown == NULL) {
-      c->n = 0;
-      return -ENOMEM;
-    }
-    c->len = grown;
-    c->cap = cap;
-  }
-  *len = rv;
-  return 0;
+  return p;
 }
 
 /* ------------------------------------------------------------------ */
-/* writing */
 
-static uint8_t *write_msg(const ProtobufCMessage *m, const size_t **next,
-                          uint8_t *p);
-
-/* Writes one value without its tag. */
-static uint8_t *write_value(ProtobufCType type, const void *member,
-                            const size_t **next, uint8_t *p)
+int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
+             const uint8_t **out, size_t *len)
 {
-  switch (type) {
-  case PROTOBUF_C_TYPE_SINT32:
-    return put_varint(p, zigzag32(*(const int32_t *)member));
-  case PROTOBUF_C_TYPE_ENUM:
-  case PROTOBUF_C_TYPE_INT32:
-    return put_varint(p, int32_wire(*(const int32_t *)member));
-  case PROTOBUF_C_TYPE_UINT32:
-    return put_varint(p, *(const uint32_t *)member);
-  case PROTOBUF_C_TYPE_SINT64:
-    return put_varint(p, zigzag64(*(const int64_t *)member));
-  case PROTOBUF_C_TYPE_INT64:
-  case PROTOBUF_C_TYPE_UINT64:
-    return put_varint(p, *(const uint64_t *)member);
-  case PROTOBUF_C_TYPE_SFIXED32:
-  case PROTOBUF_C_TYPE_FIXED32:
-  case PROTOBUF_C_TYPE_FLOAT:
-    return put_le32(p, load32(member));
-  case PROTOBUF_C_TYPE_SFIXED64:
-  case PROTOBUF_C_TYPE_FIXED64:
-  case PROTOBUF_C_TYPE_DOUBLE:
-    return put_le64(p, load64(member));
-  case PROTOBUF_C_TYPE_BOOL:
-    *p = *(const protobuf_c_boolean *)member != 0;
-    return p + 1;
-  case PROTOBUF_C_TYPE_STRING: {
-    const char *s = *(const char *const *)member;
-    size_t len = s != NULL ? strlen(s) : 0;
+  uint8_t *end, *p;
+  size_t cap;
 
-    p = put_varint(p, len);
-    if (len != 0)
-      memcpy(p, s, len);
-    return p + len;
-  }
-  case PROTOBUF_C_TYPE_BYTES: {
-    const ProtobufCBinaryData *b = member;
-
-    p = put_varint(p, b->len);
-    if (b->len != 0)
-      memcpy(p, b->data, b->len);
-    return p + b->len;
-  }
-  case PROTOBUF_C_TYPE_MESSAGE: {
-    const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)member;
-
-    if (sub == NULL) {
-      *p = 0;
-      return p + 1;
+  for (;;) {
+    if (b->buf != NULL) {
+      end = b->buf + b->cap;
+      p = enc_msg(m, b->buf, end);
+      if (p != NULL) {
+        *out = p;
+        *len = (size_t)(end - p);
+        return 0;
+      }
     }
-    p = put_varint(p, *(*next)++);
-    return write_msg(sub, next, p);
-  }
-  }
-  return p;
-}
-
-static uint8_t *write_packed(ProtobufCType type, size_t count,
-                             const void *array, uint8_t *p)
-{
-  size_t i;
-
-  switch (type) {
-  case PROTOBUF_C_TYPE_SINT32:
-    for (i = 0; i < count; i++)
-      p = put_varint(p, zigzag32(((const int32_t *)array)[i]));
-    return p;
-  case PROTOBUF_C_TYPE_ENUM:
-  case PROTOBUF_C_TYPE_INT32:
-    for (i = 0; i < count; i++)
-      p = put_varint(p, int32_wire(((const int32_t *)array)[i]));
-    return p;
-  case PROTOBUF_C_TYPE_UINT32:
-    for (i = 0; i < count; i++)
-      p = put_varint(p, ((const uint32_t *)array)[i]);
-    return p;
-  case PROTOBUF_C_TYPE_SINT64:
-    for (i = 0; i < count; i++)
-      p = put_varint(p, zigzag64(((const int64_t *)array)[i]));
-    return p;
-  case PROTOBUF_C_TYPE_INT64:
-  case PROTOBUF_C_TYPE_UINT64:
-    for (i = 0; i < count; i++)
-      p = put_varint(p, ((const uint64_t *)array)[i]);
-    return p;
-  case PROTOBUF_C_TYPE_BOOL:
-    for (i = 0; i < count; i++)
-      *p++ = ((const protobuf_c_boolean *)array)[i] != 0;
-    return p;
-  case PROTOBUF_C_TYPE_SFIXED32:
-  case PROTOBUF_C_TYPE_FIXED32:
-  case PROTOBUF_C_TYPE_FLOAT:
-    for (i = 0; i < count; i++)
-      p = put_le32(p, load32((const char *)array + 4 * i));
-    return p;
-  default:   /* sfixed64, fixed64, double */
-    for (i = 0; i < count; i++)
-      p = put_le64(p, load64((const char *)array + 8 * i));
-    return p;
+    /* too small (or none yet): start over in one twice the size */
+    cap = b->cap < FIRST_CAP / 2 ? FIRST_CAP : b->cap * 2;
+    free(b->buf);
+    b->buf = malloc(cap);
+    b->cap = b->buf != NULL ? cap : 0;
+    if (b->buf == NULL)
+      return -ENOMEM;
   }
 }
 
-static uint8_t *write_repeated(const ProtobufCFieldDescriptor *f,
-                               size_t count, const void *array,
-                               const size_t **next, uint8_t *p)
+void emd_pack_buf_free(struct emd_pack_buf *b)
 {
-  unsigned wire = wire_type[f->type];
-  size_t i, step;
-
-  if (is_packed(f)) {
-    p = put_tag(p, f->id, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
-    p = put_varint(p, *(*next)++);
-    return write_packed(f->type, count, array, p);
-  }
-  step = elt_size[f->type];
-  for (i = 0; i < count; i++) {
-    p = put_tag(p, f->id, wire);
-    p = write_value(f->type, (const char *)array + i * step, next, p);
-  }
-  return p;
-}
-
-static uint8_t *write_msg(const ProtobufCMessage *m, const size_t **next,
-                          uint8_t *p)
-{
-  const ProtobufCMessageDescriptor *d = m->descriptor;
-  const ProtobufCFieldDescriptor *f = d->fields, *end = f + d->n_fields;
-  size_t i;
-
-  for (; f < end; f++) {
-    const void *member = (const char *)m + f->offset;
-
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t count = MEMBER(size_t, m, f->quantifier_offset);
-
-      if (count != 0)
-        p = write_repeated(f, count, *(const void *const *)member, next, p);
-    } else if (field_present(f, m, member)) {
-      p = put_tag(p, f->id, wire_type[f->type]);
-      p = write_value(f->type, member, next, p);
-    }
-  }
-  for (i = 0; i < m->n_unknown_fields; i++) {
-    const ProtobufCMessageUnknownField *u = &m->unknown_fields[i];
-
-    p = put_tag(p, u->tag, u->wire_type);
-    if (u->len != 0)
-      memcpy(p, u->data, u->len);
-    p += u->len;
-  }
-  return p;
-}
-
-size_t emd_pack_write(const ProtobufCMessage *m,
-                      const struct emd_pack_sizes *c, uint8_t *out)
-{
-  const size_t *next = c->len;
-
-  return (size_t)(write_msg(m, &next, out) - out);
-}
-
-void emd_pack_sizes_free(struct emd_pack_sizes *c)
-{
-  free(c->len);
-  c->len = NULL;
-  c->n = 0;
-  c->cap = 0;
+  free(b->buf);
+  b->buf = NULL;
+  b->cap = 0;
 }

@@ -3,7 +3,8 @@
  * Event (with unknown fields, set by hand and from unpacking), an empty
  * one, thousands of random ones, emitd's own records, and a hand-made
  * descriptor with every type, label, packed run and oneof protobuf-c
- * knows. The sizes alone are checked too, entry by entry. */
+ * knows; every sub-message on its own; and the buffer running out of
+ * room at every place and growing. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdbool.h>
@@ -22,32 +23,23 @@
 /* ------------------------------------------------------------------ */
 /* the check everything goes through */
 
-#define GUARD 16
-
-/* Packs m both ways with the cache c and insists on the same bytes, the
- * same length as protobuf-c's get_packed_size, and no byte written past
- * it. */
+/* Packs m with protobuf-c and with emd_pack() into b and insists on the
+ * same bytes and the length protobuf-c's get_packed_size gives. */
 static void same_as_protobuf_c(const ProtobufCMessage *m,
-                               struct emd_pack_sizes *c)
+                               struct emd_pack_buf *b)
 {
-  size_t want = protobuf_c_message_get_packed_size(m), got = 0, i;
-  uint8_t *theirs = malloc(want + GUARD), *ours = malloc(want + GUARD);
+  size_t want = protobuf_c_message_get_packed_size(m), got = 0;
+  uint8_t *theirs = malloc(want + 1);
+  const uint8_t *ours = NULL;
 
   assert_non_null(theirs);
-  assert_non_null(ours);
   assert_int_equal(protobuf_c_message_pack(m, theirs), want);
-  assert_int_equal(emd_pack_size(m, c, &got), 0);
+  assert_int_equal(emd_pack(m, b, &ours, &got), 0);
   assert_int_equal(got, want);
-  memset(ours, 0xa5, want + GUARD);
-  assert_int_equal(emd_pack_write(m, c, ours), want);
+  assert_non_null(ours);
+  /* the bytes sit at the end of the buffer */
+  assert_ptr_equal(ours + got, b->buf + b->cap);
   assert_memory_equal(ours, theirs, want);
-  for (i = want; i < want + GUARD; i++)
-    assert_int_equal(ours[i], 0xa5);
-  /* the cache is only read: a second write gives the same bytes */
-  memset(ours, 0, want);
-  assert_int_equal(emd_pack_write(m, c, ours), want);
-  assert_memory_equal(ours, theirs, want);
-  free(ours);
   free(theirs);
 }
 
@@ -227,7 +219,7 @@ static void add_unknowns(ProtobufCMessage *m, size_t n)
 
 static void full_event_packs_as_protobuf_c_does(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct full *x = malloc(sizeof(*x));
 
   (void)state;
@@ -254,7 +246,7 @@ static void full_event_packs_as_protobuf_c_does(void **state)
   add_unknowns(&x->point.base, 4);
   add_unknowns(&x->data.base, 1);
   same_as_protobuf_c(&x->ev.base, &c);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
   free(x);
 }
 
@@ -308,7 +300,7 @@ static void unpacked_event_keeps_its_unknown_fields(void **state)
     0xb1, 0x06, 1, 2, 3, 4, 5, 6, 7, 8,
     0xf8, 0x7f, 1,
   };
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct full *x = malloc(sizeof(*x));
   uint8_t *any, *te, *ev, buf_te[4096], buf_ev[8192];
   size_t any_len, te_len, ev_len, n_te, n_ev;
@@ -336,7 +328,7 @@ static void unpacked_event_keeps_its_unknown_fields(void **state)
   assert_int_equal(back->event->data->base.n_unknown_fields, 5);
   same_as_protobuf_c(&back->base, &c);
   buildless__service__v1__event__free_unpacked(back, NULL);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
   free(ev);
   free(te);
   free(any);
@@ -348,19 +340,18 @@ static void unpacked_event_keeps_its_unknown_fields(void **state)
 
 static void empty_event_packs_to_nothing(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   emd_event ev;
   emd_tevent te;
   Buildless__Telemetry__EventDetail detail;
+  const uint8_t *out = NULL;
   size_t len = 99;
-  uint8_t out[8];
 
   (void)state;
   buildless__service__v1__event__init(&ev);
-  assert_int_equal(emd_pack_size(&ev.base, &c, &len), 0);
+  assert_int_equal(emd_pack(&ev.base, &c, &out, &len), 0);
   assert_int_equal(len, 0);
-  assert_int_equal(c.n, 0);
-  assert_int_equal(emd_pack_write(&ev.base, &c, out), 0);
+  assert_ptr_equal(out, c.buf + c.cap);
   same_as_protobuf_c(&ev.base, &c);
   /* empty sub-messages still go out, as a tag and a zero length */
   buildless__telemetry__telemetry_event__init(&te);
@@ -368,9 +359,8 @@ static void empty_event_packs_to_nothing(void **state)
   te.detail = &detail;
   ev.event = &te;
   same_as_protobuf_c(&ev.base, &c);
-  assert_int_equal(emd_pack_size(&ev.base, &c, &len), 0);
+  assert_int_equal(emd_pack(&ev.base, &c, &out, &len), 0);
   assert_int_equal(len, 4);
-  assert_int_equal(emd_pack_write(&ev.base, &c, out), 4);
   assert_memory_equal(out, "\x2a\x02\x32\x00", 4);
   /* proto3 zeros and empty strings stay out */
   ev.collection = "";
@@ -378,7 +368,7 @@ static void empty_event_packs_to_nothing(void **state)
   te.timer.len = 0;
   te.timer.data = (uint8_t *)"x";
   same_as_protobuf_c(&ev.base, &c);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -692,7 +682,7 @@ static emd_event *rnd_event(struct rng *r, struct emd_arena *a)
 
 static void random_events_pack_as_protobuf_c_does(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct emd_arena a = { 0 };
   struct rng r = { UINT64_C(0x5eed0fe7e17) };
   int i;
@@ -703,7 +693,7 @@ static void random_events_pack_as_protobuf_c_does(void **state)
     emd_arena_reset(&a);
   }
   emd_arena_free(&a);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -711,7 +701,7 @@ static void random_events_pack_as_protobuf_c_does(void **state)
 
 static void emitd_records_pack_as_protobuf_c_does(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct emd_arena a = { 0 };
   struct rng r = { 42 };
   struct full *x = malloc(sizeof(*x));
@@ -780,7 +770,7 @@ static void emitd_records_pack_as_protobuf_c_does(void **state)
     emd_arena_reset(&a);
   }
   emd_arena_free(&a);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
   free(x);
 }
 
@@ -1136,7 +1126,7 @@ static kitchen *rnd_kitchen(struct rng *r, struct emd_arena *a, int depth)
 
 static void every_type_and_label_packs_as_protobuf_c_does(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct emd_arena a = { 0 };
   struct rng r = { 7 };
   kitchen *k;
@@ -1153,7 +1143,7 @@ static void every_type_and_label_packs_as_protobuf_c_does(void **state)
     emd_arena_reset(&a);
   }
   emd_arena_free(&a);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
 }
 
 static void packed_runs_and_oneofs_pack_as_protobuf_c_does(void **state)
@@ -1161,7 +1151,7 @@ static void packed_runs_and_oneofs_pack_as_protobuf_c_does(void **state)
   static const int32_t neg[] = { -1, 0, 1, INT32_MIN, INT32_MAX };
   static const protobuf_c_boolean bools[] = { 0, 1, 2, -1 };
   static const double dbl[] = { 0.0, -0.0, 1.5 };
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct emd_arena a = { 0 };
   kitchen *k = new_kitchen(&a), *sub = new_kitchen(&a);
   int32_t *many = emd_arena_alloc(&a, 20 * sizeof(*many));
@@ -1214,117 +1204,260 @@ static void packed_runs_and_oneofs_pack_as_protobuf_c_does(void **state)
   k->o_msg = sub;
   same_as_protobuf_c(&k->base, &c);
   emd_arena_free(&a);
-  emd_pack_sizes_free(&c);
+  emd_pack_buf_free(&c);
 }
 
 /* ------------------------------------------------------------------ */
-/* sizes alone */
+/* tight fits: messages of one field each, with the longest tag (5 bytes)
+ * and the longest varints (10), so no reserve is left over anywhere */
 
-/* Each message-typed field of m, pre-order, against the cache entries. */
-static void entries_match(const ProtobufCMessage *m,
-                          const struct emd_pack_sizes *c, size_t *k)
+typedef struct tight tight;
+struct tight {
+  ProtobufCMessage base;
+  int32_t v;        /* -1: ten bytes */
+  char *s;
+  ProtobufCBinaryData b;
+  tight *sub;
+  size_t n_pk;
+  int32_t *pk;
+  size_t n_rv;
+  int32_t *rv;
+  size_t n_rm;
+  tight **rm;
+  size_t n_rs;
+  char **rs;
+};
+
+#define TIGHT_ID 536870911
+static const ProtobufCMessageDescriptor tight_v_descriptor;
+
+#define TF(label, type, q, off, desc, flags)                            \
+  { #off, TIGHT_ID, PROTOBUF_C_LABEL_##label, PROTOBUF_C_TYPE_##type,    \
+    q, offsetof(tight, off), desc, NULL, flags, 0, NULL, NULL }
+#define TQ(m) offsetof(tight, m)
+
+/* each descriptor takes one of these as its only field */
+static const ProtobufCFieldDescriptor tight_fields[] = {
+  TF(NONE, INT32, 0, v, NULL, 0),
+  TF(NONE, STRING, 0, s, NULL, 0),
+  TF(NONE, BYTES, 0, b, NULL, 0),
+  TF(NONE, MESSAGE, 0, sub, &tight_v_descriptor, 0),
+  TF(REPEATED, INT32, TQ(n_pk), pk, NULL, PROTOBUF_C_FIELD_FLAG_PACKED),
+  TF(REPEATED, INT32, TQ(n_rv), rv, NULL, 0),
+  TF(REPEATED, MESSAGE, TQ(n_rm), rm, &tight_v_descriptor, 0),
+  TF(REPEATED, STRING, TQ(n_rs), rs, NULL, 0),
+};
+
+#define TD(name, i)                                                     \
+  { PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC, name, name, name, "test",      \
+    sizeof(tight), 1, &tight_fields[i], NULL, 0, NULL, NULL, NULL,     \
+    NULL, NULL }
+static const ProtobufCMessageDescriptor tight_v_descriptor = TD("v", 0);
+static const ProtobufCMessageDescriptor tight_descriptors[] = {
+  TD("v", 0), TD("s", 1), TD("b", 2), TD("sub", 3), TD("pk", 4),
+  TD("rv", 5), TD("rm", 6), TD("rs", 7),
+  /* no fields at all: the unknown one alone */
+  { PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC, "none", "none", "none", "test",
+    sizeof(tight), 0, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL },
+};
+
+static void tight_fits_pack_as_protobuf_c_does(void **state)
+{
+  static const size_t edges[] = { 4096, 8192 };
+  static int32_t minus[3] = { -1, -1, -1 };
+  static char long_s[201], *strs[3] = { "a", "", long_s };
+  struct emd_pack_buf c = { 0 };
+  ProtobufCMessageUnknownField u = {
+    TIGHT_ID, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED, 0, NULL
+  };
+  tight leaf, *leaves[3] = { &leaf, &leaf, &leaf }, m;
+  uint8_t *blob = calloc(1, 8192 + 100);
+  size_t d, e;
+
+  (void)state;
+  assert_non_null(blob);
+  /* longer than any reserve, so its own room check is what counts */
+  memset(long_s, 'l', sizeof(long_s) - 1);
+  memset(&leaf, 0, sizeof(leaf));
+  leaf.base.descriptor = &tight_v_descriptor;
+  leaf.v = -1;
+  for (d = 0; d < sizeof(tight_descriptors) / sizeof(tight_descriptors[0]);
+       d++) {
+    memset(&m, 0, sizeof(m));
+    m.base.descriptor = &tight_descriptors[d];
+    m.v = -1;
+    m.s = long_s;
+    m.b.data = (uint8_t *)long_s;
+    m.b.len = 200;
+    m.sub = &leaf;
+    m.n_pk = m.n_rv = m.n_rm = m.n_rs = 3;
+    m.pk = m.rv = minus;
+    m.rm = leaves;
+    m.rs = strs;
+    /* an unknown field, written first, moves the field through every
+     * byte around the ends of the first two buffers, from where it just
+     * fits to where nothing does */
+    m.base.n_unknown_fields = 1;
+    m.base.unknown_fields = &u;
+    for (e = 0; e < 2; e++) {
+      for (u.len = edges[e] - 300; u.len < edges[e] + 10; u.len++) {
+        u.data = blob;
+        same_as_protobuf_c(&m.base, &c);
+        emd_pack_buf_free(&c);
+      }
+    }
+  }
+  free(blob);
+}
+
+/* ------------------------------------------------------------------ */
+/* every sub-message alone, and the buffer */
+
+/* Packs each message-typed field of m, pre-order, on its own. */
+static void each_sub_message_alone(const ProtobufCMessage *m,
+                                   struct emd_pack_buf *b, size_t *n)
 {
   const ProtobufCMessageDescriptor *d = m->descriptor;
   unsigned i;
-  size_t j;
+  size_t j, count;
 
   for (i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
     const char *member = (const char *)m + f->offset;
     const ProtobufCMessage *const *subs;
-    size_t n;
 
     if (f->type != PROTOBUF_C_TYPE_MESSAGE)
       continue;
     if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      n = *(const size_t *)((const char *)m + f->quantifier_offset);
+      count = *(const size_t *)((const char *)m + f->quantifier_offset);
       subs = *(const ProtobufCMessage *const *const *)member;
     } else {
-      /* every message field here is proto3: out when not NULL */
-      assert_int_equal(f->label, PROTOBUF_C_LABEL_NONE);
       subs = (const ProtobufCMessage *const *)member;
-      n = *subs != NULL;
+      count = *subs != NULL;
     }
-    for (j = 0; j < n; j++) {
-      assert_true(*k < c->n);
-      assert_int_equal(c->len[*k], protobuf_c_message_get_packed_size(subs[j]));
-      (*k)++;
-      entries_match(subs[j], c, k);
+    for (j = 0; j < count; j++) {
+      same_as_protobuf_c(subs[j], b);
+      (*n)++;
+      each_sub_message_alone(subs[j], b, n);
     }
   }
 }
 
-static void sizes_alone_match_protobuf_c(void **state)
+static void every_sub_message_packs_alone_as_protobuf_c_does(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
+  struct emd_pack_buf c = { 0 };
   struct emd_arena a = { 0 };
   struct rng r = { 99 };
   struct full *x = malloc(sizeof(*x));
-  emd_event *ev;
-  size_t len, k, cap;
+  size_t n = 0;
   int i;
 
   (void)state;
   assert_non_null(x);
   full_event(x);
-  assert_int_equal(emd_pack_size(&x->ev.base, &c, &len), 0);
-  assert_int_equal(len, protobuf_c_message_get_packed_size(&x->ev.base));
+  each_sub_message_alone(&x->ev.base, &c, &n);
   /* te, 3 contexts, detail, tenant, user, repo, client, 3 tools with a
    * version each, os and its version, agent and its version, timing,
    * location, point, data */
-  assert_int_equal(c.n, 23);
-  k = 0;
-  entries_match(&x->ev.base, &c, &k);
-  assert_int_equal(k, c.n);
-  assert_int_equal(c.len[0],
-                   protobuf_c_message_get_packed_size(&x->te.base));
-
-  /* the cache keeps its room: a smaller message after a bigger one
-   * allocates nothing and uses fewer entries */
-  cap = c.cap;
-  x->te.detail = NULL;
-  assert_int_equal(emd_pack_size(&x->ev.base, &c, &len), 0);
-  assert_int_equal(len, protobuf_c_message_get_packed_size(&x->ev.base));
-  assert_int_equal(c.cap, cap);
-  assert_int_equal(c.n, 8);
-
-  for (i = 0; i < 1000; i++) {
-    ev = rnd_event(&r, &a);
-    assert_int_equal(emd_pack_size(&ev->base, &c, &len), 0);
-    assert_int_equal(len, protobuf_c_message_get_packed_size(&ev->base));
-    k = 0;
-    entries_match(&ev->base, &c, &k);
-    assert_int_equal(k, c.n);
+  assert_int_equal(n, 23);
+  for (i = 0; i < 300; i++) {
+    each_sub_message_alone(&rnd_event(&r, &a)->base, &c, &n);
     emd_arena_reset(&a);
   }
-  emd_pack_sizes_free(&c);
-  assert_null(c.len);
+  emd_pack_buf_free(&c);
+  assert_null(c.buf);
   assert_int_equal(c.cap, 0);
   emd_arena_free(&a);
   free(x);
 }
 
-static void cache_grows_from_empty_for_deep_messages(void **state)
+static void buffer_grows_once_and_is_reused(void **state)
 {
-  struct emd_pack_sizes c = { 0 };
-  struct emd_arena a = { 0 };
-  kitchen *top = new_kitchen(&a), *k = top;
-  size_t len;
+  struct emd_pack_buf c = { 0 };
+  struct full *x = malloc(sizeof(*x));
+  char *big = malloc(100001);
+  const uint8_t *out;
+  uint8_t *buf;
+  size_t len, cap;
   int i;
 
   (void)state;
-  /* 300 levels: far more entries than the first allocation holds */
+  assert_non_null(x);
+  assert_non_null(big);
+  full_event(x);
+  same_as_protobuf_c(&x->ev.base, &c);
+  assert_non_null(c.buf);
+  /* a message bigger than the buffer: it starts over in a bigger one */
+  memset(big, 'b', 100000);
+  big[100000] = '\0';
+  x->c[1].action = big;
+  cap = c.cap;
+  same_as_protobuf_c(&x->ev.base, &c);
+  assert_true(c.cap > cap);
+  assert_true(c.cap >= 100000);
+  /* smaller ones after it reuse the same memory */
+  buf = c.buf;
+  cap = c.cap;
+  x->c[1].action = "compile";
+  for (i = 0; i < 10; i++) {
+    assert_int_equal(emd_pack(&x->ev.base, &c, &out, &len), 0);
+    assert_ptr_equal(c.buf, buf);
+    assert_int_equal(c.cap, cap);
+  }
+  emd_pack_buf_free(&c);
+  /* a buffer too small for anything grows too */
+  c.buf = malloc(16);
+  assert_non_null(c.buf);
+  c.cap = 16;
+  same_as_protobuf_c(&x->ev.base, &c);
+  emd_pack_buf_free(&c);
+  free(big);
+  free(x);
+}
+
+static void messages_around_the_buffer_size_pack_whole(void **state)
+{
+  struct emd_pack_buf c = { 0 };
+  struct full *x = malloc(sizeof(*x));
+  char *s = malloc(9000);
+  size_t len;
+
+  (void)state;
+  assert_non_null(x);
+  assert_non_null(s);
+  full_event(x);
+  /* each length from well below the first buffer's size to twice it,
+   * every time from a fresh buffer: the writing runs out of room at every
+   * possible place, in the string, its prefix, the tags around it, the
+   * fields after it */
+  for (len = 2500; len < 9000; len += 7) {
+    memset(s, 's', len);
+    s[len] = '\0';
+    x->loc.locality = s;
+    same_as_protobuf_c(&x->ev.base, &c);
+    emd_pack_buf_free(&c);
+  }
+  free(s);
+  free(x);
+}
+
+static void deep_nesting_packs_as_protobuf_c_does(void **state)
+{
+  struct emd_pack_buf c = { 0 };
+  struct emd_arena a = { 0 };
+  kitchen *top = new_kitchen(&a), *k = top;
+  int i;
+
+  (void)state;
+  /* 300 levels, each with its required fields: far more than the first
+   * buffer holds */
   for (i = 0; i < 300; i++) {
     k->child = new_kitchen(&a);
     k = k->child;
   }
-  assert_int_equal(emd_pack_size(&top->base, &c, &len), 0);
-  /* one entry per child; the NULL required r_msg goes out as an empty
-   * message and needs none */
-  assert_int_equal(c.n, 300);
-  assert_true(c.cap >= c.n);
   same_as_protobuf_c(&top->base, &c);
-  emd_pack_sizes_free(&c);
+  assert_true(c.cap > 4096);
+  emd_pack_buf_free(&c);
   emd_arena_free(&a);
 }
 
@@ -1338,8 +1471,11 @@ int main(void)
     cmocka_unit_test(emitd_records_pack_as_protobuf_c_does),
     cmocka_unit_test(every_type_and_label_packs_as_protobuf_c_does),
     cmocka_unit_test(packed_runs_and_oneofs_pack_as_protobuf_c_does),
-    cmocka_unit_test(sizes_alone_match_protobuf_c),
-    cmocka_unit_test(cache_grows_from_empty_for_deep_messages),
+    cmocka_unit_test(tight_fits_pack_as_protobuf_c_does),
+    cmocka_unit_test(every_sub_message_packs_alone_as_protobuf_c_does),
+    cmocka_unit_test(buffer_grows_once_and_is_reused),
+    cmocka_unit_test(messages_around_the_buffer_size_pack_whole),
+    cmocka_unit_test(deep_nesting_packs_as_protobuf_c_does),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
