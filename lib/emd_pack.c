@@ -504,6 +504,7 @@ static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
                         uint8_t *p)
 {
   const ProtobufCMessageDescriptor *d = m->descriptor;
+  const ProtobufCFieldDescriptor *f;
   size_t n = d->n_fields, i = m->n_unknown_fields;
 
   /* unknown fields come last, so they are written first */
@@ -519,10 +520,14 @@ static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
   }
   if (!room(lo, p, n, 0))
     return NULL;
+  if (n == 0)
+    return p;
   /* field i written, fields 0 .. i - 1 still to come: i keeps the reserve */
-  for (i = n; i-- > 0;) {
-    const ProtobufCFieldDescriptor *f = &d->fields[i];
-    const void *member = (const char *)m + f->offset;
+  for (i = n, f = d->fields + n; i-- > 0;) {
+    const void *member;
+
+    f--;
+    member = (const char *)m + f->offset;
 
     if (is_plain_proto3(f)) {
       p = enc_proto3(f, member, lo, p, i);
