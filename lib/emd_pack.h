@@ -18,6 +18,10 @@
  * pointer that is neither NULL nor the default; oneof members when the
  * case names them; repeated fields item by item, or as one packed run
  * (PROTOBUF_C_FIELD_FLAG_PACKED); unknown fields after the known ones.
+ * Two inputs protobuf-c cannot size are packed as its packer writes them:
+ * a NULL string or message inside a repeated field (as empty). Only a
+ * string or bytes of 4 GiB or more comes out differently: protobuf-c
+ * truncates such a length prefix to 32 bits, emd_pack() does not.
  *
  * No state of its own: any thread, one struct emd_pack_buf per thread. */
 #ifndef EMD_PACK_H
@@ -41,9 +45,9 @@ struct emd_pack_buf {
  * at exactly the bytes protobuf_c_message_pack(m, ...) would write,
  * inside b; they are valid until the next emd_pack() on b or
  * emd_pack_buf_free(b). Borrows m for this call only. Allocates only when
- * m does not fit in b, and then starts over in a buffer twice the size;
- * returns -ENOMEM if that fails (b is then empty, *out and *len are
- * untouched). */
+ * m does not fit in b (4 KiB the first time), and then starts over in a
+ * buffer twice the size; returns -ENOMEM if that fails (b is then empty,
+ * *out and *len are untouched). */
 int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
              const uint8_t **out, size_t *len);
 
