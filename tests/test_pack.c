@@ -1207,6 +1207,31 @@ static void packed_runs_and_oneofs_pack_as_protobuf_c_does(void **state)
   emd_pack_buf_free(&c);
 }
 
+static void null_items_pack_as_protobuf_c_packs_them(void **state)
+{
+  static char *strs[] = { "a", NULL, "b" };
+  struct emd_pack_buf c = { 0 };
+  struct emd_arena a = { 0 };
+  kitchen *k = new_kitchen(&a), *items[] = { new_kitchen(&a), NULL };
+  uint8_t theirs[4096];
+  const uint8_t *ours;
+  size_t n, len;
+
+  (void)state;
+  /* protobuf-c's get_packed_size cannot take these, its packer writes
+   * them as empty: so does emd_pack */
+  k->n_rep_str = 3;
+  k->rep_str = strs;
+  k->n_rep_msg = 2;
+  k->rep_msg = items;
+  n = protobuf_c_message_pack(&k->base, theirs);
+  assert_int_equal(emd_pack(&k->base, &c, &ours, &len), 0);
+  assert_int_equal(len, n);
+  assert_memory_equal(ours, theirs, n);
+  emd_pack_buf_free(&c);
+  emd_arena_free(&a);
+}
+
 /* ------------------------------------------------------------------ */
 /* tight fits: messages of one field each, with the longest tag (5 bytes)
  * and the longest varints (10), so no reserve is left over anywhere */
@@ -1471,6 +1496,7 @@ int main(void)
     cmocka_unit_test(emitd_records_pack_as_protobuf_c_does),
     cmocka_unit_test(every_type_and_label_packs_as_protobuf_c_does),
     cmocka_unit_test(packed_runs_and_oneofs_pack_as_protobuf_c_does),
+    cmocka_unit_test(null_items_pack_as_protobuf_c_packs_them),
     cmocka_unit_test(tight_fits_pack_as_protobuf_c_does),
     cmocka_unit_test(every_sub_message_packs_alone_as_protobuf_c_does),
     cmocka_unit_test(buffer_grows_once_and_is_reused),
