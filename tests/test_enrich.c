@@ -611,15 +611,15 @@ static void scope_timers_stay_right_past_the_cache(void **state)
 {
   struct fx *f = *state;
   struct emd_enrich_conn conn = { 0 };
-  char scopes[40][16];
+  char scopes[200][16];
 
   open_enrich(f, NULL);
-  for (int i = 0; i < 40; i++)
+  for (int i = 0; i < 200; i++)
     snprintf(scopes[i], sizeof(scopes[i]), "scope-%d", i);
-  /* Round robin over more scopes than are remembered, twice, and then
-   * one scope again and again. */
+  /* Round robin over more scopes than are remembered (64), twice, and
+   * then one scope again and again. */
   for (int round = 0; round < 3; round++) {
-    for (int i = 0; i < 40; i++) {
+    for (int i = 0; i < 200; i++) {
       emd_event *ev = new_event(f);
 
       ev->scope = scopes[round < 2 ? i : 7];
