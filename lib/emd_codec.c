@@ -63,6 +63,7 @@
 #include "emd_codec.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1068,6 +1069,56 @@ range:
   return dec_fail(d, EMD_EINVALID, "out of range for %s", type);
 }
 
+/* Clinger's fast path for the number s[0..n) in JSON grammar: when its
+ * digits make an integer m <= 2^53 and its decimal exponent e is within
+ * 22 of 0, m and 10^|e| are exact doubles and one IEEE multiplication or
+ * division rounds correctly, to what strtod returns (52.52 is 5252 /
+ * 100). Needs arithmetic in double precision (FLT_EVAL_METHOD 0, as on
+ * x86-64 and arm64); false means use strtod. */
+static bool fast_double(const char *s, size_t n, double *out)
+{
+  static const double p10[23] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+  };
+  uint64_t m = 0;
+  size_t i = 0, nd = 0;
+  long e = 0, x = 0;
+  bool neg = s[0] == '-', xneg = false;
+  double v;
+
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+  return false;
+#endif
+  i = neg;
+  for (; i < n && is_digit(s[i]); i++, nd++)
+    m = m * 10 + (uint64_t)(s[i] - '0');
+  if (i < n && s[i] == '.')
+    for (i++; i < n && is_digit(s[i]); i++, nd++, e--)
+      m = m * 10 + (uint64_t)(s[i] - '0');
+  /* 19 digits cannot wrap; leading zeros count, which only means the
+   * rare 0.000...-style number takes strtod. */
+  if (nd > 19 || m > (uint64_t)1 << 53)
+    return false;
+  if (i < n) {   /* the exponent: [eE][+-]?[0-9]+ (the lexer checked) */
+    i++;
+    if (s[i] == '+' || s[i] == '-')
+      xneg = s[i++] == '-';
+    for (; i < n; i++) {
+      x = x * 10 + (s[i] - '0');
+      if (x > 1000)
+        return false;
+    }
+    e += xneg ? -x : x;
+  }
+  if (e < -22 || e > 22)
+    return false;
+  v = (double)m;
+  v = e < 0 ? v / p10[-e] : v * p10[e];
+  *out = neg ? -v : v;
+  return true;
+}
+
 static int dec_double(struct dec *d, int i, double *out)
 {
   char buf[64], *z = buf;
@@ -1093,6 +1144,8 @@ static int dec_double(struct dec *d, int i, double *out)
   }
   if (!is_number(s, n))
     return dec_fail(d, EMD_EINVALID, "expected a number");
+  if (fast_double(s, n, out))
+    return 0;
   if (n >= sizeof(buf)) {
     z = emd_arena_alloc(d->arena, n + 1);
     if (z == NULL)

@@ -993,6 +993,45 @@ static void integers_decode_from_numbers_and_strings(void **state)
   assert_int_equal(f->ev->event->ordinal, 125);
 }
 
+/* Doubles read exactly as strtod reads them, bit for bit, both on the
+ * short path (up to 19 digits, exponent within 22) and past it. */
+static void doubles_decode_as_strtod_does(void **state)
+{
+  static const char *const nums[] = {
+    "0", "-0", "0.0", "-0.0", "1", "-1", "52.52", "-74.006", "13.405",
+    "0.1", "0.2", "0.3", "-121.8863", "139.6503", "1e22", "1e23", "-1e-22",
+    "1e-23", "9007199254740992", "9007199254740993", "9007199254740991.5",
+    "1234567890123456789", "12345678901234567890", "0.1e1", "100e-2",
+    "1.7976931348623157e308", "4.9e-324", "2.2250738585072014e-308",
+    "0.000000000000000000000000000001", "123456.789e-3", "1E5", "1e+5",
+    "3.141592653589793", "2.718281828459045235360287", "0e400",
+    "-5e-1", "1.00000000000000011102230246251565404236316680908203125",
+    "\"12.5\"", "\"-1e2\"",
+  };
+  struct fx *f = *state;
+  double got, want;
+  char line[256], plain[64];
+  size_t n;
+
+  f->opts.upstream = true;   /* no range rule: any double decodes */
+  for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+    sfmt(line, sizeof(line), "{\"event\":{\"location\":{\"point\":"
+         "{\"lat\":%s}}}}", nums[i]);
+    expect_ok(f, line);
+    got = f->ev->event->location->point->lat;
+    n = strlen(nums[i]);
+    if (nums[i][0] == '"') {
+      memcpy(plain, nums[i] + 1, n - 2);
+      plain[n - 2] = '\0';
+    } else {
+      memcpy(plain, nums[i], n + 1);
+    }
+    want = strtod(plain, NULL);
+    if (memcmp(&got, &want, sizeof(got)) != 0)
+      fail_msg("%s: %.17g, strtod says %.17g", nums[i], got, want);
+  }
+}
+
 static void integers_out_of_range_or_fractional_are_invalid(void **state)
 {
   static const struct rule_case c[] = {
@@ -1502,6 +1541,7 @@ int main(void)
     T(enums_decode_by_name_or_number),
     T(integers_decode_from_numbers_and_strings),
     T(integers_out_of_range_or_fractional_are_invalid),
+    T(doubles_decode_as_strtod_does),
     T(wrong_json_types_are_invalid),
     T(null_means_the_default),
     T(unknown_fields_are_rejected_or_ignored),
