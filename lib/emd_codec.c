@@ -896,6 +896,7 @@ static void path_format(const struct path *p, char *out, size_t cap)
 
 struct dec {
   const char *js;
+  size_t len;              /* of js */
   const struct jtok *t;
   char *pool;              /* where the next string goes: each string token
                             * is copied at most once, and its copy with a
@@ -1013,6 +1014,189 @@ find_field(const ProtobufCMessageDescriptor *desc, const char *key,
       memcmp(key, "@type", 5) == 0)
     return protobuf_c_message_descriptor_get_field(desc, 1);
   return NULL;
+}
+
+/* The names a client may give each field of emitd's schema, so that a key
+ * is found by its length and two 8-byte compares instead of a walk over
+ * the field names in both spellings (find_field() stays for any message
+ * without a table). Rows follow the fields in order (desc->fields is
+ * sorted by number), each field's proto name first, then its
+ * lowerCamelCase when that differs; sub is the table of a message field's
+ * type. A test (field_names_resolve_in_both_spellings) checks every row
+ * against the descriptors. */
+#define JNAME_MAX 16   /* longest name in a table; JMSG_ROWS rows at most */
+#define JMSG_ROWS 16
+
+struct jfield {
+  char name[JNAME_MAX];      /* what the key must be, zero-padded */
+  unsigned char len;         /* strlen(name), at least 1 */
+  unsigned char field;       /* index into desc->fields */
+  const struct jmsg *sub;    /* message fields: their type's table */
+};
+
+struct jmsg {
+  const ProtobufCMessageDescriptor *desc;
+  const struct jfield *f;
+  unsigned n;
+  const unsigned char *lens; /* f[i].len for i < n, then zeros */
+};
+
+#define JF_ROW(name, field, sub) { name, sizeof(name) - 1, field, sub },
+#define JF_LEN(name, field, sub) sizeof(name) - 1,
+#define JMSG(var, desc, ROWS)                                               \
+  static const struct jfield var##_rows[] = { ROWS(JF_ROW) };              \
+  static const unsigned char var##_lens[JMSG_ROWS] = { ROWS(JF_LEN) };     \
+  static const struct jmsg var = {                                         \
+    &desc, var##_rows, sizeof(var##_rows) / sizeof(var##_rows[0]),         \
+    var##_lens }
+
+#define ROWS_VERSION(X)                                                     \
+  X("major", 0, NULL) X("minor", 1, NULL) X("micro", 2, NULL)               \
+  X("build", 3, NULL) X("rc", 4, NULL) X("commit", 5, NULL)                 \
+  X("tag", 6, NULL) X("spec", 7, NULL) X("release", 8, NULL)
+JMSG(jm_version, buildless__telemetry__version_info__descriptor,
+     ROWS_VERSION);
+#define ROWS_TOOL(X) X("name", 0, NULL) X("version", 1, &jm_version)
+JMSG(jm_tool, buildless__telemetry__tool_info__descriptor, ROWS_TOOL);
+#define ROWS_AGENT(X) X("name", 0, NULL) X("version", 1, &jm_version)
+JMSG(jm_agent, buildless__telemetry__apiclient_info__descriptor,
+     ROWS_AGENT);
+#define ROWS_OS(X)                                                          \
+  X("name", 0, NULL) X("family", 1, NULL) X("arch", 2, NULL)                \
+  X("version", 3, &jm_version)
+JMSG(jm_os, buildless__telemetry__osinfo__descriptor, ROWS_OS);
+#define ROWS_CLIENT(X)                                                      \
+  X("tool", 0, &jm_tool) X("os", 1, &jm_os) X("agent", 2, &jm_agent)
+JMSG(jm_client, buildless__telemetry__client_detail__descriptor,
+     ROWS_CLIENT);
+#define ROWS_TENANT(X) X("oid", 0, NULL) X("name", 1, NULL)
+JMSG(jm_tenant, buildless__telemetry__tenant_detail__descriptor,
+     ROWS_TENANT);
+#define ROWS_USER(X)                                                        \
+  X("uid", 0, NULL) X("email", 1, NULL) X("username", 2, NULL)
+JMSG(jm_user, buildless__telemetry__user_detail__descriptor, ROWS_USER);
+#define ROWS_REPO(X)                                                        \
+  X("provider", 0, NULL) X("link", 1, NULL) X("name", 2, NULL)
+JMSG(jm_repo, buildless__telemetry__repository_detail__descriptor,
+     ROWS_REPO);
+#define ROWS_DETAIL(X)                                                      \
+  X("tenant", 0, &jm_tenant) X("user", 1, &jm_user)                         \
+  X("repository", 2, &jm_repo) X("client", 3, &jm_client)
+JMSG(jm_detail, buildless__telemetry__event_detail__descriptor,
+     ROWS_DETAIL);
+#define ROWS_CONTEXT(X)                                                     \
+  X("type", 0, NULL) X("resource", 1, NULL) X("action", 2, NULL)            \
+  X("event", 3, NULL)
+JMSG(jm_context, buildless__telemetry__event_context__descriptor,
+     ROWS_CONTEXT);
+#define ROWS_TIMING(X)                                                      \
+  X("timehash", 0, NULL) X("occurred", 1, NULL) X("received", 2, NULL)      \
+  X("ingested", 3, NULL)
+JMSG(jm_timing, buildless__telemetry__event_timing__descriptor,
+     ROWS_TIMING);
+#define ROWS_POINT(X) X("lat", 0, NULL) X("lon", 1, NULL)
+JMSG(jm_point, buildless__telemetry__geo_point__descriptor, ROWS_POINT);
+#define ROWS_LOCATION(X)                                                    \
+  X("source_ip", 0, NULL) X("sourceIp", 0, NULL) X("timezone", 1, NULL)     \
+  X("point", 2, &jm_point) X("nielsen", 3, NULL) X("locality", 4, NULL)     \
+  X("region", 5, NULL) X("country", 6, NULL) X("tag", 7, NULL)              \
+  X("edge", 8, NULL)
+JMSG(jm_location, buildless__telemetry__event_location__descriptor,
+     ROWS_LOCATION);
+/* "@type" is the proto3 JSON name of Any's type URL too. */
+#define ROWS_ANY(X)                                                         \
+  X("type_url", 0, NULL) X("typeUrl", 0, NULL) X("@type", 0, NULL)          \
+  X("value", 1, NULL)
+JMSG(jm_any, google__protobuf__any__descriptor, ROWS_ANY);
+#define ROWS_TEVENT(X)                                                      \
+  X("scope", 0, NULL) X("id", 1, NULL) X("tenant", 2, NULL)                 \
+  X("user", 3, NULL) X("context", 4, &jm_context)                           \
+  X("detail", 5, &jm_detail) X("timing", 6, &jm_timing)                    \
+  X("location", 7, &jm_location) X("timer", 8, NULL)                        \
+  X("ordinal", 9, NULL) X("data", 10, &jm_any)
+JMSG(jm_tevent, buildless__telemetry__telemetry_event__descriptor,
+     ROWS_TEVENT);
+#define ROWS_EVENT(X)                                                       \
+  X("collection", 0, NULL) X("fin", 1, NULL) X("index", 2, NULL)            \
+  X("scope", 3, NULL) X("event", 4, &jm_tevent)
+JMSG(jm_event, buildless__service__v1__event__descriptor, ROWS_EVENT);
+
+/* Bytes [0, n) of the 8 at p as a word, the rest zero (n <= 8). */
+static inline uint64_t word_prefix(const char *p, size_t n)
+{
+  uint64_t w;
+
+  if (n == 0)
+    return 0;
+  memcpy(&w, p, 8);
+  if (n == 8)
+    return w;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  return w & (~(uint64_t)0 >> (64 - 8 * n));
+#else
+  return w & (~(uint64_t)0 << (64 - 8 * n));
+#endif
+}
+
+/* The row of jm that key (klen bytes, end the end of its buffer) names,
+ * or NULL. Clients mostly send fields in order, so the row after the one
+ * found last (*hint) is tried first. */
+static const struct jfield *find_row(const struct jmsg *jm, const char *key,
+                                     size_t klen, const char *end,
+                                     unsigned *hint)
+{
+  const uint64_t ones = 0x0101010101010101u, low7 = 0x7f7f7f7f7f7f7f7fu;
+  const struct jfield *r;
+  uint64_t k0, k1, n0, n1, l, x, hit;
+  char pad[JNAME_MAX];
+  unsigned h, i;
+
+  (void)i;
+  if (klen == 0 || klen > JNAME_MAX)
+    return NULL;
+  if ((size_t)(end - key) < JNAME_MAX) {   /* near the end: copy it */
+    memset(pad, 0, sizeof(pad));
+    memcpy(pad, key, klen);
+    key = pad;
+  }
+  k0 = word_prefix(key, klen < 8 ? klen : 8);
+  k1 = word_prefix(key + 8, klen > 8 ? klen - 8 : 0);
+  if (*hint < jm->n) {
+    r = &jm->f[*hint];
+    memcpy(&n0, r->name, 8);
+    memcpy(&n1, r->name + 8, 8);
+    if (r->len == klen && n0 == k0 && n1 == k1)
+      goto found;
+  }
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  /* Rows whose length is klen: a byte of lens ^ klen that is zero. */
+  for (h = 0; h < JMSG_ROWS; h += 8) {
+    memcpy(&l, jm->lens + h, 8);
+    x = l ^ (ones * klen);
+    hit = ~(((x & low7) + low7) | x | low7);   /* 0x80 where x is 0 */
+    for (; hit != 0; hit &= hit - 1) {
+      r = &jm->f[h + (unsigned)__builtin_ctzll(hit) / 8];
+      memcpy(&n0, r->name, 8);
+      memcpy(&n1, r->name + 8, 8);
+      if (n0 == k0 && n1 == k1)
+        goto found;
+    }
+  }
+#else
+  (void)ones, (void)low7, (void)l, (void)x, (void)hit, (void)h;
+  for (i = 0; i < jm->n; i++) {
+    r = &jm->f[i];
+    memcpy(&n0, r->name, 8);
+    memcpy(&n1, r->name + 8, 8);
+    if (r->len == klen && n0 == k0 && n1 == k1)
+      goto found;
+  }
+#endif
+  return NULL;
+
+found:
+  *hint = (unsigned)(r - jm->f) + 1;
+  return r;
 }
 
 /* The text of key token i, unescaped into buf when it has escapes (a key
@@ -1310,13 +1494,14 @@ static int dec_scalar(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
 }
 
 static int dec_object(struct dec *d, int i,
-                      const ProtobufCMessageDescriptor *desc, void *m,
-                      int *next);
+                      const ProtobufCMessageDescriptor *desc,
+                      const struct jmsg *jm, void *m, int *next);
 
-/* A fresh message of type desc from object token i into *out. */
+/* A fresh message of type desc (names in jm, or NULL) from object token i
+ * into *out. */
 static int dec_message(struct dec *d, int i,
-                       const ProtobufCMessageDescriptor *desc, void **out,
-                       int *next)
+                       const ProtobufCMessageDescriptor *desc,
+                       const struct jmsg *jm, void **out, int *next)
 {
   void *m;
 
@@ -1327,7 +1512,7 @@ static int dec_message(struct dec *d, int i,
     return dec_nomem(d);
   protobuf_c_message_init(desc, m);
   *out = m;
-  return dec_object(d, i, desc, m, next);
+  return dec_object(d, i, desc, jm, m, next);
 }
 
 static size_t scalar_size(ProtobufCType type)
@@ -1345,7 +1530,7 @@ static size_t scalar_size(ProtobufCType type)
 }
 
 static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
-                        void *m, int *next)
+                        const struct jmsg *sub, void *m, int *next)
 {
   int n = d->t[i].size, k, j = i + 1, rc;
   size_t sz = scalar_size(f->type);
@@ -1361,7 +1546,8 @@ static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
     if (tok_is(d, j, 'n'))
       return dec_fail(d, EMD_EINVALID, "null is not allowed in a list");
     if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
-      rc = dec_message(d, j, f->descriptor, (void **)(items + k * sz), &j);
+      rc = dec_message(d, j, f->descriptor, sub, (void **)(items + k * sz),
+                       &j);
     } else {
       rc = dec_scalar(d, j, f, items + k * sz);
       j++;
@@ -1377,7 +1563,7 @@ static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
 }
 
 static int dec_field(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
-                     void *m, int *next)
+                     const struct jmsg *sub, void *m, int *next)
 {
   void *member = (char *)m + f->offset;
 
@@ -1386,29 +1572,44 @@ static int dec_field(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
     return 0;
   }
   if (f->label == PROTOBUF_C_LABEL_REPEATED)
-    return dec_repeated(d, i, f, m, next);
+    return dec_repeated(d, i, f, sub, m, next);
   if (f->type == PROTOBUF_C_TYPE_MESSAGE)
-    return dec_message(d, i, f->descriptor, member, next);
+    return dec_message(d, i, f->descriptor, sub, member, next);
   *next = i + 1;
   return dec_scalar(d, i, f, member);
 }
 
-/* The members of object token i into message m. */
+/* The members of object token i into message m of type desc, whose
+ * field names are in jm (or NULL: found from desc). */
 static int dec_object(struct dec *d, int i,
-                      const ProtobufCMessageDescriptor *desc, void *m,
-                      int *next)
+                      const ProtobufCMessageDescriptor *desc,
+                      const struct jmsg *jm, void *m, int *next)
 {
   const ProtobufCFieldDescriptor *f;
+  const struct jfield *row;
+  const struct jmsg *sub = NULL;
   int k, j = i + 1, rc, nkeys = d->t[i].size;
   uint64_t seen = 0, bit;
-  unsigned hint = 0;
+  unsigned hint = 0, fi;
   const char *key;
   size_t klen;
   char kbuf[64];
 
+  if (jm != NULL && jm->desc != desc)   /* a table out of step: ignore it */
+    jm = NULL;
   for (k = 0; k < nkeys; k++) {
     key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
-    f = find_field(desc, key, klen, &hint);
+    if (jm != NULL) {
+      row = find_row(jm, key, klen,
+                     key == kbuf ? kbuf + sizeof(kbuf) : d->js + d->len,
+                     &hint);
+      f = row != NULL ? &desc->fields[row->field] : NULL;
+      sub = row != NULL ? row->sub : NULL;
+      fi = row != NULL ? row->field : 0;
+    } else {
+      f = find_field(desc, key, klen, &hint);
+      fi = f != NULL ? (unsigned)(f - desc->fields) : 0;
+    }
     if (f == NULL) {
       if (!d->opts->ignore_unknown) {
         path_push(&d->path, tok_ptr(d, j),
@@ -1420,11 +1621,11 @@ static int dec_object(struct dec *d, int i,
     }
     path_push(&d->path, f->name, -1, -1);
     /* Every message of the schema has fewer than 64 fields. */
-    bit = (uint64_t)1 << ((f - desc->fields) & 63);
+    bit = (uint64_t)1 << (fi & 63);
     if (seen & bit)
       return dec_fail(d, EMD_EINVALID, "duplicate field");
     seen |= bit;
-    rc = dec_field(d, j + 1, f, m, &j);
+    rc = dec_field(d, j + 1, f, sub, m, &j);
     if (rc != 0)
       return rc;
     path_pop(&d->path);
@@ -1891,6 +2092,7 @@ int emd_codec_decode_json(const char *line, size_t len,
     return fail(msg, msglen, EMD_EINVALID, "not a JSON object");
   /* Set field by field: the path array needs no zeroing. */
   d.js = line;
+  d.len = len;
   d.t = t;
   d.arena = arena;
   d.opts = opts != NULL ? opts : &no_opts;
@@ -1903,12 +2105,12 @@ int emd_codec_decode_json(const char *line, size_t len,
     return dec_nomem(&d);
   buildless__service__v1__event__init(ev);
   if (has_event_member(&d)) {
-    rc = dec_object(&d, 0, &buildless__service__v1__event__descriptor, ev,
-                    &next);
+    rc = dec_object(&d, 0, &buildless__service__v1__event__descriptor,
+                    &jm_event, ev, &next);
   } else {
     path_push(&d.path, "event", -1, -1);
     rc = dec_message(&d, 0, &buildless__telemetry__telemetry_event__descriptor,
-                     (void **)&ev->event, &next);
+                     &jm_tevent, (void **)&ev->event, &next);
   }
   if (rc != 0)
     return rc;
