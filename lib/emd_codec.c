@@ -345,7 +345,8 @@ struct jtok {
                          * first byte after the quote */
   int end;              /* offset just past '}', ']', a primitive, or a
                          * string's last byte before the quote */
-  int size;             /* object: members; array: items; key: 1; else 0 */
+  int size;             /* array: items; else 0 (an object's members run
+                         * to its next) */
   int next;             /* index of the token after this value's subtree
                          * (for a key: after the key itself) */
 };
@@ -578,13 +579,12 @@ key:   /* at a non-blank byte inside an object */
     goto end;
   if (js[i] != '"')
     return lex_fail(lx, "syntax error", i);
-  t[open[depth - 1]].size++;
   if (n == lx->cap && (t = lex_grow(lx, t, n)) == NULL)
     goto nomem;
   k = &t[n++];
   k->type = J_STRING;
   k->esc = false;
-  k->size = 1;
+  k->size = 0;
   k->next = n;
   key = true;
 string:   /* k is a string token, its quote at js[i] */
@@ -1212,6 +1212,31 @@ static void key_text(const struct dec *d, int i, char *buf, size_t cap,
   }
 }
 
+/* memcpy(dst, src, n), inline for the short strings most fields hold:
+ * two overlapping word copies that stay inside both ranges. */
+static inline void copy_short(char *dst, const char *src, size_t n)
+{
+  uint64_t a, b;
+  uint32_t x, y;
+
+  if (n >= 8 && n <= 16) {
+    memcpy(&a, src, 8);
+    memcpy(&b, src + n - 8, 8);
+    memcpy(dst, &a, 8);
+    memcpy(dst + n - 8, &b, 8);
+  } else if (n >= 4 && n < 8) {
+    memcpy(&x, src, 4);
+    memcpy(&y, src + n - 4, 4);
+    memcpy(dst, &x, 4);
+    memcpy(dst + n - 4, &y, 4);
+  } else if (n < 4) {
+    for (size_t k = 0; k < n; k++)
+      dst[k] = src[k];
+  } else {
+    memcpy(dst, src, n);
+  }
+}
+
 /* String token i, unescaped into the arena with a NUL added; U+0000 is
  * refused. */
 static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
@@ -1221,7 +1246,7 @@ static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
   char *p = d->pool;
 
   if (!d->t[i].esc) {
-    memcpy(p, s, n);
+    copy_short(p, s, n);
   } else {
     /* Raw control characters are bad_json, so only an escape can make
      * a NUL, which a protobuf-c string cannot hold. */
@@ -1253,6 +1278,20 @@ static int dec_numtext(struct dec *d, int i, const char **s, size_t *n)
   return rc;
 }
 
+/* Whether s[0..n) is digits without a leading zero (or just "0"): a JSON
+ * number for sure, so a string holding it needs no number_end(). */
+static bool plain_uint(const char *s, size_t n)
+{
+  size_t k;
+
+  if (n == 0 || (s[0] == '0' && n > 1))
+    return false;
+  for (k = 0; k < n; k++)
+    if (!is_digit(s[k]))
+      return false;
+  return true;
+}
+
 static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
                     uint64_t *out)
 {
@@ -1269,7 +1308,7 @@ static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
   if (rc != 0)
     return rc;
   /* The lexer checked a number token; a string may hold anything. */
-  if (d->t[i].type == J_STRING && !is_number(s, n))
+  if (d->t[i].type == J_STRING && !plain_uint(s, n) && !is_number(s, n))
     return dec_fail(d, EMD_EINVALID, "expected an integer");
   switch (num_int(s, n, &neg, out)) {
   case NUM_FRAC:
@@ -1378,6 +1417,18 @@ static int dec_double(struct dec *d, int i, double *out)
   return 0;
 }
 
+/* Whether the NUL-terminated name is s[0..n), which holds no NUL (as
+ * dec_string() makes sure): name ends where s does, without a strlen. */
+static bool name_is(const char *name, const char *s, size_t n)
+{
+  size_t k;
+
+  for (k = 0; k < n; k++)
+    if (name[k] != s[k])   /* also stops at name's NUL */
+      return false;
+  return name[n] == '\0';
+}
+
 static int dec_enum(struct dec *d, int i, const ProtobufCEnumDescriptor *ed,
                     int *out)
 {
@@ -1397,8 +1448,7 @@ static int dec_enum(struct dec *d, int i, const ProtobufCEnumDescriptor *ed,
     return rc;
   if (d->t[i].type == J_STRING) {
     for (k = 0; k < ed->n_value_names; k++)
-      if (strlen(ed->values_by_name[k].name) == n &&
-          memcmp(ed->values_by_name[k].name, s, n) == 0) {
+      if (name_is(ed->values_by_name[k].name, s, n)) {
         *out = ed->values[ed->values_by_name[k].index].value;
         return 0;
       }
@@ -1576,6 +1626,12 @@ static int dec_field(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
   if (f->type == PROTOBUF_C_TYPE_MESSAGE)
     return dec_message(d, i, f->descriptor, sub, member, next);
   *next = i + 1;
+  /* Most fields are strings: no need for dec_scalar's whole switch. */
+  if (f->type == PROTOBUF_C_TYPE_STRING && d->t[i].type == J_STRING) {
+    size_t n;
+
+    return dec_string(d, i, (char **)member, &n);
+  }
   return dec_scalar(d, i, f, member);
 }
 
@@ -1588,7 +1644,7 @@ static int dec_object(struct dec *d, int i,
   const ProtobufCFieldDescriptor *f;
   const struct jfield *row;
   const struct jmsg *sub = NULL;
-  int k, j = i + 1, rc, nkeys = d->t[i].size;
+  int j = i + 1, rc, end = d->t[i].next;
   uint64_t seen = 0, bit;
   unsigned hint = 0, fi;
   const char *key;
@@ -1597,7 +1653,7 @@ static int dec_object(struct dec *d, int i,
 
   if (jm != NULL && jm->desc != desc)   /* a table out of step: ignore it */
     jm = NULL;
-  for (k = 0; k < nkeys; k++) {
+  while (j < end) {   /* j: a key, its value at j + 1 */
     key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
     if (jm != NULL) {
       row = find_row(jm, key, klen,
@@ -1637,12 +1693,12 @@ static int dec_object(struct dec *d, int i,
 /* Whether the top-level object has an "event" member (an envelope). */
 static bool has_event_member(const struct dec *d)
 {
-  int k, j = 1;
+  int j = 1;
   const char *key;
   size_t klen;
   char kbuf[64];
 
-  for (k = 0; k < d->t[0].size; k++) {
+  while (j < d->t[0].next) {
     key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
     if (klen == 5 && memcmp(key, "event", 5) == 0)
       return true;
