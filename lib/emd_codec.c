@@ -347,19 +347,21 @@ static size_t unescape(const char *s, size_t n, char *out)
 /* ------------------------------------------------------------------ */
 /* Step 1: the lexer */
 
-enum jtype { J_OBJECT = 1, J_ARRAY, J_STRING, J_PRIMITIVE };
+/* J_NULL is the literal null, apart so the walk spots it in one compare;
+ * J_PRIMITIVE is a number, true or false. */
+enum jtype { J_OBJECT = 1, J_ARRAY, J_STRING, J_PRIMITIVE, J_NULL };
 
 /* One JSON value, or an object key. The tokens of a line are in document
  * order, each followed by its members. */
 struct jtok {
   unsigned char type;   /* enum jtype */
-  bool esc;             /* a string with escapes */
+  bool esc;             /* a string with escapes (set for strings only) */
   int start;            /* offset of '{', '[', a primitive, or a string's
                          * first byte after the quote */
   int end;              /* offset just past '}', ']', a primitive, or a
                          * string's last byte before the quote */
-  int size;             /* array: items; else 0 (an object's members run
-                         * to its next) */
+  int size;             /* array: its items (set for arrays only; an
+                         * object's members run up to its next) */
   int next;             /* index of the token after this value's subtree
                          * (for a key: after the key itself) */
 };
@@ -556,12 +558,11 @@ value:
   if (n == lx->cap && (t = lex_grow(lx, t, n)) == NULL)
     goto nomem;
   k = &t[n++];
-  k->esc = false;
-  k->size = 0;
   k->next = n;
   c = js[i];
   if (c == '"') {
     k->type = J_STRING;
+    k->esc = false;
     goto string;
   }
   k->start = (int)i;
@@ -570,8 +571,9 @@ value:
       return fail(lx->msg, lx->msglen, EMD_EBADJSON,
                   "nested deeper than %d levels", JSON_MAX_DEPTH);
     k->type = c == '{' ? J_OBJECT : J_ARRAY;
-    open[depth++] = n - 1;
+    k->size = 0;
     in_array = c == '[';
+    open[depth++] = n - 1;
     i = lex_ws(js, len, i + 1);
     if (i < len && js[i] == (c == '{' ? '}' : ']'))
       goto close;
@@ -579,7 +581,7 @@ value:
       goto value;
     goto key;
   }
-  k->type = J_PRIMITIVE;
+  k->type = c == 'n' ? J_NULL : J_PRIMITIVE;   /* only null starts so */
   e = lex_primitive(js, len, i);
   if (e == i)
     return lex_fail(lx, "syntax error", i);
@@ -597,7 +599,6 @@ key:   /* at a non-blank byte inside an object */
   k = &t[n++];
   k->type = J_STRING;
   k->esc = false;
-  k->size = 0;
   k->next = n;
   key = true;
 string:   /* k is a string token, its quote at js[i] */
@@ -610,6 +611,10 @@ string:   /* k is a string token, its quote at js[i] */
   if (!key)
     goto after;
   key = false;
+  if (i < len && js[i] == ':') {   /* no blanks: the usual case */
+    i++;
+    goto value;
+  }
   i = lex_ws(js, len, i);
   if (i >= len)
     goto end;
@@ -1310,12 +1315,13 @@ static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
 
 /* The text of a primitive or string token, unescaped if need be (into the
  * arena): a number given either way, or an enum name. */
-static int dec_numtext(struct dec *d, int i, const char **s, size_t *n)
+static inline int dec_numtext(struct dec *d, int i, const char **s,
+                              size_t *n)
 {
   char *p = NULL;
   int rc;
 
-  if (!d->t[i].esc) {
+  if (d->t[i].type != J_STRING || !d->t[i].esc) {
     *s = tok_ptr(d, i);
     *n = tok_len(d, i);
     return 0;
@@ -1629,17 +1635,18 @@ static size_t scalar_size(ProtobufCType type)
 static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
                         const struct jmsg *sub, void *m, int *next)
 {
-  int n = d->t[i].size, k, j = i + 1, rc;
+  int n, k, j = i + 1, rc;
   size_t sz = scalar_size(f->type);
   char *items;
 
   if (d->t[i].type != J_ARRAY)
     return dec_fail(d, EMD_EINVALID, "expected an array");
+  n = d->t[i].size;
   items = emd_arena_calloc(d->arena, (size_t)n * sz);
   if (items == NULL)
     return dec_nomem(d);
   for (k = 0; k < n; k++) {
-    if (tok_is(d, j, 'n')) {
+    if (d->t[j].type == J_NULL) {
       rc = dec_fail(d, EMD_EINVALID, "null is not allowed in a list");
     } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
       rc = dec_message(d, j, f->descriptor, sub, (void **)(items + k * sz),
@@ -1662,7 +1669,7 @@ static int dec_field(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
 {
   void *member = (char *)m + f->offset;
 
-  if (tok_is(d, i, 'n')) {   /* null: the field keeps its default */
+  if (d->t[i].type == J_NULL) {   /* null: the field keeps its default */
     *next = i + 1;
     return 0;
   }
