@@ -236,17 +236,22 @@ void emd_enrich_ulid(struct emd_enrich *en, uint64_t now_ms, char out[27])
     for (int i = 9; i >= 0 && ++r[i] == 0; i--)
       ;
   }
-  uint64_t t = en->ulid_ms;
+  uint64_t t = en->ulid_ms, a = 0, b = 0;
   for (int i = 9; i >= 0; i--) {
     out[i] = b32[t & 31];
     t >>= 5;
   }
-  /* 80 random bits as 16 base32 digits, 5 bits at a time. */
-  for (int i = 0; i < 16; i++) {
-    int bit = i * 5, byte = bit / 8, shift = bit % 8;
-    unsigned v = (unsigned)r[byte] << 8 | (byte + 1 < 10 ? r[byte + 1] : 0);
-
-    out[10 + i] = b32[(v >> (11 - shift)) & 31];
+  /* 80 random bits, big-endian, as 16 base32 digits: two halves of 40
+   * bits, 8 digits each. */
+  for (int i = 0; i < 5; i++) {
+    a = a << 8 | r[i];
+    b = b << 8 | r[5 + i];
+  }
+  for (int i = 7; i >= 0; i--) {
+    out[10 + i] = b32[a & 31];
+    out[18 + i] = b32[b & 31];
+    a >>= 5;
+    b >>= 5;
   }
   out[26] = '\0';
 }
