@@ -1331,17 +1331,22 @@ static inline int dec_numtext(struct dec *d, int i, const char **s,
   return rc;
 }
 
-/* Whether s[0..n) is digits without a leading zero (or just "0"): a JSON
- * number for sure, so a string holding it needs no number_end(). */
-static bool plain_uint(const char *s, size_t n)
+/* The value of s[0..n) when it is at most 19 digits without a leading
+ * zero (or just "0"), the form nearly every integer comes in: a JSON
+ * number for sure, and one that fits. Else false. */
+static bool plain_uint(const char *s, size_t n, uint64_t *out)
 {
+  uint64_t v = 0;
   size_t k;
 
-  if (n == 0 || (s[0] == '0' && n > 1))
+  if (n == 0 || n > 19 || (s[0] == '0' && n > 1))
     return false;
-  for (k = 0; k < n; k++)
+  for (k = 0; k < n; k++) {
     if (!is_digit(s[k]))
       return false;
+    v = v * 10 + (uint64_t)(s[k] - '0');
+  }
+  *out = v;
   return true;
 }
 
@@ -1360,8 +1365,13 @@ static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
   rc = dec_numtext(d, i, &s, &n);
   if (rc != 0)
     return rc;
+  if (plain_uint(s, n, out)) {
+    if (*out > max)
+      goto range;
+    return 0;
+  }
   /* The lexer checked a number token; a string may hold anything. */
-  if (d->t[i].type == J_STRING && !plain_uint(s, n) && !is_number(s, n))
+  if (d->t[i].type == J_STRING && !is_number(s, n))
     return dec_fail(d, EMD_EINVALID, "expected an integer");
   switch (num_int(s, n, &neg, out)) {
   case NUM_FRAC:
