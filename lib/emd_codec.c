@@ -6,9 +6,10 @@
  *     one RFC 8259 JSON text in UTF-8; anything else is EMD_EBADJSON.
  *  2. A walk driven by the protobuf-c descriptors fills the generated
  *     structs (allocated from the arena) from the tokens, following the
- *     proto3 JSON mapping; every error names the field path. Then the
- *     client rules of SPEC 1.1 run on the structs (rules_event()), the
- *     same code that checks binary frames.
+ *     proto3 JSON mapping; keys are looked up in per-message tables of
+ *     field names (struct jmsg); every error names the field path, built
+ *     as the error returns. Then the client rules of SPEC 1.1 run on the
+ *     structs (rules_event()), the same code that checks binary frames.
  *
  * Why not jsmn: it was the plan, and it is fast, but it is lax where it
  * matters here. Even in strict mode it accepts missing or doubled
