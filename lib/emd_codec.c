@@ -6,9 +6,10 @@
  *     one RFC 8259 JSON text in UTF-8; anything else is EMD_EBADJSON.
  *  2. A walk driven by the protobuf-c descriptors fills the generated
  *     structs (allocated from the arena) from the tokens, following the
- *     proto3 JSON mapping; every error names the field path. Then the
- *     client rules of SPEC 1.1 run on the structs (rules_event()), the
- *     same code that checks binary frames.
+ *     proto3 JSON mapping; keys are looked up in per-message tables of
+ *     field names (struct jmsg); every error names the field path, built
+ *     as the error returns. Then the client rules of SPEC 1.1 run on the
+ *     structs (rules_event()), the same code that checks binary frames.
  *
  * Why not jsmn: it was the plan, and it is fast, but it is lax where it
  * matters here. Even in strict mode it accepts missing or doubled
@@ -63,11 +64,16 @@
 #include "emd_codec.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* SHA256_Init and friends are deprecated in OpenSSL 3 in favour of EVP,
  * but EVP fetches the algorithm on every call: 400-600 ns per address
@@ -134,14 +140,27 @@ static bool is_digit(char c)
   return c >= '0' && c <= '9';
 }
 
+/* ASCII letters (1) and digits (2), for the pattern rules' loops: one
+ * load instead of three range checks a character. */
+static const unsigned char char_class[256] = {
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0,
+  0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+  0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+  1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+};
+
 static bool is_alpha(char c)
 {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+  return char_class[(unsigned char)c] & 1;
 }
 
 static bool is_alnum(char c)
 {
-  return is_alpha(c) || is_digit(c);
+  return char_class[(unsigned char)c] != 0;
 }
 
 static int hex_val(char c)
@@ -329,18 +348,21 @@ static size_t unescape(const char *s, size_t n, char *out)
 /* ------------------------------------------------------------------ */
 /* Step 1: the lexer */
 
-enum jtype { J_OBJECT = 1, J_ARRAY, J_STRING, J_PRIMITIVE };
+/* J_NULL is the literal null, apart so the walk spots it in one compare;
+ * J_PRIMITIVE is a number, true or false. */
+enum jtype { J_OBJECT = 1, J_ARRAY, J_STRING, J_PRIMITIVE, J_NULL };
 
 /* One JSON value, or an object key. The tokens of a line are in document
  * order, each followed by its members. */
 struct jtok {
   unsigned char type;   /* enum jtype */
-  bool esc;             /* a string with escapes */
+  bool esc;             /* a string with escapes (set for strings only) */
   int start;            /* offset of '{', '[', a primitive, or a string's
                          * first byte after the quote */
   int end;              /* offset just past '}', ']', a primitive, or a
                          * string's last byte before the quote */
-  int size;             /* object: members; array: items; key: 1; else 0 */
+  int size;             /* array: its items (set for arrays only; an
+                         * object's members run up to its next) */
   int next;             /* index of the token after this value's subtree
                          * (for a key: after the key itself) */
 };
@@ -362,8 +384,11 @@ static int lex_fail(struct lexer *lx, const char *why, size_t at)
               at + 1);
 }
 
-static size_t lex_ws(const char *js, size_t len, size_t i)
+static inline size_t lex_ws(const char *js, size_t len, size_t i)
 {
+  /* Most lines have no white space between tokens at all. */
+  if (i < len && (unsigned char)js[i] > ' ')
+    return i;
   while (i < len && is_ws(js[i]))
     i++;
   return i;
@@ -411,6 +436,42 @@ static inline unsigned special8(const unsigned char *p)
 #endif
 }
 
+#ifdef __SSE2__
+/* special8() for the 16 bytes at p, or 16: a signed compare below 0x20
+ * catches the control characters and every byte >= 0x80 at once. */
+static inline unsigned special16(const unsigned char *p)
+{
+  __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+  __m128i m = _mm_or_si128(
+    _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                 _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+    _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+  unsigned bits = (unsigned)_mm_movemask_epi8(m);
+
+  return bits != 0 ? (unsigned)__builtin_ctz(bits) : 16;
+}
+#endif
+
+/* The offset of the first byte of p[i..len) that is '"', '\\', a control
+ * character or non-ASCII, or len. */
+static inline size_t skip_plain(const unsigned char *p, size_t i, size_t len)
+{
+  unsigned k;
+
+#ifdef __SSE2__
+  for (; i + 16 <= len; i += 16)
+    if ((k = special16(p + i)) < 16)
+      return i + k;
+#endif
+  for (; i + 8 <= len; i += 8)
+    if ((k = special8(p + i)) < 8)
+      return i + k;
+  while (i < len && p[i] >= 0x20 && p[i] < 0x80 && p[i] != '"' &&
+         p[i] != '\\')
+    i++;
+  return i;
+}
+
 /* Scans the string whose opening quote is at js[i - 1]: no raw control
  * characters, escapes as RFC 8259 has them with surrogates paired,
  * well-formed UTF-8. Returns NULL with *end at the closing quote and *esc
@@ -423,19 +484,12 @@ static const char *lex_string(const char *js, size_t len, size_t i,
   long cp, lo;
 
   for (;;) {
-    while (i + 8 <= len && (k = special8(p + i)) == 8)
-      i += 8;
-    if (i + 8 <= len)
-      i += k;
+    i = skip_plain(p, i, len);
     if (i >= len)
       break;
     *end = i;
     if (p[i] == '"')
       return NULL;
-    if (p[i] >= 0x20 && p[i] != '\\' && p[i] < 0x80) {
-      i++;
-      continue;
-    }
     if (p[i] < 0x20)
       return "control character in a string";
     if (p[i] >= 0x80) {
@@ -505,12 +559,11 @@ value:
   if (n == lx->cap && (t = lex_grow(lx, t, n)) == NULL)
     goto nomem;
   k = &t[n++];
-  k->esc = false;
-  k->size = 0;
   k->next = n;
   c = js[i];
   if (c == '"') {
     k->type = J_STRING;
+    k->esc = false;
     goto string;
   }
   k->start = (int)i;
@@ -519,8 +572,9 @@ value:
       return fail(lx->msg, lx->msglen, EMD_EBADJSON,
                   "nested deeper than %d levels", JSON_MAX_DEPTH);
     k->type = c == '{' ? J_OBJECT : J_ARRAY;
-    open[depth++] = n - 1;
+    k->size = 0;
     in_array = c == '[';
+    open[depth++] = n - 1;
     i = lex_ws(js, len, i + 1);
     if (i < len && js[i] == (c == '{' ? '}' : ']'))
       goto close;
@@ -528,7 +582,7 @@ value:
       goto value;
     goto key;
   }
-  k->type = J_PRIMITIVE;
+  k->type = c == 'n' ? J_NULL : J_PRIMITIVE;   /* only null starts so */
   e = lex_primitive(js, len, i);
   if (e == i)
     return lex_fail(lx, "syntax error", i);
@@ -541,13 +595,11 @@ key:   /* at a non-blank byte inside an object */
     goto end;
   if (js[i] != '"')
     return lex_fail(lx, "syntax error", i);
-  t[open[depth - 1]].size++;
   if (n == lx->cap && (t = lex_grow(lx, t, n)) == NULL)
     goto nomem;
   k = &t[n++];
   k->type = J_STRING;
   k->esc = false;
-  k->size = 1;
   k->next = n;
   key = true;
 string:   /* k is a string token, its quote at js[i] */
@@ -560,6 +612,10 @@ string:   /* k is a string token, its quote at js[i] */
   if (!key)
     goto after;
   key = false;
+  if (i < len && js[i] == ':') {   /* no blanks: the usual case */
+    i++;
+    goto value;
+  }
   i = lex_ws(js, len, i);
   if (i >= len)
     goto end;
@@ -859,6 +915,7 @@ static void path_format(const struct path *p, char *out, size_t cap)
 
 struct dec {
   const char *js;
+  size_t len;              /* of js */
   const struct jtok *t;
   char *pool;              /* where the next string goes: each string token
                             * is copied at most once, and its copy with a
@@ -868,6 +925,12 @@ struct dec {
   const struct emd_codec_opts *opts;
   char *msg;
   size_t msglen;
+  /* The path of a failure is built on the way out, not kept up to date
+   * on the way in: dec_fail() writes what went wrong, each frame that
+   * returns the failure adds its own segment (dec_up(), innermost
+   * first), and dec_finish() turns them around into msg. */
+  bool failed;             /* dec_fail() ran: the path is being built */
+  char what[192];
   struct path path;
 };
 
@@ -876,16 +939,44 @@ static int dec_fail(struct dec *d, int rc, const char *fmt, ...)
 
 static int dec_fail(struct dec *d, int rc, const char *fmt, ...)
 {
-  char where[256], what[192];
   va_list ap;
 
   if (d->msg == NULL || d->msglen == 0)
     return rc;
   va_start(ap, fmt);
-  vsnprintf(what, sizeof(what), fmt, ap);
+  vsnprintf(d->what, sizeof(d->what), fmt, ap);
   va_end(ap);
+  d->failed = true;
+  d->path.n = 0;
+  return rc;
+}
+
+/* Returns rc, a failure passing out through the segment name (len -1: a
+ * proto name; else the client's key) or list index (>= 0). */
+static int dec_up(struct dec *d, int rc, const char *name, int len,
+                  long index)
+{
+  if (d->failed)
+    path_push(&d->path, name, len, index);
+  return rc;
+}
+
+/* Writes "path: what" of a dec_fail() into msg; returns rc. */
+static __attribute__((noinline)) int dec_finish(struct dec *d, int rc)
+{
+  char where[256];
+  struct seg tmp;
+  int i, n = d->path.n < PATH_MAX_SEGS ? d->path.n : PATH_MAX_SEGS;
+
+  if (!d->failed)
+    return rc;
+  for (i = 0; i < n / 2; i++) {
+    tmp = d->path.s[i];
+    d->path.s[i] = d->path.s[n - 1 - i];
+    d->path.s[n - 1 - i] = tmp;
+  }
   path_format(&d->path, where, sizeof(where));
-  snprintf(d->msg, d->msglen, "%s: %s", where, what);
+  snprintf(d->msg, d->msglen, "%s: %s", where, d->what);
   return rc;
 }
 
@@ -978,6 +1069,189 @@ find_field(const ProtobufCMessageDescriptor *desc, const char *key,
   return NULL;
 }
 
+/* The names a client may give each field of emitd's schema, so that a key
+ * is found by its length and two 8-byte compares instead of a walk over
+ * the field names in both spellings (find_field() stays for any message
+ * without a table). Rows follow the fields in order (desc->fields is
+ * sorted by number), each field's proto name first, then its
+ * lowerCamelCase when that differs; sub is the table of a message field's
+ * type. A test (field_names_resolve_in_both_spellings) checks every row
+ * against the descriptors. */
+#define JNAME_MAX 16   /* longest name in a table; JMSG_ROWS rows at most */
+#define JMSG_ROWS 16
+
+struct jfield {
+  char name[JNAME_MAX];      /* what the key must be, zero-padded */
+  unsigned char len;         /* strlen(name), at least 1 */
+  unsigned char field;       /* index into desc->fields */
+  const struct jmsg *sub;    /* message fields: their type's table */
+};
+
+struct jmsg {
+  const ProtobufCMessageDescriptor *desc;
+  const struct jfield *f;
+  unsigned n;
+  const unsigned char *lens; /* f[i].len for i < n, then zeros */
+};
+
+#define JF_ROW(name, field, sub) { name, sizeof(name) - 1, field, sub },
+#define JF_LEN(name, field, sub) sizeof(name) - 1,
+#define JMSG(var, desc, ROWS)                                               \
+  static const struct jfield var##_rows[] = { ROWS(JF_ROW) };              \
+  static const unsigned char var##_lens[JMSG_ROWS] = { ROWS(JF_LEN) };     \
+  static const struct jmsg var = {                                         \
+    &desc, var##_rows, sizeof(var##_rows) / sizeof(var##_rows[0]),         \
+    var##_lens }
+
+#define ROWS_VERSION(X)                                                     \
+  X("major", 0, NULL) X("minor", 1, NULL) X("micro", 2, NULL)               \
+  X("build", 3, NULL) X("rc", 4, NULL) X("commit", 5, NULL)                 \
+  X("tag", 6, NULL) X("spec", 7, NULL) X("release", 8, NULL)
+JMSG(jm_version, buildless__telemetry__version_info__descriptor,
+     ROWS_VERSION);
+#define ROWS_TOOL(X) X("name", 0, NULL) X("version", 1, &jm_version)
+JMSG(jm_tool, buildless__telemetry__tool_info__descriptor, ROWS_TOOL);
+#define ROWS_AGENT(X) X("name", 0, NULL) X("version", 1, &jm_version)
+JMSG(jm_agent, buildless__telemetry__apiclient_info__descriptor,
+     ROWS_AGENT);
+#define ROWS_OS(X)                                                          \
+  X("name", 0, NULL) X("family", 1, NULL) X("arch", 2, NULL)                \
+  X("version", 3, &jm_version)
+JMSG(jm_os, buildless__telemetry__osinfo__descriptor, ROWS_OS);
+#define ROWS_CLIENT(X)                                                      \
+  X("tool", 0, &jm_tool) X("os", 1, &jm_os) X("agent", 2, &jm_agent)
+JMSG(jm_client, buildless__telemetry__client_detail__descriptor,
+     ROWS_CLIENT);
+#define ROWS_TENANT(X) X("oid", 0, NULL) X("name", 1, NULL)
+JMSG(jm_tenant, buildless__telemetry__tenant_detail__descriptor,
+     ROWS_TENANT);
+#define ROWS_USER(X)                                                        \
+  X("uid", 0, NULL) X("email", 1, NULL) X("username", 2, NULL)
+JMSG(jm_user, buildless__telemetry__user_detail__descriptor, ROWS_USER);
+#define ROWS_REPO(X)                                                        \
+  X("provider", 0, NULL) X("link", 1, NULL) X("name", 2, NULL)
+JMSG(jm_repo, buildless__telemetry__repository_detail__descriptor,
+     ROWS_REPO);
+#define ROWS_DETAIL(X)                                                      \
+  X("tenant", 0, &jm_tenant) X("user", 1, &jm_user)                         \
+  X("repository", 2, &jm_repo) X("client", 3, &jm_client)
+JMSG(jm_detail, buildless__telemetry__event_detail__descriptor,
+     ROWS_DETAIL);
+#define ROWS_CONTEXT(X)                                                     \
+  X("type", 0, NULL) X("resource", 1, NULL) X("action", 2, NULL)            \
+  X("event", 3, NULL)
+JMSG(jm_context, buildless__telemetry__event_context__descriptor,
+     ROWS_CONTEXT);
+#define ROWS_TIMING(X)                                                      \
+  X("timehash", 0, NULL) X("occurred", 1, NULL) X("received", 2, NULL)      \
+  X("ingested", 3, NULL)
+JMSG(jm_timing, buildless__telemetry__event_timing__descriptor,
+     ROWS_TIMING);
+#define ROWS_POINT(X) X("lat", 0, NULL) X("lon", 1, NULL)
+JMSG(jm_point, buildless__telemetry__geo_point__descriptor, ROWS_POINT);
+#define ROWS_LOCATION(X)                                                    \
+  X("source_ip", 0, NULL) X("sourceIp", 0, NULL) X("timezone", 1, NULL)     \
+  X("point", 2, &jm_point) X("nielsen", 3, NULL) X("locality", 4, NULL)     \
+  X("region", 5, NULL) X("country", 6, NULL) X("tag", 7, NULL)              \
+  X("edge", 8, NULL)
+JMSG(jm_location, buildless__telemetry__event_location__descriptor,
+     ROWS_LOCATION);
+/* "@type" is the proto3 JSON name of Any's type URL too. */
+#define ROWS_ANY(X)                                                         \
+  X("type_url", 0, NULL) X("typeUrl", 0, NULL) X("@type", 0, NULL)          \
+  X("value", 1, NULL)
+JMSG(jm_any, google__protobuf__any__descriptor, ROWS_ANY);
+#define ROWS_TEVENT(X)                                                      \
+  X("scope", 0, NULL) X("id", 1, NULL) X("tenant", 2, NULL)                 \
+  X("user", 3, NULL) X("context", 4, &jm_context)                           \
+  X("detail", 5, &jm_detail) X("timing", 6, &jm_timing)                    \
+  X("location", 7, &jm_location) X("timer", 8, NULL)                        \
+  X("ordinal", 9, NULL) X("data", 10, &jm_any)
+JMSG(jm_tevent, buildless__telemetry__telemetry_event__descriptor,
+     ROWS_TEVENT);
+#define ROWS_EVENT(X)                                                       \
+  X("collection", 0, NULL) X("fin", 1, NULL) X("index", 2, NULL)            \
+  X("scope", 3, NULL) X("event", 4, &jm_tevent)
+JMSG(jm_event, buildless__service__v1__event__descriptor, ROWS_EVENT);
+
+/* Bytes [0, n) of the 8 at p as a word, the rest zero (n <= 8). */
+static inline uint64_t word_prefix(const char *p, size_t n)
+{
+  uint64_t w;
+
+  if (n == 0)
+    return 0;
+  memcpy(&w, p, 8);
+  if (n == 8)
+    return w;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  return w & (~(uint64_t)0 >> (64 - 8 * n));
+#else
+  return w & (~(uint64_t)0 << (64 - 8 * n));
+#endif
+}
+
+/* The row of jm that key (klen bytes, end the end of its buffer) names,
+ * or NULL. Clients mostly send fields in order, so the row after the one
+ * found last (*hint) is tried first. */
+static const struct jfield *find_row(const struct jmsg *jm, const char *key,
+                                     size_t klen, const char *end,
+                                     unsigned *hint)
+{
+  const uint64_t ones = 0x0101010101010101u, low7 = 0x7f7f7f7f7f7f7f7fu;
+  const struct jfield *r;
+  uint64_t k0, k1, n0, n1, l, x, hit;
+  char pad[JNAME_MAX];
+  unsigned h, i;
+
+  (void)i;
+  if (klen == 0 || klen > JNAME_MAX)
+    return NULL;
+  if ((size_t)(end - key) < JNAME_MAX) {   /* near the end: copy it */
+    memset(pad, 0, sizeof(pad));
+    memcpy(pad, key, klen);
+    key = pad;
+  }
+  k0 = word_prefix(key, klen < 8 ? klen : 8);
+  k1 = word_prefix(key + 8, klen > 8 ? klen - 8 : 0);
+  if (*hint < jm->n) {
+    r = &jm->f[*hint];
+    memcpy(&n0, r->name, 8);
+    memcpy(&n1, r->name + 8, 8);
+    if (r->len == klen && n0 == k0 && n1 == k1)
+      goto found;
+  }
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  /* Rows whose length is klen: a byte of lens ^ klen that is zero. */
+  for (h = 0; h < JMSG_ROWS; h += 8) {
+    memcpy(&l, jm->lens + h, 8);
+    x = l ^ (ones * klen);
+    hit = ~(((x & low7) + low7) | x | low7);   /* 0x80 where x is 0 */
+    for (; hit != 0; hit &= hit - 1) {
+      r = &jm->f[h + (unsigned)__builtin_ctzll(hit) / 8];
+      memcpy(&n0, r->name, 8);
+      memcpy(&n1, r->name + 8, 8);
+      if (n0 == k0 && n1 == k1)
+        goto found;
+    }
+  }
+#else
+  (void)ones, (void)low7, (void)l, (void)x, (void)hit, (void)h;
+  for (i = 0; i < jm->n; i++) {
+    r = &jm->f[i];
+    memcpy(&n0, r->name, 8);
+    memcpy(&n1, r->name + 8, 8);
+    if (r->len == klen && n0 == k0 && n1 == k1)
+      goto found;
+  }
+#endif
+  return NULL;
+
+found:
+  *hint = (unsigned)(r - jm->f) + 1;
+  return r;
+}
+
 /* The text of key token i, unescaped into buf when it has escapes (a key
  * too long for buf cannot name a field and is left as it is). */
 static void key_text(const struct dec *d, int i, char *buf, size_t cap,
@@ -991,6 +1265,31 @@ static void key_text(const struct dec *d, int i, char *buf, size_t cap,
   }
 }
 
+/* memcpy(dst, src, n), inline for the short strings most fields hold:
+ * two overlapping word copies that stay inside both ranges. */
+static inline void copy_short(char *dst, const char *src, size_t n)
+{
+  uint64_t a, b;
+  uint32_t x, y;
+
+  if (n >= 8 && n <= 16) {
+    memcpy(&a, src, 8);
+    memcpy(&b, src + n - 8, 8);
+    memcpy(dst, &a, 8);
+    memcpy(dst + n - 8, &b, 8);
+  } else if (n >= 4 && n < 8) {
+    memcpy(&x, src, 4);
+    memcpy(&y, src + n - 4, 4);
+    memcpy(dst, &x, 4);
+    memcpy(dst + n - 4, &y, 4);
+  } else if (n < 4) {
+    for (size_t k = 0; k < n; k++)
+      dst[k] = src[k];
+  } else {
+    memcpy(dst, src, n);
+  }
+}
+
 /* String token i, unescaped into the arena with a NUL added; U+0000 is
  * refused. */
 static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
@@ -1000,7 +1299,7 @@ static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
   char *p = d->pool;
 
   if (!d->t[i].esc) {
-    memcpy(p, s, n);
+    copy_short(p, s, n);
   } else {
     /* Raw control characters are bad_json, so only an escape can make
      * a NUL, which a protobuf-c string cannot hold. */
@@ -1017,12 +1316,13 @@ static int dec_string(struct dec *d, int i, char **out, size_t *outlen)
 
 /* The text of a primitive or string token, unescaped if need be (into the
  * arena): a number given either way, or an enum name. */
-static int dec_numtext(struct dec *d, int i, const char **s, size_t *n)
+static inline int dec_numtext(struct dec *d, int i, const char **s,
+                              size_t *n)
 {
   char *p = NULL;
   int rc;
 
-  if (!d->t[i].esc) {
+  if (d->t[i].type != J_STRING || !d->t[i].esc) {
     *s = tok_ptr(d, i);
     *n = tok_len(d, i);
     return 0;
@@ -1030,6 +1330,25 @@ static int dec_numtext(struct dec *d, int i, const char **s, size_t *n)
   rc = dec_string(d, i, &p, n);
   *s = p;
   return rc;
+}
+
+/* The value of s[0..n) when it is at most 19 digits without a leading
+ * zero (or just "0"), the form nearly every integer comes in: a JSON
+ * number for sure, and one that fits. Else false. */
+static bool plain_uint(const char *s, size_t n, uint64_t *out)
+{
+  uint64_t v = 0;
+  size_t k;
+
+  if (n == 0 || n > 19 || (s[0] == '0' && n > 1))
+    return false;
+  for (k = 0; k < n; k++) {
+    if (!is_digit(s[k]))
+      return false;
+    v = v * 10 + (uint64_t)(s[k] - '0');
+  }
+  *out = v;
+  return true;
 }
 
 static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
@@ -1047,6 +1366,11 @@ static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
   rc = dec_numtext(d, i, &s, &n);
   if (rc != 0)
     return rc;
+  if (plain_uint(s, n, out)) {
+    if (*out > max)
+      goto range;
+    return 0;
+  }
   /* The lexer checked a number token; a string may hold anything. */
   if (d->t[i].type == J_STRING && !is_number(s, n))
     return dec_fail(d, EMD_EINVALID, "expected an integer");
@@ -1066,6 +1390,56 @@ static int dec_uint(struct dec *d, int i, uint64_t max, const char *type,
 
 range:
   return dec_fail(d, EMD_EINVALID, "out of range for %s", type);
+}
+
+/* Clinger's fast path for the number s[0..n) in JSON grammar: when its
+ * digits make an integer m <= 2^53 and its decimal exponent e is within
+ * 22 of 0, m and 10^|e| are exact doubles and one IEEE multiplication or
+ * division rounds correctly, to what strtod returns (52.52 is 5252 /
+ * 100). Needs arithmetic in double precision (FLT_EVAL_METHOD 0, as on
+ * x86-64 and arm64); false means use strtod. */
+static bool fast_double(const char *s, size_t n, double *out)
+{
+  static const double p10[23] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+  };
+  uint64_t m = 0;
+  size_t i = 0, nd = 0;
+  long e = 0, x = 0;
+  bool neg = s[0] == '-', xneg = false;
+  double v;
+
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+  return false;
+#endif
+  i = neg;
+  for (; i < n && is_digit(s[i]); i++, nd++)
+    m = m * 10 + (uint64_t)(s[i] - '0');
+  if (i < n && s[i] == '.')
+    for (i++; i < n && is_digit(s[i]); i++, nd++, e--)
+      m = m * 10 + (uint64_t)(s[i] - '0');
+  /* 19 digits cannot wrap; leading zeros count, which only means the
+   * rare 0.000...-style number takes strtod. */
+  if (nd > 19 || m > (uint64_t)1 << 53)
+    return false;
+  if (i < n) {   /* the exponent: [eE][+-]?[0-9]+ (the lexer checked) */
+    i++;
+    if (s[i] == '+' || s[i] == '-')
+      xneg = s[i++] == '-';
+    for (; i < n; i++) {
+      x = x * 10 + (s[i] - '0');
+      if (x > 1000)
+        return false;
+    }
+    e += xneg ? -x : x;
+  }
+  if (e < -22 || e > 22)
+    return false;
+  v = (double)m;
+  v = e < 0 ? v / p10[-e] : v * p10[e];
+  *out = neg ? -v : v;
+  return true;
 }
 
 static int dec_double(struct dec *d, int i, double *out)
@@ -1093,6 +1467,8 @@ static int dec_double(struct dec *d, int i, double *out)
   }
   if (!is_number(s, n))
     return dec_fail(d, EMD_EINVALID, "expected a number");
+  if (fast_double(s, n, out))
+    return 0;
   if (n >= sizeof(buf)) {
     z = emd_arena_alloc(d->arena, n + 1);
     if (z == NULL)
@@ -1103,6 +1479,18 @@ static int dec_double(struct dec *d, int i, double *out)
   /* strtod reads the C locale's '.'; emitd never calls setlocale. */
   *out = strtod(z, NULL);
   return 0;
+}
+
+/* Whether the NUL-terminated name is s[0..n), which holds no NUL (as
+ * dec_string() makes sure): name ends where s does, without a strlen. */
+static bool name_is(const char *name, const char *s, size_t n)
+{
+  size_t k;
+
+  for (k = 0; k < n; k++)
+    if (name[k] != s[k])   /* also stops at name's NUL */
+      return false;
+  return name[n] == '\0';
 }
 
 static int dec_enum(struct dec *d, int i, const ProtobufCEnumDescriptor *ed,
@@ -1124,8 +1512,7 @@ static int dec_enum(struct dec *d, int i, const ProtobufCEnumDescriptor *ed,
     return rc;
   if (d->t[i].type == J_STRING) {
     for (k = 0; k < ed->n_value_names; k++)
-      if (strlen(ed->values_by_name[k].name) == n &&
-          memcmp(ed->values_by_name[k].name, s, n) == 0) {
+      if (name_is(ed->values_by_name[k].name, s, n)) {
         *out = ed->values[ed->values_by_name[k].index].value;
         return 0;
       }
@@ -1221,13 +1608,14 @@ static int dec_scalar(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
 }
 
 static int dec_object(struct dec *d, int i,
-                      const ProtobufCMessageDescriptor *desc, void *m,
-                      int *next);
+                      const ProtobufCMessageDescriptor *desc,
+                      const struct jmsg *jm, void *m, int *next);
 
-/* A fresh message of type desc from object token i into *out. */
+/* A fresh message of type desc (names in jm, or NULL) from object token i
+ * into *out. */
 static int dec_message(struct dec *d, int i,
-                       const ProtobufCMessageDescriptor *desc, void **out,
-                       int *next)
+                       const ProtobufCMessageDescriptor *desc,
+                       const struct jmsg *jm, void **out, int *next)
 {
   void *m;
 
@@ -1238,7 +1626,7 @@ static int dec_message(struct dec *d, int i,
     return dec_nomem(d);
   protobuf_c_message_init(desc, m);
   *out = m;
-  return dec_object(d, i, desc, m, next);
+  return dec_object(d, i, desc, jm, m, next);
 }
 
 static size_t scalar_size(ProtobufCType type)
@@ -1256,30 +1644,30 @@ static size_t scalar_size(ProtobufCType type)
 }
 
 static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
-                        void *m, int *next)
+                        const struct jmsg *sub, void *m, int *next)
 {
-  int n = d->t[i].size, k, j = i + 1, rc;
+  int n, k, j = i + 1, rc;
   size_t sz = scalar_size(f->type);
   char *items;
 
   if (d->t[i].type != J_ARRAY)
     return dec_fail(d, EMD_EINVALID, "expected an array");
+  n = d->t[i].size;
   items = emd_arena_calloc(d->arena, (size_t)n * sz);
   if (items == NULL)
     return dec_nomem(d);
   for (k = 0; k < n; k++) {
-    path_push(&d->path, NULL, 0, k);
-    if (tok_is(d, j, 'n'))
-      return dec_fail(d, EMD_EINVALID, "null is not allowed in a list");
-    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
-      rc = dec_message(d, j, f->descriptor, (void **)(items + k * sz), &j);
+    if (d->t[j].type == J_NULL) {
+      rc = dec_fail(d, EMD_EINVALID, "null is not allowed in a list");
+    } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+      rc = dec_message(d, j, f->descriptor, sub, (void **)(items + k * sz),
+                       &j);
     } else {
       rc = dec_scalar(d, j, f, items + k * sz);
       j++;
     }
     if (rc != 0)
-      return rc;
-    path_pop(&d->path);
+      return dec_up(d, rc, NULL, 0, k);
   }
   *(size_t *)((char *)m + f->quantifier_offset) = (size_t)n;
   *(void **)((char *)m + f->offset) = items;
@@ -1288,57 +1676,76 @@ static int dec_repeated(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
 }
 
 static int dec_field(struct dec *d, int i, const ProtobufCFieldDescriptor *f,
-                     void *m, int *next)
+                     const struct jmsg *sub, void *m, int *next)
 {
   void *member = (char *)m + f->offset;
 
-  if (tok_is(d, i, 'n')) {   /* null: the field keeps its default */
+  if (d->t[i].type == J_NULL) {   /* null: the field keeps its default */
     *next = i + 1;
     return 0;
   }
   if (f->label == PROTOBUF_C_LABEL_REPEATED)
-    return dec_repeated(d, i, f, m, next);
+    return dec_repeated(d, i, f, sub, m, next);
   if (f->type == PROTOBUF_C_TYPE_MESSAGE)
-    return dec_message(d, i, f->descriptor, member, next);
+    return dec_message(d, i, f->descriptor, sub, member, next);
   *next = i + 1;
+  /* Most fields are strings: no need for dec_scalar's whole switch. */
+  if (f->type == PROTOBUF_C_TYPE_STRING && d->t[i].type == J_STRING) {
+    size_t n;
+
+    return dec_string(d, i, (char **)member, &n);
+  }
   return dec_scalar(d, i, f, member);
 }
 
-/* The members of object token i into message m. */
+/* The members of object token i into message m of type desc, whose
+ * field names are in jm (or NULL: found from desc). */
 static int dec_object(struct dec *d, int i,
-                      const ProtobufCMessageDescriptor *desc, void *m,
-                      int *next)
+                      const ProtobufCMessageDescriptor *desc,
+                      const struct jmsg *jm, void *m, int *next)
 {
   const ProtobufCFieldDescriptor *f;
-  int k, j = i + 1, rc, nkeys = d->t[i].size;
+  const struct jfield *row;
+  const struct jmsg *sub = NULL;
+  int j = i + 1, rc, end = d->t[i].next;
   uint64_t seen = 0, bit;
-  unsigned hint = 0;
+  unsigned hint = 0, fi;
   const char *key;
   size_t klen;
   char kbuf[64];
 
-  for (k = 0; k < nkeys; k++) {
+  if (jm != NULL && jm->desc != desc)   /* a table out of step: ignore it */
+    jm = NULL;
+  while (j < end) {   /* j: a key, its value at j + 1 */
     key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
-    f = find_field(desc, key, klen, &hint);
+    if (jm != NULL) {
+      row = find_row(jm, key, klen,
+                     key == kbuf ? kbuf + sizeof(kbuf) : d->js + d->len,
+                     &hint);
+      f = row != NULL ? &desc->fields[row->field] : NULL;
+      sub = row != NULL ? row->sub : NULL;
+      fi = row != NULL ? row->field : 0;
+    } else {
+      f = find_field(desc, key, klen, &hint);
+      fi = f != NULL ? (unsigned)(f - desc->fields) : 0;
+    }
     if (f == NULL) {
-      if (!d->opts->ignore_unknown) {
-        path_push(&d->path, tok_ptr(d, j),
-                  quote_len(tok_ptr(d, j), tok_len(d, j)), -1);
-        return dec_fail(d, EMD_EINVALID, "unknown field");
-      }
+      if (!d->opts->ignore_unknown)
+        return dec_up(d, dec_fail(d, EMD_EINVALID, "unknown field"),
+                      tok_ptr(d, j),
+                      quote_len(tok_ptr(d, j), tok_len(d, j)), -1);
       j = d->t[j + 1].next;
       continue;
     }
-    path_push(&d->path, f->name, -1, -1);
     /* Every message of the schema has fewer than 64 fields. */
-    bit = (uint64_t)1 << ((f - desc->fields) & 63);
+    bit = (uint64_t)1 << (fi & 63);
     if (seen & bit)
-      return dec_fail(d, EMD_EINVALID, "duplicate field");
-    seen |= bit;
-    rc = dec_field(d, j + 1, f, m, &j);
+      rc = dec_fail(d, EMD_EINVALID, "duplicate field");
+    else
+      rc = dec_field(d, j + 1, f, sub, m, &j);
     if (rc != 0)
-      return rc;
-    path_pop(&d->path);
+      return dec_up(d, rc, f->name, -1, -1);
+    seen |= bit;
   }
   *next = j;
   return 0;
@@ -1347,12 +1754,12 @@ static int dec_object(struct dec *d, int i,
 /* Whether the top-level object has an "event" member (an envelope). */
 static bool has_event_member(const struct dec *d)
 {
-  int k, j = 1;
+  int j = 1;
   const char *key;
   size_t klen;
   char kbuf[64];
 
-  for (k = 0; k < d->t[0].size; k++) {
+  while (j < d->t[0].next) {
     key_text(d, j, kbuf, sizeof(kbuf), &key, &klen);
     if (klen == 5 && memcmp(key, "event", 5) == 0)
       return true;
@@ -1581,6 +1988,9 @@ static bool is_uri(const char *s)
 
 static bool enum_defined(const ProtobufCEnumDescriptor *ed, int v)
 {
+  /* values is sorted by number; emitd's enums run 0, 1, 2, ... */
+  if (v >= 0 && (unsigned)v < ed->n_values && ed->values[v].value == v)
+    return true;
   return protobuf_c_enum_descriptor_get_value(ed, v) != NULL;
 }
 
@@ -1802,11 +2212,13 @@ int emd_codec_decode_json(const char *line, size_t len,
     return fail(msg, msglen, EMD_EINVALID, "not a JSON object");
   /* Set field by field: the path array needs no zeroing. */
   d.js = line;
+  d.len = len;
   d.t = t;
   d.arena = arena;
   d.opts = opts != NULL ? opts : &no_opts;
   d.msg = msg;
   d.msglen = msglen;
+  d.failed = false;
   d.path.n = 0;
   d.pool = emd_arena_alloc(arena, len);
   ev = emd_arena_alloc(arena, sizeof(*ev));
@@ -1814,15 +2226,15 @@ int emd_codec_decode_json(const char *line, size_t len,
     return dec_nomem(&d);
   buildless__service__v1__event__init(ev);
   if (has_event_member(&d)) {
-    rc = dec_object(&d, 0, &buildless__service__v1__event__descriptor, ev,
-                    &next);
+    rc = dec_object(&d, 0, &buildless__service__v1__event__descriptor,
+                    &jm_event, ev, &next);
   } else {
-    path_push(&d.path, "event", -1, -1);
     rc = dec_message(&d, 0, &buildless__telemetry__telemetry_event__descriptor,
-                     (void **)&ev->event, &next);
+                     &jm_tevent, (void **)&ev->event, &next);
+    rc = dec_up(&d, rc, "event", -1, -1);
   }
   if (rc != 0)
-    return rc;
+    return dec_finish(&d, rc);
   if (!d.opts->upstream) {
     ev->fin = 0;
     rc = rules_event(ev, msg, msglen);

@@ -938,6 +938,91 @@ static void duplicate_keys_are_invalid_in_either_spelling(void **state)
                  "event.location.sourceIp: duplicate field");
 }
 
+/* lowerCamelCase of a proto field name, as protobuf's ToJsonName. */
+static void to_camel(const char *name, char *out)
+{
+  bool up = false;
+
+  for (; *name != '\0'; name++) {
+    if (*name == '_') {
+      up = true;
+      continue;
+    }
+    *out++ = up && *name >= 'a' && *name <= 'z' ? (char)(*name - 32) : *name;
+    up = false;
+  }
+  *out = '\0';
+}
+
+/* Every field of desc, reached by pre ... post at path, is found by
+ * either of its names (and Any's type URL by "@type" too), shows in
+ * messages under its own name, and a name one letter longer is unknown;
+ * then the same for the messages inside. */
+static void check_field_names(struct fx *f,
+                              const ProtobufCMessageDescriptor *desc,
+                              const char *pre, const char *post,
+                              const char *path, int *checked)
+{
+  char cm[64], want[256], line[1024], npre[768], npost[256], npath[256];
+  const char *names[3];
+  size_t n, a, b;
+
+  for (unsigned i = 0; i < desc->n_fields; i++) {
+    const ProtobufCFieldDescriptor *fd = &desc->fields[i];
+    bool rep = fd->label == PROTOBUF_C_LABEL_REPEATED;
+
+    to_camel(fd->name, cm);
+    n = 0;
+    names[n++] = fd->name;
+    if (strcmp(cm, fd->name) != 0)
+      names[n++] = cm;
+    if (desc == &google__protobuf__any__descriptor && fd->id == 1)
+      names[n++] = "@type";
+    sfmt(want, sizeof(want), "%s%s%s: duplicate field", path,
+         path[0] != '\0' ? "." : "", cm);
+    for (a = 0; a < n; a++)
+      for (b = 0; b < n; b++) {
+        sfmt(line, sizeof(line), "%s\"%s\":null,\"%s\":null%s", pre,
+             names[a], names[b], post);
+        expect_invalid(f, line, want);
+        (*checked)++;
+      }
+    sfmt(line, sizeof(line), "%s\"%sx\":null%s", pre, cm, post);
+    sfmt(want, sizeof(want), "%s%s%sx: unknown field", path,
+         path[0] != '\0' ? "." : "", cm);
+    expect_invalid(f, line, want);
+    if (fd->type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    if (desc == &buildless__service__v1__event__descriptor) {
+      /* The envelope's event: the filler "event":{} of pre is it. */
+      sfmt(npre, sizeof(npre), "{\"event\":{");
+      sfmt(npost, sizeof(npost), "}}");
+    } else {
+      sfmt(npre, sizeof(npre), "%s\"%s\":%s{", pre, cm, rep ? "[" : "");
+      sfmt(npost, sizeof(npost), "}%s%s", rep ? "]" : "", post);
+    }
+    sfmt(npath, sizeof(npath), "%s%s%s%s", path, path[0] != '\0' ? "." : "",
+         cm, rep ? "[0]" : "");
+    check_field_names(f, fd->descriptor, npre, npost, npath, checked);
+  }
+}
+
+static void field_names_resolve_in_both_spellings(void **state)
+{
+  struct fx *f = *state;
+  int checked = 0;
+
+  /* The envelope's own fields: its "event" member makes it one. */
+  check_field_names(f, &buildless__service__v1__event__descriptor,
+                    "{\"event\":{},", "}", "", &checked);
+  assert_true(checked > 70);
+  f->opts.upstream = true;   /* service-only fields are names too */
+  checked = 0;
+  check_field_names(f, &buildless__service__v1__event__descriptor,
+                    "{\"event\":{},", "}", "", &checked);
+  assert_true(checked > 70);
+}
+
 static void escaped_keys_name_fields(void **state)
 {
   struct fx *f = *state;
@@ -991,6 +1076,45 @@ static void integers_decode_from_numbers_and_strings(void **state)
   assert_int_equal(f->ev->event->ordinal, 0);
   expect_ok(f, with(f, "\"ordinal\":12.5e1"));
   assert_int_equal(f->ev->event->ordinal, 125);
+}
+
+/* Doubles read exactly as strtod reads them, bit for bit, both on the
+ * short path (up to 19 digits, exponent within 22) and past it. */
+static void doubles_decode_as_strtod_does(void **state)
+{
+  static const char *const nums[] = {
+    "0", "-0", "0.0", "-0.0", "1", "-1", "52.52", "-74.006", "13.405",
+    "0.1", "0.2", "0.3", "-121.8863", "139.6503", "1e22", "1e23", "-1e-22",
+    "1e-23", "9007199254740992", "9007199254740993", "9007199254740991.5",
+    "1234567890123456789", "12345678901234567890", "0.1e1", "100e-2",
+    "1.7976931348623157e308", "4.9e-324", "2.2250738585072014e-308",
+    "0.000000000000000000000000000001", "123456.789e-3", "1E5", "1e+5",
+    "3.141592653589793", "2.718281828459045235360287", "0e400",
+    "-5e-1", "1.00000000000000011102230246251565404236316680908203125",
+    "\"12.5\"", "\"-1e2\"",
+  };
+  struct fx *f = *state;
+  double got, want;
+  char line[256], plain[64];
+  size_t n;
+
+  f->opts.upstream = true;   /* no range rule: any double decodes */
+  for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+    sfmt(line, sizeof(line), "{\"event\":{\"location\":{\"point\":"
+         "{\"lat\":%s}}}}", nums[i]);
+    expect_ok(f, line);
+    got = f->ev->event->location->point->lat;
+    n = strlen(nums[i]);
+    if (nums[i][0] == '"') {
+      memcpy(plain, nums[i] + 1, n - 2);
+      plain[n - 2] = '\0';
+    } else {
+      memcpy(plain, nums[i], n + 1);
+    }
+    want = strtod(plain, NULL);
+    if (memcmp(&got, &want, sizeof(got)) != 0)
+      fail_msg("%s: %.17g, strtod says %.17g", nums[i], got, want);
+  }
 }
 
 static void integers_out_of_range_or_fractional_are_invalid(void **state)
@@ -1498,10 +1622,12 @@ int main(void)
     T(data_type_url_needs_a_slash),
     T(both_field_name_spellings_are_accepted),
     T(duplicate_keys_are_invalid_in_either_spelling),
+    T(field_names_resolve_in_both_spellings),
     T(escaped_keys_name_fields),
     T(enums_decode_by_name_or_number),
     T(integers_decode_from_numbers_and_strings),
     T(integers_out_of_range_or_fractional_are_invalid),
+    T(doubles_decode_as_strtod_does),
     T(wrong_json_types_are_invalid),
     T(null_means_the_default),
     T(unknown_fields_are_rejected_or_ignored),

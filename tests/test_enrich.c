@@ -184,6 +184,40 @@ static void ulids_of_one_millisecond_strictly_increase(void **state)
   }
 }
 
+/* The 80-bit random part of a ULID as hi (top 16 bits) and lo. */
+static void ulid_random(const char *id, uint64_t *hi, uint64_t *lo)
+{
+  *hi = *lo = 0;
+  for (int i = 10; i < 26; i++) {
+    uint64_t d = (uint64_t)(strchr(crockford, id[i]) - crockford);
+
+    *hi = *hi << 5 | *lo >> 59;
+    *lo = *lo << 5 | d;
+  }
+}
+
+static void ulids_of_one_millisecond_count_up_by_one(void **state)
+{
+  struct fx *f = *state;
+  uint64_t hi0, lo0, hi, lo;
+  char id[27];
+
+  open_enrich(f, NULL);
+  emd_enrich_ulid(f->en, NOW_MS, id);
+  ulid_random(id, &hi0, &lo0);
+  assert_true(hi0 < 1u << 16);
+  for (int i = 0; i < 1000; i++) {
+    emd_enrich_ulid(f->en, NOW_MS, id);
+    ulid_random(id, &hi, &lo);
+    lo0++;
+    hi0 = (hi0 + (lo0 == 0)) & 0xffff;
+    if (hi != hi0 || lo != lo0)
+      fail_msg("%s: random part %04llx%016llx, wanted %04llx%016llx", id,
+               (unsigned long long)hi, (unsigned long long)lo,
+               (unsigned long long)hi0, (unsigned long long)lo0);
+  }
+}
+
 static void ulids_increase_across_milliseconds_and_a_clock_step_back(
   void **state)
 {
@@ -611,15 +645,15 @@ static void scope_timers_stay_right_past_the_cache(void **state)
 {
   struct fx *f = *state;
   struct emd_enrich_conn conn = { 0 };
-  char scopes[40][16];
+  char scopes[200][16];
 
   open_enrich(f, NULL);
-  for (int i = 0; i < 40; i++)
+  for (int i = 0; i < 200; i++)
     snprintf(scopes[i], sizeof(scopes[i]), "scope-%d", i);
-  /* Round robin over more scopes than are remembered, twice, and then
-   * one scope again and again. */
+  /* Round robin over more scopes than are remembered (64), twice, and
+   * then one scope again and again. */
   for (int round = 0; round < 3; round++) {
-    for (int i = 0; i < 40; i++) {
+    for (int i = 0; i < 200; i++) {
       emd_event *ev = new_event(f);
 
       ev->scope = scopes[round < 2 ? i : 7];
@@ -670,6 +704,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     T(ulid_is_26_crockford_digits_encoding_now),
     T(ulids_of_one_millisecond_strictly_increase),
+    T(ulids_of_one_millisecond_count_up_by_one),
     T(ulids_increase_across_milliseconds_and_a_clock_step_back),
     T(ulids_of_two_enrichments_differ),
     T(release_parses_into_major_minor_micro),
