@@ -149,10 +149,9 @@ static int out_reserve(struct outbuf *o, size_t n)
 /* Appends s as the inside of a JSON string. Bytes outside ASCII become '?':
  * messages are ours and ASCII, and a client's bytes quoted in one may not
  * be valid UTF-8. */
-static void out_json_str(struct outbuf *o, const char *s, size_t n)
+static char *put_json_str(char *d, const char *s, size_t n)
 {
   static const char hex[] = "0123456789abcdef";
-  char *d = o->data + o->len;
 
   for (size_t i = 0; i < n; i++) {
     unsigned char ch = (unsigned char)s[i];
@@ -169,78 +168,174 @@ static void out_json_str(struct outbuf *o, const char *s, size_t n)
       *d++ = ch < 0x80 ? (char)ch : '?';
     }
   }
-  o->len = (size_t)(d - o->data);
+  return d;
 }
 
-static void format_text(struct outbuf *o, const struct slot *s)
+static char *put_bytes(char *d, const void *s, size_t n)
 {
-  char *d;
-  int n;
+  memcpy(d, s, n);
+  return d + n;
+}
 
-  /* Worst case: every message byte escaped to 6, plus the frame. */
-  if (out_reserve(o, 256 + EMD_ID_MAX + 64 + (s->msg ? 6 * strlen(s->msg) : 0))
-      != 0)
-    return;
-  d = o->data + o->len;
-  if (s->rc != 0) {
-    n = sprintf(d, "{\"ok\":false,\"line\":%" PRIu32 ",\"error\":\"%s\","
-                "\"message\":\"", s->line, emd_errcode(s->rc));
-    o->len += (size_t)n;
-    const char *m = s->msg ? s->msg : emd_strerror(s->rc);
-    out_json_str(o, m, strlen(m));
-    memcpy(o->data + o->len, "\"}\n", 3);
-    o->len += 3;
-    return;
+#define PUT_LIT(d, s) put_bytes((d), (s), sizeof(s) - 1)
+
+/* v in decimal, as printf's PRIu64 writes it. */
+static char *put_dec(char *d, uint64_t v)
+{
+  char tmp[20], *p = tmp + sizeof(tmp);
+
+  do {
+    *--p = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  return put_bytes(d, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+/* Standard base64 with padding, as emd_codec_base64 writes it. */
+static char *put_base64(char *d, const uint8_t *s, size_t n)
+{
+  static const char tab[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t i;
+  uint32_t v;
+
+  for (i = 0; i + 2 < n; i += 3) {
+    v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+    d[0] = tab[v >> 18];
+    d[1] = tab[(v >> 12) & 63];
+    d[2] = tab[(v >> 6) & 63];
+    d[3] = tab[v & 63];
+    d += 4;
   }
-  n = sprintf(d, "{\"ok\":true,\"id\":\"%.*s\",\"seq\":%" PRIu64,
-              (int)s->id_len, s->id, s->seq);
-  d += n;
-  if (s->duplicate) {
-    memcpy(d, ",\"duplicate\":true}\n", 19);
-    d += 19;
+  if (i < n) {
+    v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0);
+    d[0] = tab[v >> 18];
+    d[1] = tab[(v >> 12) & 63];
+    d[2] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+    d[3] = '=';
+    d += 4;
+  }
+  return d;
+}
+
+static char *put_varint(char *d, uint64_t v)
+{
+  while (v >= 0x80) {
+    *d++ = (char)(v | 0x80);
+    v >>= 7;
+  }
+  *d++ = (char)v;
+  return d;
+}
+
+/* A proto3 field as protobuf-c packs it: left out when empty or zero. */
+static char *pb_bytes(char *d, uint8_t key, const void *s, size_t n)
+{
+  if (n == 0)
+    return d;
+  *d++ = (char)key;
+  d = put_varint(d, n);
+  return put_bytes(d, s, n);
+}
+
+static char *pb_uint(char *d, uint8_t key, uint64_t v)
+{
+  if (v == 0)
+    return d;
+  *d++ = (char)key;
+  return put_varint(d, v);
+}
+
+/* Field keys of emitd.v1.Ack: field number << 3 | wire type. */
+enum {
+  ACK_OK = 1 << 3 | 0, ACK_ID = 2 << 3 | 2, ACK_SEQ = 3 << 3 | 0,
+  ACK_TIMER = 4 << 3 | 2, ACK_ORDINAL = 5 << 3 | 0,
+  ACK_DUPLICATE = 6 << 3 | 0, ACK_ERROR = 7 << 3 | 2,
+  ACK_MESSAGE = 8 << 3 | 2, ACK_LINE = 9 << 3 | 0,
+};
+
+static const char *reply_msg(const struct emd_ingest_reply *r)
+{
+  return r->msg != NULL ? r->msg : emd_strerror(r->rc);
+}
+
+size_t emd_ingest_reply_max(const struct emd_ingest_reply *r)
+{
+  /* Every message byte escaped to 6 (text), the rest with room to spare
+   * (either mode). */
+  if (r->rc != 0)
+    return 128 + strlen(emd_errcode(r->rc)) + 6 * strlen(reply_msg(r));
+  return 128 + r->id_len + 2 * r->timer_len;
+}
+
+static size_t format_text(const struct emd_ingest_reply *r, char *out)
+{
+  char *d = out;
+
+  if (r->rc != 0) {
+    const char *code = emd_errcode(r->rc), *m = reply_msg(r);
+
+    d = PUT_LIT(d, "{\"ok\":false,\"line\":");
+    d = put_dec(d, r->line);
+    d = PUT_LIT(d, ",\"error\":\"");
+    d = put_bytes(d, code, strlen(code));
+    d = PUT_LIT(d, "\",\"message\":\"");
+    d = put_json_str(d, m, strlen(m));
+    d = PUT_LIT(d, "\"}\n");
+    return (size_t)(d - out);
+  }
+  d = PUT_LIT(d, "{\"ok\":true,\"id\":\"");
+  d = put_bytes(d, r->id, r->id_len);
+  d = PUT_LIT(d, "\",\"seq\":");
+  d = put_dec(d, r->seq);
+  if (r->duplicate) {
+    d = PUT_LIT(d, ",\"duplicate\":true}\n");
   } else {
-    memcpy(d, ",\"timer\":\"", 10);
-    d += 10;
-    d += emd_codec_base64(s->timer, s->timer_len, d);
-    d += sprintf(d, "\",\"ordinal\":%" PRIu32 "}\n", s->ordinal);
+    d = PUT_LIT(d, ",\"timer\":\"");
+    d = put_base64(d, r->timer, r->timer_len);
+    d = PUT_LIT(d, "\",\"ordinal\":");
+    d = put_dec(d, r->ordinal);
+    d = PUT_LIT(d, "}\n");
   }
-  o->len = (size_t)(d - o->data);
+  return (size_t)(d - out);
 }
 
-static void format_binary(struct outbuf *o, const struct slot *s)
+/* An emitd.v1.Ack, byte for byte as protobuf-c packs it (fields in number
+ * order, proto3 defaults left out), after its 4-byte big-endian length. */
+static size_t format_binary(const struct emd_ingest_reply *r, char *out)
 {
-  emd_ack ack = EMITD__V1__ACK__INIT;
-  char id[EMD_ID_MAX + 1];
+  char *d = out + 4;
   size_t n;
 
-  /* protobuf-c only reads these while packing, below. */
-  ack.ok = s->rc == 0;
-  if (s->rc == 0) {
-    memcpy(id, s->id, s->id_len);
-    id[s->id_len] = '\0';
-    ack.id = id;
-    ack.seq = s->seq;
-    ack.duplicate = s->duplicate;
-    if (!s->duplicate) {
-      ack.timer.data = (uint8_t *)s->timer;
-      ack.timer.len = s->timer_len;
-      ack.ordinal = s->ordinal;
+  if (r->rc == 0) {
+    d = pb_uint(d, ACK_OK, 1);
+    d = pb_bytes(d, ACK_ID, r->id, r->id_len);
+    d = pb_uint(d, ACK_SEQ, r->seq);
+    if (!r->duplicate) {
+      d = pb_bytes(d, ACK_TIMER, r->timer, r->timer_len);
+      d = pb_uint(d, ACK_ORDINAL, r->ordinal);
+    } else {
+      d = pb_uint(d, ACK_DUPLICATE, 1);
     }
   } else {
-    ack.error = (char *)emd_errcode(s->rc);
-    ack.message = s->msg ? s->msg : (char *)emd_strerror(s->rc);
-    ack.line = s->line;
+    const char *code = emd_errcode(r->rc), *m = reply_msg(r);
+
+    d = pb_bytes(d, ACK_ERROR, code, strlen(code));
+    d = pb_bytes(d, ACK_MESSAGE, m, strlen(m));
+    d = pb_uint(d, ACK_LINE, r->line);
   }
-  n = emitd__v1__ack__get_packed_size(&ack);
-  if (out_reserve(o, n + 4) != 0)
-    return;
-  uint8_t *d = (uint8_t *)o->data + o->len;
-  d[0] = (uint8_t)(n >> 24);
-  d[1] = (uint8_t)(n >> 16);
-  d[2] = (uint8_t)(n >> 8);
-  d[3] = (uint8_t)n;
-  emitd__v1__ack__pack(&ack, d + 4);
-  o->len += n + 4;
+  n = (size_t)(d - out) - 4;
+  out[0] = (char)(n >> 24);
+  out[1] = (char)(n >> 16);
+  out[2] = (char)(n >> 8);
+  out[3] = (char)n;
+  return n + 4;
+}
+
+size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
+                               char *out)
+{
+  return binary ? format_binary(r, out) : format_text(r, out);
 }
 
 /* ---- connection lifetime ------------------------------------------------ */
@@ -407,6 +502,7 @@ static void conn_flush(struct conn *c)
 {
   struct emd_ingest *in = c->in;
   struct outbuf *o = &c->out[c->cur];
+  bool binary = c->framer.mode == EMD_FRAME_BINARY;
   uint64_t now_ns = 0;
 
   while (c->count > 0) {
@@ -418,10 +514,15 @@ static void conn_flush(struct conn *c)
       now_ns = uv_hrtime();
     count_reply(in, s, now_ns);
     if (!c->closed) {
-      if (c->framer.mode == EMD_FRAME_BINARY)
-        format_binary(o, s);
-      else
-        format_text(o, s);
+      struct emd_ingest_reply r = {
+        .rc = s->rc, .line = s->line, .msg = s->msg,
+        .id = s->id, .id_len = s->id_len, .seq = s->seq,
+        .duplicate = s->duplicate, .timer = s->timer,
+        .timer_len = s->timer_len, .ordinal = s->ordinal,
+      };
+
+      if (out_reserve(o, emd_ingest_reply_max(&r)) == 0)
+        o->len += emd_ingest_format_reply(&r, binary, o->data + o->len);
     }
     free(s->msg);
     c->head = (c->head + 1) % c->cap;
