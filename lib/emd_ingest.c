@@ -7,8 +7,10 @@
  * that needs a reply takes a slot in the connection's reply ring, in line
  * order: an error is ready at once, an event waits for its spool callback.
  * Ready slots at the head of the ring are formatted into an output buffer
- * and written. The connection is freed only when its handle is closed and
- * no spool callback is owed to it. */
+ * and written. Spool callbacks come in bursts (one per event of a group
+ * commit), so they only mark their connection dirty; each dirty connection
+ * is flushed once, at the end of the loop turn. The connection is freed
+ * only when its handle is closed and no spool callback is owed to it. */
 #include "emd_ingest.h"
 
 #include <errno.h>
@@ -60,6 +62,9 @@ struct conn {
   uv_pipe_t pipe;                     /* pipe.data = this */
   struct emd_ingest *in;
   struct conn *prev, *next;           /* in in->conns */
+  struct conn *dirty_next;            /* in in->dirty, while dirty */
+  bool dirty;                         /* spool callbacks made replies ready;
+                                       * flushed at the end of the turn */
   struct emd_framer framer;           /* bytes -> lines or frames */
   uint32_t line;                      /* lines (frames) seen so far */
   bool reading;                       /* uv_read_start is in force */
@@ -100,10 +105,14 @@ struct emd_ingest {
   bool blocked;                       /* spool full (on_full = block) */
   uv_check_t turn;                    /* end of a loop turn: new burst */
   uv_idle_t resume;                   /* next turn: accept what waits */
-  int extra_handles;                  /* turn and resume, until closed */
+  uv_check_t flusher;                 /* end of a turn: flush in->dirty */
+  bool flusher_closing;
+  int extra_handles;                  /* turn, resume and flusher, until
+                                       * closed */
   unsigned accepted_this_turn;
   bool accept_waiting;                /* a connection is left to accept */
   struct conn *conns;
+  struct conn *dirty;                 /* connections to flush this turn */
   emd_ingest_idle_cb idle_cb;
   void *idle_data;
   struct emd_ingest_stats st;
@@ -340,6 +349,18 @@ size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
 
 /* ---- connection lifetime ------------------------------------------------ */
 
+static void conn_undirty(struct conn *c)
+{
+  struct conn **pp = &c->in->dirty;
+
+  if (!c->dirty)
+    return;
+  while (*pp != c)
+    pp = &(*pp)->dirty_next;
+  *pp = c->dirty_next;
+  c->dirty = false;
+}
+
 static void conn_free(struct conn *c)
 {
   struct emd_ingest *in = c->in;
@@ -355,6 +376,7 @@ static void conn_free(struct conn *c)
     in->conns = c->next;
   if (c->next != NULL)
     c->next->prev = c->prev;
+  conn_undirty(c);
   for (size_t i = 0; i < c->count; i++)
     free(c->slots[(c->head + i) % c->cap].msg);
   free(c->slots);
@@ -393,6 +415,11 @@ static void conn_close(struct conn *c)
     return;
   c->closed = true;
   c->reading = false;
+  if (c->dirty) {
+    /* Replies made ready this turn are counted, as if written. */
+    conn_undirty(c);
+    conn_flush(c);
+  }
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
 
@@ -550,6 +577,38 @@ static void conn_flush(struct conn *c)
   conn_maybe_finish(c);
 }
 
+/* End of a loop turn: flushes every connection that spool callbacks made
+ * replies ready on, once, however many events its group commit held. */
+static void on_flush_turn(uv_check_t *h)
+{
+  struct emd_ingest *in = h->data;
+  struct conn *c;
+
+  uv_check_stop(h);
+  while ((c = in->dirty) != NULL) {
+    in->dirty = c->dirty_next;
+    c->dirty = false;
+    conn_flush(c);        /* never frees c */
+  }
+}
+
+static void conn_mark_dirty(struct conn *c)
+{
+  struct emd_ingest *in = c->in;
+
+  if (c->dirty)
+    return;
+  if (in->flusher_closing) {
+    conn_flush(c);
+    return;
+  }
+  if (in->dirty == NULL)
+    uv_check_start(&in->flusher, on_flush_turn);
+  c->dirty = true;
+  c->dirty_next = in->dirty;
+  in->dirty = c;
+}
+
 /* A spool callback: fills the oldest slot still waiting for one. */
 static void on_spooled(void *data, const struct emd_spool_result *res)
 {
@@ -574,10 +633,14 @@ static void on_spooled(void *data, const struct emd_spool_result *res)
   s->seq = res->seq;
   s->ordinal = res->ordinal;
   s->duplicate = res->duplicate;
-  /* With nobody left to reply to, this still moves the ring on (counts
-   * stay right) and frees the connection after its last callback. */
-  conn_flush(c);
-  conn_maybe_free(c);
+  if (c->closed) {
+    /* With nobody left to reply to, this still moves the ring on (counts
+     * stay right) and frees the connection after its last callback. */
+    conn_flush(c);
+    conn_maybe_free(c);
+  } else {
+    conn_mark_dirty(c);
+  }
 }
 
 /* ---- input --------------------------------------------------------------- */
@@ -1006,8 +1069,9 @@ int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
   in->server_open = true;
   uv_check_init(loop, &in->turn);
   uv_idle_init(loop, &in->resume);
-  in->turn.data = in->resume.data = in;
-  in->extra_handles = 2;
+  uv_check_init(loop, &in->flusher);
+  in->turn.data = in->resume.data = in->flusher.data = in;
+  in->extra_handles = 3;
   uv_check_start(&in->turn, on_turn);
   uv_unref((uv_handle_t *)&in->turn);
   if (listen_fd >= 0) {
@@ -1123,6 +1187,10 @@ void emd_ingest_close(struct emd_ingest *in)
     conn_close(c);
   }
   close_server(in);
+  if (!in->flusher_closing) {
+    in->flusher_closing = true;
+    uv_close((uv_handle_t *)&in->flusher, on_extra_closed);
+  }
   ingest_maybe_free(in);
 }
 

@@ -871,6 +871,89 @@ static void close_with_clients_connected_frees_everything(void **state)
   assert_true(busy->eof);
 }
 
+/* ---- replies per loop turn --------------------------------------------- */
+
+#define GROUP_LINES 20
+
+struct peek {
+  struct fx *f;
+  int calls;                /* changed callbacks so far */
+  uint64_t received;        /* stats at the first one */
+  uint64_t accepted;
+  bool close;               /* close the ingest there and then */
+};
+
+/* The spool's changed callback runs right after the spool callbacks of a
+ * group commit, in the same loop turn. */
+static void on_changed_peek(void *data)
+{
+  struct peek *pk = data;
+  struct emd_ingest_stats st;
+
+  if (pk->calls++ > 0 || pk->f->in == NULL)
+    return;
+  if (pk->close) {
+    emd_ingest_close(pk->f->in);
+    /* Still readable until the loop runs the close callbacks. */
+    emd_ingest_stats(pk->f->in, &st);
+    pk->f->in = NULL;
+  } else {
+    st = stats(pk->f);
+  }
+  pk->received = st.received;
+  pk->accepted = st.accepted;
+}
+
+static void send_group(struct fx *f, struct peek *pk)
+{
+  struct client *c;
+
+  emd_spool_set_changed_cb(f->sp, on_changed_peek, pk);
+  start(f);
+  c = client_connect(f, 0);
+  for (int i = 0; i < GROUP_LINES; i++)
+    client_puts(c, SMALLEST "\n");
+  PUMP_UNTIL(f, pk->calls > 0);
+}
+
+static void replies_of_a_group_commit_go_out_at_the_end_of_the_turn(
+  void **state)
+{
+  struct fx *f = *state;
+  struct peek pk = { .f = f };
+  struct emd_ingest_stats st;
+  struct ok_reply ok;
+  struct client *c;
+
+  send_group(f, &pk);
+  /* Every callback of the group has run, and no reply is out yet: they
+   * leave together when the turn ends, one flush for the connection. */
+  assert_int_equal(pk.received, 0);
+  c = &f->cl[0];
+  PUMP_UNTIL(f, nlines(c) == GROUP_LINES);
+  for (size_t i = 0; i < GROUP_LINES; i++) {
+    expect_ok(c, i, &ok);
+    assert_int_equal(ok.ordinal, i + 1);
+  }
+  st = stats(f);
+  assert_int_equal(st.received, GROUP_LINES);
+  assert_int_equal(st.accepted, GROUP_LINES);
+  assert_int_equal(emd_histogram_total(&st.ack_latency_s), GROUP_LINES);
+  emd_spool_set_changed_cb(f->sp, NULL, NULL);
+}
+
+static void replies_ready_when_the_ingest_closes_are_still_counted(
+  void **state)
+{
+  struct fx *f = *state;
+  struct peek pk = { .f = f, .close = true };
+
+  send_group(f, &pk);
+  assert_int_equal(pk.received, GROUP_LINES);
+  assert_int_equal(pk.accepted, GROUP_LINES);
+  emd_spool_set_changed_cb(f->sp, NULL, NULL);
+}
+
 /* ---- reply formatting ---------------------------------------------------- */
 
 /* The text reply as printf words it: the reference the formatter must
@@ -1039,6 +1122,8 @@ int main(void)
     T(stop_calls_idle_once_every_reply_is_out),
     T(line_sent_while_stopping_is_answered_shutting_down),
     T(close_with_clients_connected_frees_everything),
+    T(replies_of_a_group_commit_go_out_at_the_end_of_the_turn),
+    T(replies_ready_when_the_ingest_closes_are_still_counted),
 #undef T
     cmocka_unit_test(replies_match_printf_and_protobuf_c_byte_for_byte),
   };
