@@ -471,12 +471,11 @@ static struct slot *slot_push(struct conn *c)
   return s;
 }
 
-static void count_reply(struct emd_ingest *in, const struct slot *s,
-                        uint64_t now_ns)
+/* Counts a reply by its outcome; its latency is the caller's (see
+ * latency_add). */
+static void count_reply(struct emd_ingest *in, const struct slot *s)
 {
   in->st.received++;
-  emd_histogram_observe(&in->st.ack_latency_s,
-                        (double)(now_ns - s->t0_ns) / 1e9);
   switch (s->rc) {
   case 0:
     if (s->duplicate)
@@ -490,6 +489,32 @@ static void count_reply(struct emd_ingest *in, const struct slot *s,
   case EMD_ESHUTDOWN: in->st.shutting_down++; break;
   default: in->st.invalid++; break;
   }
+}
+
+/* Latencies, observed per run of replies whose lines came in the same
+ * read (they share t0_ns, so they share a bucket): once per read, not
+ * once per reply. */
+struct latency_run {
+  uint64_t t0_ns;
+  uint64_t n;
+};
+
+static void latency_flush(struct emd_ingest *in, struct latency_run *run,
+                          uint64_t now_ns)
+{
+  if (run->n > 0)
+    emd_histogram_observe_n(&in->st.ack_latency_s,
+                            (double)(now_ns - run->t0_ns) / 1e9, run->n);
+  run->n = 0;
+}
+
+static void latency_add(struct emd_ingest *in, struct latency_run *run,
+                        uint64_t t0_ns, uint64_t now_ns)
+{
+  if (run->n > 0 && run->t0_ns != t0_ns)
+    latency_flush(in, run, now_ns);
+  run->t0_ns = t0_ns;
+  run->n++;
 }
 
 /* Queues a reply that is ready now (an error). */
@@ -530,6 +555,7 @@ static void conn_flush(struct conn *c)
   struct emd_ingest *in = c->in;
   struct outbuf *o = &c->out[c->cur];
   bool binary = c->framer.mode == EMD_FRAME_BINARY;
+  struct latency_run run = { 0, 0 };
   uint64_t now_ns = 0;
 
   while (c->count > 0) {
@@ -539,7 +565,8 @@ static void conn_flush(struct conn *c)
       break;
     if (now_ns == 0)
       now_ns = uv_hrtime();
-    count_reply(in, s, now_ns);
+    count_reply(in, s);
+    latency_add(in, &run, s->t0_ns, now_ns);
     if (!c->closed) {
       struct emd_ingest_reply r = {
         .rc = s->rc, .line = s->line, .msg = s->msg,
@@ -557,6 +584,7 @@ static void conn_flush(struct conn *c)
     if (c->fill > 0)
       c->fill--;
   }
+  latency_flush(in, &run, now_ns);
   if (c->closed) {
     o->len = 0;
     return;
