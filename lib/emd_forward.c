@@ -199,7 +199,8 @@ static size_t varint_put(uint8_t *p, uint64_t v)
   return n;
 }
 
-static bool varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v)
+static bool varint_get_long(const uint8_t **p, const uint8_t *end,
+                            uint64_t *v)
 {
   uint64_t x = 0;
   unsigned shift;
@@ -213,6 +214,16 @@ static bool varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v)
     }
   }
   return false;
+}
+
+static inline bool varint_get(const uint8_t **p, const uint8_t *end,
+                              uint64_t *v)
+{
+  if (*p < end && **p < 0x80) {        /* most keys and lengths */
+    *v = *(*p)++;
+    return true;
+  }
+  return varint_get_long(p, end, v);
 }
 
 /* Finds the first length-delimited field `field` of a packed message. */
@@ -751,6 +762,41 @@ static bool id_matches(const struct fw_batch *b, size_t i, const char *eid,
   return id_len == eid_len && memcmp(id, eid, eid_len) == 0;
 }
 
+/* Reads an EventID of the shape replies have, in place: ok (one byte, 0
+ * or 1), eid and sid (each a length under 128, eid without NUL bytes),
+ * each at most once, in field order. What protobuf-c would make of those
+ * bytes is plain: nothing unknown, eid these bytes, ok this value. Returns
+ * false for any other bytes (they may still be a valid EventID). */
+static bool pb_event_id_plain(const uint8_t *p, size_t len, bool *ok,
+                              const uint8_t **eid, size_t *eid_len)
+{
+  const uint8_t *end = p + len;
+
+  *ok = false;
+  *eid = p;
+  *eid_len = 0;
+  if (p < end && p[0] == 0x08) {          /* 1 ok, varint */
+    if (end - p < 2 || p[1] > 1)
+      return false;
+    *ok = p[1] == 1;
+    p += 2;
+  }
+  if (p < end && p[0] == 0x12) {          /* 2 eid, length-delimited */
+    if (end - p < 2 || p[1] >= 0x80 || end - p - 2 < p[1] ||
+        memchr(p + 2, 0, p[1]) != NULL)
+      return false;
+    *eid = p + 2;
+    *eid_len = p[1];
+    p += 2 + p[1];
+  }
+  if (p < end && p[0] == 0x1a) {          /* 3 sid, length-delimited */
+    if (end - p < 2 || p[1] >= 0x80 || end - p - 2 < p[1])
+      return false;
+    p += 2 + p[1];
+  }
+  return p == end;
+}
+
 /* One EventID: trusted when its eid is the event's id, or, without an
  * eid, when it holds nothing unknown (bytes that merely happen to parse
  * must not delete or dead-letter anything). */
@@ -758,19 +804,30 @@ static bool pb_verdict(const struct fw_batch *b, size_t i, const uint8_t *p,
                        size_t len, struct emd_arena *arena,
                        struct fw_verdict *v)
 {
-  emd_event_id *eid;
+  const uint8_t *plain_eid;
+  size_t plain_len;
+  bool ok;
 
-  eid = buildless__service__v1__event_id__unpack(emd_arena_pb(arena), len,
-                                                 p);
-  if (eid == NULL)
-    return false;
-  if (eid->eid != NULL && eid->eid[0] != '\0') {
-    if (!id_matches(b, i, eid->eid, strlen(eid->eid)))
+  if (pb_event_id_plain(p, len, &ok, &plain_eid, &plain_len)) {
+    /* nothing unknown: an eid, if any, decides */
+    if (plain_len > 0 &&
+        !id_matches(b, i, (const char *)plain_eid, plain_len))
       return false;
-  } else if (eid->base.n_unknown_fields != 0) {
-    return false;
+  } else {
+    emd_event_id *eid = buildless__service__v1__event_id__unpack(
+      emd_arena_pb(arena), len, p);
+
+    if (eid == NULL)
+      return false;
+    if (eid->eid != NULL && eid->eid[0] != '\0') {
+      if (!id_matches(b, i, eid->eid, strlen(eid->eid)))
+        return false;
+    } else if (eid->base.n_unknown_fields != 0) {
+      return false;
+    }
+    ok = eid->ok;
   }
-  v->ok = eid->ok ? 1 : 0;
+  v->ok = ok ? 1 : 0;
   v->excerpt = p;
   v->excerpt_len = len;
   return true;
@@ -824,15 +881,75 @@ static int json_skip(const jsmntok_t *t, int i, int count)
   return i;
 }
 
-/* One {"ok":…,"eid":…} line, under the same trust rule as pb_verdict. */
-static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
-                         size_t len, struct fw_verdict *v)
+static bool json_lit(const char **p, const char *end, const char *lit,
+                     size_t n)
+{
+  if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0)
+    return false;
+  *p += n;
+  return true;
+}
+
+/* A string without escapes or control bytes (a NUL ends jsmn's input). */
+static bool json_str_plain(const char **p, const char *end, const char **s,
+                           size_t *n)
+{
+  const char *q = *p;
+
+  if (q == end || *q != '"')
+    return false;
+  *s = ++q;
+  while (q < end && *q != '"') {
+    if ((unsigned char)*q < 0x20 || *q == '\\')
+      return false;
+    q++;
+  }
+  if (q == end)
+    return false;
+  *n = (size_t)(q - *s);
+  *p = q + 1;
+  return true;
+}
+
+/* Reads a verdict of the shape replies have, in place:
+ * {"ok":true,"eid":"…"} or "ok":false, then an optional ,"sid":"…", no
+ * white space, strings without escapes or control bytes. jsmn reads those
+ * bytes as exactly these tokens. Returns false for anything else (it may
+ * still be a valid verdict). */
+static bool json_verdict_plain(const char *js, size_t len, bool *ok,
+                               const char **eid, size_t *eid_len)
+{
+  static const char t[] = "{\"ok\":true,\"eid\":";
+  static const char f[] = "{\"ok\":false,\"eid\":";
+  static const char sid[] = ",\"sid\":";
+  const char *p = js, *end = js + len, *s;
+  size_t n;
+
+  if (json_lit(&p, end, t, sizeof(t) - 1))
+    *ok = true;
+  else if (json_lit(&p, end, f, sizeof(f) - 1))
+    *ok = false;
+  else
+    return false;
+  if (!json_str_plain(&p, end, eid, eid_len))
+    return false;
+  if (json_lit(&p, end, sid, sizeof(sid) - 1) &&
+      !json_str_plain(&p, end, &s, &n))
+    return false;
+  return json_lit(&p, end, "}", 1) && p == end;
+}
+
+/* jsmn's reading of a verdict line, for any layout: *ok as it says; false
+ * when it cannot be trusted (see json_verdict). */
+static bool json_verdict_tokens(const struct fw_batch *b, size_t i,
+                                const char *js, size_t len, bool *ok)
 {
   jsmntok_t t[JSON_TOKENS];
   jsmn_parser jp;
   int count, k;
-  bool ok = false, has_eid = false, unknown = false;
+  bool has_eid = false, unknown = false;
 
+  *ok = false;
   jsmn_init(&jp);
   count = jsmn_parse(&jp, js, len, t, JSON_TOKENS);
   if (count < 1 || t[0].type != JSMN_OBJECT || t[0].end != (int)len)
@@ -848,7 +965,7 @@ static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
       if (val->type != JSMN_PRIMITIVE)
         return false;
       if (json_word(js, val, "true"))
-        ok = true;
+        *ok = true;
       else if (!json_word(js, val, "false") && !json_word(js, val, "null"))
         return false;
     } else if (json_eq(js, key, "eid")) {
@@ -861,8 +978,23 @@ static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
     }
     k = json_skip(t, k + 1, count);
   }
-  if (!has_eid && unknown)
+  return has_eid || !unknown;
+}
+
+/* One {"ok":…,"eid":…} line, under the same trust rule as pb_verdict. */
+static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
+                         size_t len, struct fw_verdict *v)
+{
+  const char *eid;
+  size_t eid_len;
+  bool ok;
+
+  if (json_verdict_plain(js, len, &ok, &eid, &eid_len)) {
+    if (!id_matches(b, i, eid, eid_len))
+      return false;
+  } else if (!json_verdict_tokens(b, i, js, len, &ok)) {
     return false;
+  }
   v->ok = ok ? 1 : 0;
   v->excerpt = js;
   v->excerpt_len = len;
