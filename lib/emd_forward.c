@@ -1179,27 +1179,51 @@ static int encode_json(struct emd_forward *fw, struct fw_batch *b,
 /* event:stream gets the framed events with fin = true on the last one;
  * event:emit gets the one event with fin = true. Appending field 2 = 1
  * (bytes 10 01) to a packed message sets it: the last value on the wire
- * wins. */
+ * wins. The body is the batch's own buffer, sealed in place: 10 01 goes
+ * past its end and the last frame's length grows by 2 (batch_unseal puts
+ * it back). Only when that length would take one more varint byte is the
+ * body copied into out instead. */
 static int encode_pb(struct fw_batch *b, bool single,
-                     struct emd_codec_buf *out)
+                     struct emd_codec_buf *out, const void **data,
+                     size_t *len)
 {
   const struct fw_item *last = &b->items[b->n - 1];
   size_t head = single ? 0 : frame_start(b, b->n - 1);
 
+  if (single || varint_len(last->len + 2) == varint_len(last->len)) {
+    if (batch_reserve(b, 0, 2) != 0)
+      return -ENOMEM;
+    if (!single)
+      varint_put(b->buf + head, last->len + 2);
+    b->buf[last->off + last->len] = 0x10;
+    b->buf[last->off + last->len + 1] = 0x01;
+    *data = single ? b->buf + last->off : b->buf;
+    *len = last->off + last->len + 2 - (single ? last->off : 0);
+    return 0;
+  }
   if (buf_reserve(out, head + 10 + last->len + 2) != 0)
     return -ENOMEM;
   memcpy(out->data, b->buf, head);
   out->len = head;
-  if (!single)
-    out->len += varint_put((uint8_t *)out->data + out->len, last->len + 2);
+  out->len += varint_put((uint8_t *)out->data + out->len, last->len + 2);
   memcpy(out->data + out->len, b->buf + last->off, last->len);
   out->len += last->len;
   out->data[out->len++] = 0x10;
   out->data[out->len++] = 0x01;
+  *data = out->data;
+  *len = out->len;
   return 0;
 }
 
-static int gzip_into(struct emd_forward *fw, const struct emd_codec_buf *in,
+/* Undoes encode_pb's seal: the last frame's length as it was (the bytes
+ * past the end do not matter). A no-op on a batch not sealed. */
+static void batch_unseal(struct fw_batch *b)
+{
+  if (b->n > 0)
+    varint_put(b->buf + frame_start(b, b->n - 1), b->items[b->n - 1].len);
+}
+
+static int gzip_into(struct emd_forward *fw, const void *in, size_t in_len,
                      struct emd_codec_buf *out)
 {
   z_stream *z = &fw->gz;
@@ -1213,10 +1237,10 @@ static int gzip_into(struct emd_forward *fw, const struct emd_codec_buf *in,
     return EMD_EINTERNAL;
   }
   out->len = 0;
-  if (buf_reserve(out, deflateBound(z, in->len)) != 0)
+  if (buf_reserve(out, deflateBound(z, in_len)) != 0)
     return -ENOMEM;
-  z->next_in = (Bytef *)in->data;
-  z->avail_in = (uInt)in->len;
+  z->next_in = (Bytef *)in;
+  z->avail_in = (uInt)in_len;
   z->next_out = (Bytef *)out->data;
   z->avail_out = (uInt)out->cap;
   if (deflate(z, Z_FINISH) != Z_STREAM_END)
@@ -1225,7 +1249,7 @@ static int gzip_into(struct emd_forward *fw, const struct emd_codec_buf *in,
   return 0;
 }
 
-static int zstd_into(struct emd_forward *fw, const struct emd_codec_buf *in,
+static int zstd_into(struct emd_forward *fw, const void *in, size_t in_len,
                      struct emd_codec_buf *out)
 {
   size_t n;
@@ -1233,9 +1257,9 @@ static int zstd_into(struct emd_forward *fw, const struct emd_codec_buf *in,
   if (fw->zstd == NULL && (fw->zstd = ZSTD_createCCtx()) == NULL)
     return -ENOMEM;
   out->len = 0;
-  if (buf_reserve(out, ZSTD_compressBound(in->len)) != 0)
+  if (buf_reserve(out, ZSTD_compressBound(in_len)) != 0)
     return -ENOMEM;
-  n = ZSTD_compressCCtx(fw->zstd, out->data, out->cap, in->data, in->len,
+  n = ZSTD_compressCCtx(fw->zstd, out->data, out->cap, in, in_len,
                         ZSTD_LEVEL);
   if (ZSTD_isError(n))
     return EMD_EINTERNAL;
@@ -1243,28 +1267,34 @@ static int zstd_into(struct emd_forward *fw, const struct emd_codec_buf *in,
   return 0;
 }
 
-/* Fills r->body (and r->zbody) for b; *send is what goes out. */
+/* The body for b: in b's own buffer (protobuf, sealed), r->body (JSON),
+ * or r->zbody (compressed). *data stays valid, unchanged, until the
+ * request is over; then batch_unseal(b). */
 static int build_body(struct emd_forward *fw, struct fw_req *r,
-                      struct fw_batch *b, struct emd_codec_buf **send)
+                      struct fw_batch *b, const void **data, size_t *len)
 {
   const struct emd_config *cfg = fw->cfg;
   bool single = cfg->upstream.mode == EMD_MODE_SINGLE;
   int rc;
 
   r->body.len = 0;
-  rc = cfg->upstream.encoding == EMD_ENC_JSON
-         ? encode_json(fw, b, single, &r->body)
-         : encode_pb(b, single, &r->body);
+  if (cfg->upstream.encoding == EMD_ENC_JSON) {
+    rc = encode_json(fw, b, single, &r->body);
+    *data = r->body.data;
+    *len = r->body.len;
+  } else {
+    rc = encode_pb(b, single, &r->body, data, len);
+  }
   if (rc != 0)
     return rc;
-  *send = &r->body;
-  if (cfg->upstream.compression == EMD_COMP_GZIP) {
-    rc = gzip_into(fw, &r->body, &r->zbody);
-    *send = &r->zbody;
-  } else if (cfg->upstream.compression == EMD_COMP_ZSTD) {
-    rc = zstd_into(fw, &r->body, &r->zbody);
-    *send = &r->zbody;
-  }
+  if (cfg->upstream.compression == EMD_COMP_GZIP)
+    rc = gzip_into(fw, *data, *len, &r->zbody);
+  else if (cfg->upstream.compression == EMD_COMP_ZSTD)
+    rc = zstd_into(fw, *data, *len, &r->zbody);
+  else
+    return 0;
+  *data = r->zbody.data;
+  *len = r->zbody.len;
   return rc;
 }
 
@@ -1411,21 +1441,21 @@ static size_t histogram_bucket(size_t n)
 /* Starts the request for b; b belongs to the request from here on. */
 static int send_batch(struct emd_forward *fw, struct fw_batch *b)
 {
-  struct emd_codec_buf *body;
+  const void *body;
+  size_t len;
   struct fw_req *r;
   int rc;
 
   r = req_get(fw);
   if (r == NULL)
     return -ENOMEM;
-  rc = build_body(fw, r, b, &body);
+  rc = build_body(fw, r, b, &body, &len);
   if (rc == 0)
     rc = build_headers(fw, r);
   if (rc != 0)
     goto fail;
-  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE,
-                   (curl_off_t)body->len);
-  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, body->data);
+  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, body);
   curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
   r->batch = b;
   r->key_gen = fw->key_gen;
@@ -1442,6 +1472,7 @@ static int send_batch(struct emd_forward *fw, struct fw_batch *b)
   return 0;
 
 fail:
+  batch_unseal(b);
   req_put(fw, r);
   return rc;
 }
@@ -1697,6 +1728,7 @@ static void finish(struct emd_forward *fw, struct fw_req *r, CURLcode rc)
 
   curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
   curl_multi_remove_handle(fw->multi, r->easy);
+  batch_unseal(b);
   fw->st.inflight--;
   fw->st.inflight_events -= b->n;
   count_reply(fw, rc, status);

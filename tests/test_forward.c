@@ -950,6 +950,58 @@ static void batch_mode_sends_every_event_once_with_fin_on_each_last(void **s)
   assert_int_equal(st.batch_events, 1200);
 }
 
+/* Spools n events, two of each packed length from base + 3 up (base: the
+ * length without a scope), by padding Event.scope. */
+static size_t append_sized_events(struct fx *fx, size_t n)
+{
+  static char pad[128];
+  size_t base;
+
+  memset(pad, 'p', sizeof(pad) - 1);
+  fx->want_appended = fx->appended + n;
+  for (size_t i = 0; i < n; i++) {
+    emd_event *ev = make_event(emd_spool_arena(fx->sp), i);
+
+    base = buildless__service__v1__event__get_packed_size(ev);
+    ev->scope = pad + sizeof(pad) - 1 - (1 + i / 2);  /* 2 + 1 + i/2 bytes */
+    assert_int_equal(buildless__service__v1__event__get_packed_size(ev),
+                     base + 3 + i / 2);
+    assert_int_equal(emd_spool_append(fx->sp, ev, on_appended, fx), 0);
+  }
+  assert_true(run_until(fx, all_appended, WAIT_MS));
+  assert_int_equal(fx->append_failed, 0);
+  return base;
+}
+
+/* The body is the batch's own buffer with fin set in place, unless the
+ * last event's length (+2 for fin) needs one more varint byte (126 and
+ * 127 bytes): then it is a copy. Either way every event arrives once with
+ * fin on each last, after a 500 (the same batch again) and a 413 (split
+ * in two). */
+static void fin_is_set_on_last_events_of_every_length(void **s)
+{
+  struct fx *fx = *s;
+  struct arrival a[64];
+  size_t base, count;
+
+  fx->cfg.upstream.batch_max_events = 2;
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":500},{\"status\":413}]");
+  fx_open(fx);
+  base = append_sized_events(fx, 64);
+  assert_true(base + 3 <= 126 && base + 3 + 31 >= 129);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  count = arrivals(fx, a, 64, "/v1/telemetry/event:stream", "protobuf",
+                   "none");
+  assert_int_equal(count, 64);
+  check_arrivals(a, count, 64);
+  assert_int_equal(up_stat(fx, "unique_ids"), 64);
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, 64);
+  assert_true(fw_stats(fx).requests_4xx >= 1);
+  assert_true(fw_stats(fx).requests_5xx >= 1);
+}
+
 static void batch_mode_json_with_gzip_arrives(void **s)
 {
   deliver(*s, EMD_MODE_BATCH, EMD_ENC_JSON, EMD_COMP_GZIP, 300);
@@ -2035,6 +2087,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
   const struct CMUnitTest live[] = {
     T(batch_mode_sends_every_event_once_with_fin_on_each_last),
+    T(fin_is_set_on_last_events_of_every_length),
     T(batch_mode_json_with_gzip_arrives),
     T(batch_mode_protobuf_with_zstd_arrives),
     T(batch_mode_json_with_zstd_arrives),
