@@ -71,10 +71,12 @@ struct fw_req {
   CURL *easy;
   unsigned cfg_gen;         /* options set for this config generation */
   unsigned key_gen;         /* the key the request was sent with */
+  unsigned hdr_cfg_gen;     /* headers built for this config ... */
+  unsigned hdr_key_gen;     /* ... and this key */
   bool single;              /* sent to event:emit (a reload may change */
   bool json;                /* mode and encoding while it is in flight) */
   struct fw_batch *batch;   /* in flight, or NULL */
-  struct curl_slist *headers;
+  struct curl_slist *headers;  /* kept while config and key stay */
   struct emd_codec_buf body;
   struct emd_codec_buf zbody;
   struct emd_codec_buf reply;
@@ -1298,6 +1300,16 @@ static int build_body(struct emd_forward *fw, struct fw_req *r,
   return rc;
 }
 
+/* Frees a header list; the key in it is wiped first. */
+static void headers_free(struct curl_slist *h)
+{
+  for (struct curl_slist *t = h; t != NULL; t = t->next)
+    explicit_bzero(t->data, strlen(t->data));
+  curl_slist_free_all(h);
+}
+
+/* r's header lines, built again only when the config or the key changed
+ * since they were. */
 static int build_headers(struct emd_forward *fw, struct fw_req *r)
 {
   const struct emd_config *cfg = fw->cfg;
@@ -1306,6 +1318,11 @@ static int build_headers(struct emd_forward *fw, struct fw_req *r)
   const char *lines[5];
   size_t n = 0, i;
 
+  if (r->headers != NULL && r->hdr_cfg_gen == fw->cfg_gen &&
+      r->hdr_key_gen == fw->key_gen)
+    return 0;
+  headers_free(r->headers);
+  r->headers = NULL;
   lines[n++] = json ? "Content-Type: application/json"
                     : "Content-Type: application/x-protobuf";
   lines[n++] = json ? "Accept: application/json"
@@ -1321,12 +1338,14 @@ static int build_headers(struct emd_forward *fw, struct fw_req *r)
   for (i = 0; i < n; i++) {
     t = curl_slist_append(h, lines[i]);
     if (t == NULL) {
-      curl_slist_free_all(h);
+      headers_free(h);
       return -ENOMEM;
     }
     h = t;
   }
   r->headers = h;
+  r->hdr_cfg_gen = fw->cfg_gen;
+  r->hdr_key_gen = fw->key_gen;
   return 0;
 }
 
@@ -1416,8 +1435,6 @@ static struct fw_req *req_get(struct emd_forward *fw)
 
 static void req_put(struct emd_forward *fw, struct fw_req *r)
 {
-  curl_slist_free_all(r->headers);
-  r->headers = NULL;
   r->batch = NULL;
   r->reply.len = 0;
   r->reply_cut = false;
@@ -1725,6 +1742,7 @@ static void finish(struct emd_forward *fw, struct fw_req *r, CURLcode rc)
   struct fw_batch *b = r->batch;
   long status = 0;
   char why[CURL_ERROR_SIZE + 64];
+  enum emd_verdict verdict;
 
   curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
   curl_multi_remove_handle(fw->multi, r->easy);
@@ -1732,8 +1750,10 @@ static void finish(struct emd_forward *fw, struct fw_req *r, CURLcode rc)
   fw->st.inflight--;
   fw->st.inflight_events -= b->n;
   count_reply(fw, rc, status);
-  describe(r, rc, status, why, sizeof(why));
-  switch (emd_forward_classify(rc, status, b->n)) {
+  verdict = emd_forward_classify(rc, status, b->n);
+  if (verdict != EMD_DONE && verdict != EMD_DEAD)
+    describe(r, rc, status, why, sizeof(why));
+  switch (verdict) {
   case EMD_DONE:
     take_reply(fw, r, b, status);
     break;
@@ -2016,7 +2036,7 @@ void emd_forward_close(struct emd_forward *fw)
       curl_multi_remove_handle(fw->multi, r->easy);
       batch_free(r->batch);
     }
-    curl_slist_free_all(r->headers);
+    headers_free(r->headers);
     curl_easy_cleanup(r->easy);
     buf_free(&r->body);
     buf_free(&r->zbody);
