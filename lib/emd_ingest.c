@@ -75,7 +75,7 @@ struct conn {
   bool handle_gone;                   /* close callback ran */
   bool refuse;                        /* turned away at accept */
   struct slot *slots;                 /* ring of replies in line order */
-  size_t cap, head, count;
+  size_t cap, head, count;            /* cap: 0 or a power of 2 */
   size_t fill;                        /* offset from head of the next slot
                                        * a spool callback may be for */
   size_t owed;                        /* spool callbacks still to come */
@@ -188,16 +188,32 @@ static char *put_bytes(char *d, const void *s, size_t n)
 
 #define PUT_LIT(d, s) put_bytes((d), (s), sizeof(s) - 1)
 
-/* v in decimal, as printf's PRIu64 writes it. */
+/* v in decimal, as printf's PRIu64 writes it: counted first, then
+ * written from the end, two digits at a time. */
 static char *put_dec(char *d, uint64_t v)
 {
-  char tmp[20], *p = tmp + sizeof(tmp);
+  static const char pairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233"
+    "34353637383940414243444546474849505152535455565758596061626364656667"
+    "6869707172737475767778798081828384858687888990919293949596979899";
+  size_t n = 1;
+  char *end, *q;
 
-  do {
-    *--p = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  return put_bytes(d, p, (size_t)(tmp + sizeof(tmp) - p));
+  for (uint64_t p10 = 10; n < 20 && v >= p10; p10 *= 10)
+    n++;
+  end = q = d + n;
+  while (v >= 100) {
+    q -= 2;
+    memcpy(q, pairs + 2 * (v % 100), 2);
+    v /= 100;
+  }
+  if (v >= 10) {
+    q -= 2;
+    memcpy(q, pairs + 2 * v, 2);
+  } else {
+    *--q = (char)('0' + v);
+  }
+  return end;
 }
 
 /* Standard base64 with padding, as emd_codec_base64 writes it. */
@@ -378,7 +394,7 @@ static void conn_free(struct conn *c)
     c->next->prev = c->prev;
   conn_undirty(c);
   for (size_t i = 0; i < c->count; i++)
-    free(c->slots[(c->head + i) % c->cap].msg);
+    free(c->slots[(c->head + i) & (c->cap - 1)].msg);
   free(c->slots);
   emd_frame_free(&c->framer);
   free(c->out[0].data);
@@ -457,13 +473,13 @@ static struct slot *slot_push(struct conn *c)
     if (n == NULL)
       return NULL;
     for (size_t i = 0; i < c->count; i++)
-      n[i] = c->slots[(c->head + i) % c->cap];
+      n[i] = c->slots[(c->head + i) & (c->cap - 1)];
     free(c->slots);
     c->slots = n;
     c->cap = cap;
     c->head = 0;
   }
-  s = &c->slots[(c->head + c->count) % c->cap];
+  s = &c->slots[(c->head + c->count) & (c->cap - 1)];
   c->count++;
   memset(s, 0, offsetof(struct slot, id));
   s->line = c->line;
@@ -579,7 +595,7 @@ static void conn_flush(struct conn *c)
         o->len += emd_ingest_format_reply(&r, binary, o->data + o->len);
     }
     free(s->msg);
-    c->head = (c->head + 1) % c->cap;
+    c->head = (c->head + 1) & (c->cap - 1);
     c->count--;
     if (c->fill > 0)
       c->fill--;
@@ -645,7 +661,7 @@ static void on_spooled(void *data, const struct emd_spool_result *res)
 
   c->owed--;
   while (c->fill < c->count) {
-    s = &c->slots[(c->head + c->fill) % c->cap];
+    s = &c->slots[(c->head + c->fill) & (c->cap - 1)];
     c->fill++;
     if (s->state == SLOT_WAIT)
       break;

@@ -1050,8 +1050,10 @@ static void check_reply(const struct emd_ingest_reply *r)
 
 static void replies_match_printf_and_protobuf_c_byte_for_byte(void **state)
 {
-  static const uint64_t seqs[] = { 0, 1, 9, 10, 99, 127, 128, 16383, 16384,
-                                   1234567890123ull, UINT64_MAX };
+  static const uint64_t seqs[] = { 0, 1, 9, 10, 99, 100, 127, 128, 999,
+                                   1000, 16383, 16384, 1234567890123ull,
+                                   9999999999999999999ull,
+                                   10000000000000000000ull, UINT64_MAX };
   static const uint32_t u32s[] = { 0, 1, 127, 128, 4242, UINT32_MAX };
   static const int rcs[] = { EMD_EBADJSON, EMD_ETOOLARGE, EMD_EINVALID,
                              EMD_ESPOOLFULL, EMD_ESHUTDOWN, EMD_EDENIED,
