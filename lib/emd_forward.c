@@ -307,7 +307,7 @@ static void batch_free(struct fw_batch *b)
   free(b);
 }
 
-static int batch_reserve(struct fw_batch *b, size_t items, size_t bytes)
+static int batch_grow(struct fw_batch *b, size_t items, size_t bytes)
 {
   if (b->items_cap - b->n < items) {
     size_t cap = b->items_cap ? b->items_cap * 2 : 64;
@@ -332,6 +332,16 @@ static int batch_reserve(struct fw_batch *b, size_t items, size_t bytes)
     b->buf_cap = cap;
   }
   return 0;
+}
+
+/* Room for items more items and bytes more bytes. Batches are reused, so
+ * after the first few this never grows anything. */
+static inline int batch_reserve(struct fw_batch *b, size_t items,
+                                size_t bytes)
+{
+  if (b->items_cap - b->n >= items && b->buf_cap - b->len >= bytes)
+    return 0;
+  return batch_grow(b, items, bytes);
 }
 
 static int batch_append(struct fw_batch *b, uint64_t seq, const uint8_t *ev,
