@@ -106,9 +106,11 @@ struct emd_ingest {
   uv_check_t turn;                    /* end of a loop turn: new burst */
   uv_idle_t resume;                   /* next turn: accept what waits */
   uv_check_t flusher;                 /* end of a turn: flush in->dirty */
+  uv_idle_t flusher_next;             /* or at the start of the next, if
+                                       * the check of this one has run */
   bool flusher_closing;
-  int extra_handles;                  /* turn, resume and flusher, until
-                                       * closed */
+  int extra_handles;                  /* turn, resume and the flushers,
+                                       * until closed */
   unsigned accepted_this_turn;
   bool accept_waiting;                /* a connection is left to accept */
   struct conn *conns;
@@ -621,19 +623,34 @@ static void conn_flush(struct conn *c)
   conn_maybe_finish(c);
 }
 
-/* End of a loop turn: flushes every connection that spool callbacks made
- * replies ready on, once, however many events its group commit held. */
-static void on_flush_turn(uv_check_t *h)
+/* Flushes every connection that spool callbacks made replies ready on,
+ * once, however many events its group commit held. */
+static void flush_dirty(struct emd_ingest *in)
 {
-  struct emd_ingest *in = h->data;
   struct conn *c;
 
-  uv_check_stop(h);
+  uv_check_stop(&in->flusher);
+  uv_idle_stop(&in->flusher_next);
   while ((c = in->dirty) != NULL) {
     in->dirty = c->dirty_next;
     c->dirty = false;
     conn_flush(c);        /* never frees c */
   }
+}
+
+/* Spool callbacks run in the poll phase (the spool's uv_async): the check
+ * phase right after it ends their turn. */
+static void on_flush_turn(uv_check_t *h)
+{
+  flush_dirty(h->data);
+}
+
+/* Had a callback come after this turn's check phase, the idle handle
+ * flushes at the start of the next turn, and keeps the loop from
+ * sleeping in poll until then. */
+static void on_flush_next(uv_idle_t *h)
+{
+  flush_dirty(h->data);
 }
 
 static void conn_mark_dirty(struct conn *c)
@@ -646,8 +663,10 @@ static void conn_mark_dirty(struct conn *c)
     conn_flush(c);
     return;
   }
-  if (in->dirty == NULL)
+  if (in->dirty == NULL) {
     uv_check_start(&in->flusher, on_flush_turn);
+    uv_idle_start(&in->flusher_next, on_flush_next);
+  }
   c->dirty = true;
   c->dirty_next = in->dirty;
   in->dirty = c;
@@ -1114,8 +1133,10 @@ int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
   uv_check_init(loop, &in->turn);
   uv_idle_init(loop, &in->resume);
   uv_check_init(loop, &in->flusher);
-  in->turn.data = in->resume.data = in->flusher.data = in;
-  in->extra_handles = 3;
+  uv_idle_init(loop, &in->flusher_next);
+  in->turn.data = in->resume.data = in;
+  in->flusher.data = in->flusher_next.data = in;
+  in->extra_handles = 4;
   uv_check_start(&in->turn, on_turn);
   uv_unref((uv_handle_t *)&in->turn);
   if (listen_fd >= 0) {
@@ -1234,6 +1255,7 @@ void emd_ingest_close(struct emd_ingest *in)
   if (!in->flusher_closing) {
     in->flusher_closing = true;
     uv_close((uv_handle_t *)&in->flusher, on_extra_closed);
+    uv_close((uv_handle_t *)&in->flusher_next, on_extra_closed);
   }
   ingest_maybe_free(in);
 }
