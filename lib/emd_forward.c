@@ -71,10 +71,12 @@ struct fw_req {
   CURL *easy;
   unsigned cfg_gen;         /* options set for this config generation */
   unsigned key_gen;         /* the key the request was sent with */
+  unsigned hdr_cfg_gen;     /* headers built for this config ... */
+  unsigned hdr_key_gen;     /* ... and this key */
   bool single;              /* sent to event:emit (a reload may change */
   bool json;                /* mode and encoding while it is in flight) */
   struct fw_batch *batch;   /* in flight, or NULL */
-  struct curl_slist *headers;
+  struct curl_slist *headers;  /* kept while config and key stay */
   struct emd_codec_buf body;
   struct emd_codec_buf zbody;
   struct emd_codec_buf reply;
@@ -199,7 +201,8 @@ static size_t varint_put(uint8_t *p, uint64_t v)
   return n;
 }
 
-static bool varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v)
+static bool varint_get_long(const uint8_t **p, const uint8_t *end,
+                            uint64_t *v)
 {
   uint64_t x = 0;
   unsigned shift;
@@ -213,6 +216,16 @@ static bool varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v)
     }
   }
   return false;
+}
+
+static inline bool varint_get(const uint8_t **p, const uint8_t *end,
+                              uint64_t *v)
+{
+  if (*p < end && **p < 0x80) {        /* most keys and lengths */
+    *v = *(*p)++;
+    return true;
+  }
+  return varint_get_long(p, end, v);
 }
 
 /* Finds the first length-delimited field `field` of a packed message. */
@@ -294,7 +307,7 @@ static void batch_free(struct fw_batch *b)
   free(b);
 }
 
-static int batch_reserve(struct fw_batch *b, size_t items, size_t bytes)
+static int batch_grow(struct fw_batch *b, size_t items, size_t bytes)
 {
   if (b->items_cap - b->n < items) {
     size_t cap = b->items_cap ? b->items_cap * 2 : 64;
@@ -319,6 +332,16 @@ static int batch_reserve(struct fw_batch *b, size_t items, size_t bytes)
     b->buf_cap = cap;
   }
   return 0;
+}
+
+/* Room for items more items and bytes more bytes. Batches are reused, so
+ * after the first few this never grows anything. */
+static inline int batch_reserve(struct fw_batch *b, size_t items,
+                                size_t bytes)
+{
+  if (b->items_cap - b->n >= items && b->buf_cap - b->len >= bytes)
+    return 0;
+  return batch_grow(b, items, bytes);
 }
 
 static int batch_append(struct fw_batch *b, uint64_t seq, const uint8_t *ev,
@@ -751,6 +774,41 @@ static bool id_matches(const struct fw_batch *b, size_t i, const char *eid,
   return id_len == eid_len && memcmp(id, eid, eid_len) == 0;
 }
 
+/* Reads an EventID of the shape replies have, in place: ok (one byte, 0
+ * or 1), eid and sid (each a length under 128, eid without NUL bytes),
+ * each at most once, in field order. What protobuf-c would make of those
+ * bytes is plain: nothing unknown, eid these bytes, ok this value. Returns
+ * false for any other bytes (they may still be a valid EventID). */
+static bool pb_event_id_plain(const uint8_t *p, size_t len, bool *ok,
+                              const uint8_t **eid, size_t *eid_len)
+{
+  const uint8_t *end = p + len;
+
+  *ok = false;
+  *eid = p;
+  *eid_len = 0;
+  if (p < end && p[0] == 0x08) {          /* 1 ok, varint */
+    if (end - p < 2 || p[1] > 1)
+      return false;
+    *ok = p[1] == 1;
+    p += 2;
+  }
+  if (p < end && p[0] == 0x12) {          /* 2 eid, length-delimited */
+    if (end - p < 2 || p[1] >= 0x80 || end - p - 2 < p[1] ||
+        memchr(p + 2, 0, p[1]) != NULL)
+      return false;
+    *eid = p + 2;
+    *eid_len = p[1];
+    p += 2 + p[1];
+  }
+  if (p < end && p[0] == 0x1a) {          /* 3 sid, length-delimited */
+    if (end - p < 2 || p[1] >= 0x80 || end - p - 2 < p[1])
+      return false;
+    p += 2 + p[1];
+  }
+  return p == end;
+}
+
 /* One EventID: trusted when its eid is the event's id, or, without an
  * eid, when it holds nothing unknown (bytes that merely happen to parse
  * must not delete or dead-letter anything). */
@@ -758,19 +816,30 @@ static bool pb_verdict(const struct fw_batch *b, size_t i, const uint8_t *p,
                        size_t len, struct emd_arena *arena,
                        struct fw_verdict *v)
 {
-  emd_event_id *eid;
+  const uint8_t *plain_eid;
+  size_t plain_len;
+  bool ok;
 
-  eid = buildless__service__v1__event_id__unpack(emd_arena_pb(arena), len,
-                                                 p);
-  if (eid == NULL)
-    return false;
-  if (eid->eid != NULL && eid->eid[0] != '\0') {
-    if (!id_matches(b, i, eid->eid, strlen(eid->eid)))
+  if (pb_event_id_plain(p, len, &ok, &plain_eid, &plain_len)) {
+    /* nothing unknown: an eid, if any, decides */
+    if (plain_len > 0 &&
+        !id_matches(b, i, (const char *)plain_eid, plain_len))
       return false;
-  } else if (eid->base.n_unknown_fields != 0) {
-    return false;
+  } else {
+    emd_event_id *eid = buildless__service__v1__event_id__unpack(
+      emd_arena_pb(arena), len, p);
+
+    if (eid == NULL)
+      return false;
+    if (eid->eid != NULL && eid->eid[0] != '\0') {
+      if (!id_matches(b, i, eid->eid, strlen(eid->eid)))
+        return false;
+    } else if (eid->base.n_unknown_fields != 0) {
+      return false;
+    }
+    ok = eid->ok;
   }
-  v->ok = eid->ok ? 1 : 0;
+  v->ok = ok ? 1 : 0;
   v->excerpt = p;
   v->excerpt_len = len;
   return true;
@@ -824,15 +893,75 @@ static int json_skip(const jsmntok_t *t, int i, int count)
   return i;
 }
 
-/* One {"ok":…,"eid":…} line, under the same trust rule as pb_verdict. */
-static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
-                         size_t len, struct fw_verdict *v)
+static bool json_lit(const char **p, const char *end, const char *lit,
+                     size_t n)
+{
+  if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0)
+    return false;
+  *p += n;
+  return true;
+}
+
+/* A string without escapes or control bytes (a NUL ends jsmn's input). */
+static bool json_str_plain(const char **p, const char *end, const char **s,
+                           size_t *n)
+{
+  const char *q = *p;
+
+  if (q == end || *q != '"')
+    return false;
+  *s = ++q;
+  while (q < end && *q != '"') {
+    if ((unsigned char)*q < 0x20 || *q == '\\')
+      return false;
+    q++;
+  }
+  if (q == end)
+    return false;
+  *n = (size_t)(q - *s);
+  *p = q + 1;
+  return true;
+}
+
+/* Reads a verdict of the shape replies have, in place:
+ * {"ok":true,"eid":"…"} or "ok":false, then an optional ,"sid":"…", no
+ * white space, strings without escapes or control bytes. jsmn reads those
+ * bytes as exactly these tokens. Returns false for anything else (it may
+ * still be a valid verdict). */
+static bool json_verdict_plain(const char *js, size_t len, bool *ok,
+                               const char **eid, size_t *eid_len)
+{
+  static const char t[] = "{\"ok\":true,\"eid\":";
+  static const char f[] = "{\"ok\":false,\"eid\":";
+  static const char sid[] = ",\"sid\":";
+  const char *p = js, *end = js + len, *s;
+  size_t n;
+
+  if (json_lit(&p, end, t, sizeof(t) - 1))
+    *ok = true;
+  else if (json_lit(&p, end, f, sizeof(f) - 1))
+    *ok = false;
+  else
+    return false;
+  if (!json_str_plain(&p, end, eid, eid_len))
+    return false;
+  if (json_lit(&p, end, sid, sizeof(sid) - 1) &&
+      !json_str_plain(&p, end, &s, &n))
+    return false;
+  return json_lit(&p, end, "}", 1) && p == end;
+}
+
+/* jsmn's reading of a verdict line, for any layout: *ok as it says; false
+ * when it cannot be trusted (see json_verdict). */
+static bool json_verdict_tokens(const struct fw_batch *b, size_t i,
+                                const char *js, size_t len, bool *ok)
 {
   jsmntok_t t[JSON_TOKENS];
   jsmn_parser jp;
   int count, k;
-  bool ok = false, has_eid = false, unknown = false;
+  bool has_eid = false, unknown = false;
 
+  *ok = false;
   jsmn_init(&jp);
   count = jsmn_parse(&jp, js, len, t, JSON_TOKENS);
   if (count < 1 || t[0].type != JSMN_OBJECT || t[0].end != (int)len)
@@ -848,7 +977,7 @@ static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
       if (val->type != JSMN_PRIMITIVE)
         return false;
       if (json_word(js, val, "true"))
-        ok = true;
+        *ok = true;
       else if (!json_word(js, val, "false") && !json_word(js, val, "null"))
         return false;
     } else if (json_eq(js, key, "eid")) {
@@ -861,8 +990,23 @@ static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
     }
     k = json_skip(t, k + 1, count);
   }
-  if (!has_eid && unknown)
+  return has_eid || !unknown;
+}
+
+/* One {"ok":…,"eid":…} line, under the same trust rule as pb_verdict. */
+static bool json_verdict(const struct fw_batch *b, size_t i, const char *js,
+                         size_t len, struct fw_verdict *v)
+{
+  const char *eid;
+  size_t eid_len;
+  bool ok;
+
+  if (json_verdict_plain(js, len, &ok, &eid, &eid_len)) {
+    if (!id_matches(b, i, eid, eid_len))
+      return false;
+  } else if (!json_verdict_tokens(b, i, js, len, &ok)) {
     return false;
+  }
   v->ok = ok ? 1 : 0;
   v->excerpt = js;
   v->excerpt_len = len;
@@ -1047,27 +1191,51 @@ static int encode_json(struct emd_forward *fw, struct fw_batch *b,
 /* event:stream gets the framed events with fin = true on the last one;
  * event:emit gets the one event with fin = true. Appending field 2 = 1
  * (bytes 10 01) to a packed message sets it: the last value on the wire
- * wins. */
+ * wins. The body is the batch's own buffer, sealed in place: 10 01 goes
+ * past its end and the last frame's length grows by 2 (batch_unseal puts
+ * it back). Only when that length would take one more varint byte is the
+ * body copied into out instead. */
 static int encode_pb(struct fw_batch *b, bool single,
-                     struct emd_codec_buf *out)
+                     struct emd_codec_buf *out, const void **data,
+                     size_t *len)
 {
   const struct fw_item *last = &b->items[b->n - 1];
   size_t head = single ? 0 : frame_start(b, b->n - 1);
 
+  if (single || varint_len(last->len + 2) == varint_len(last->len)) {
+    if (batch_reserve(b, 0, 2) != 0)
+      return -ENOMEM;
+    if (!single)
+      varint_put(b->buf + head, last->len + 2);
+    b->buf[last->off + last->len] = 0x10;
+    b->buf[last->off + last->len + 1] = 0x01;
+    *data = single ? b->buf + last->off : b->buf;
+    *len = last->off + last->len + 2 - (single ? last->off : 0);
+    return 0;
+  }
   if (buf_reserve(out, head + 10 + last->len + 2) != 0)
     return -ENOMEM;
   memcpy(out->data, b->buf, head);
   out->len = head;
-  if (!single)
-    out->len += varint_put((uint8_t *)out->data + out->len, last->len + 2);
+  out->len += varint_put((uint8_t *)out->data + out->len, last->len + 2);
   memcpy(out->data + out->len, b->buf + last->off, last->len);
   out->len += last->len;
   out->data[out->len++] = 0x10;
   out->data[out->len++] = 0x01;
+  *data = out->data;
+  *len = out->len;
   return 0;
 }
 
-static int gzip_into(struct emd_forward *fw, const struct emd_codec_buf *in,
+/* Undoes encode_pb's seal: the last frame's length as it was (the bytes
+ * past the end do not matter). A no-op on a batch not sealed. */
+static void batch_unseal(struct fw_batch *b)
+{
+  if (b->n > 0)
+    varint_put(b->buf + frame_start(b, b->n - 1), b->items[b->n - 1].len);
+}
+
+static int gzip_into(struct emd_forward *fw, const void *in, size_t in_len,
                      struct emd_codec_buf *out)
 {
   z_stream *z = &fw->gz;
@@ -1081,10 +1249,10 @@ static int gzip_into(struct emd_forward *fw, const struct emd_codec_buf *in,
     return EMD_EINTERNAL;
   }
   out->len = 0;
-  if (buf_reserve(out, deflateBound(z, in->len)) != 0)
+  if (buf_reserve(out, deflateBound(z, in_len)) != 0)
     return -ENOMEM;
-  z->next_in = (Bytef *)in->data;
-  z->avail_in = (uInt)in->len;
+  z->next_in = (Bytef *)in;
+  z->avail_in = (uInt)in_len;
   z->next_out = (Bytef *)out->data;
   z->avail_out = (uInt)out->cap;
   if (deflate(z, Z_FINISH) != Z_STREAM_END)
@@ -1093,7 +1261,7 @@ static int gzip_into(struct emd_forward *fw, const struct emd_codec_buf *in,
   return 0;
 }
 
-static int zstd_into(struct emd_forward *fw, const struct emd_codec_buf *in,
+static int zstd_into(struct emd_forward *fw, const void *in, size_t in_len,
                      struct emd_codec_buf *out)
 {
   size_t n;
@@ -1101,9 +1269,9 @@ static int zstd_into(struct emd_forward *fw, const struct emd_codec_buf *in,
   if (fw->zstd == NULL && (fw->zstd = ZSTD_createCCtx()) == NULL)
     return -ENOMEM;
   out->len = 0;
-  if (buf_reserve(out, ZSTD_compressBound(in->len)) != 0)
+  if (buf_reserve(out, ZSTD_compressBound(in_len)) != 0)
     return -ENOMEM;
-  n = ZSTD_compressCCtx(fw->zstd, out->data, out->cap, in->data, in->len,
+  n = ZSTD_compressCCtx(fw->zstd, out->data, out->cap, in, in_len,
                         ZSTD_LEVEL);
   if (ZSTD_isError(n))
     return EMD_EINTERNAL;
@@ -1111,31 +1279,47 @@ static int zstd_into(struct emd_forward *fw, const struct emd_codec_buf *in,
   return 0;
 }
 
-/* Fills r->body (and r->zbody) for b; *send is what goes out. */
+/* The body for b: in b's own buffer (protobuf, sealed), r->body (JSON),
+ * or r->zbody (compressed). *data stays valid, unchanged, until the
+ * request is over; then batch_unseal(b). */
 static int build_body(struct emd_forward *fw, struct fw_req *r,
-                      struct fw_batch *b, struct emd_codec_buf **send)
+                      struct fw_batch *b, const void **data, size_t *len)
 {
   const struct emd_config *cfg = fw->cfg;
   bool single = cfg->upstream.mode == EMD_MODE_SINGLE;
   int rc;
 
   r->body.len = 0;
-  rc = cfg->upstream.encoding == EMD_ENC_JSON
-         ? encode_json(fw, b, single, &r->body)
-         : encode_pb(b, single, &r->body);
+  if (cfg->upstream.encoding == EMD_ENC_JSON) {
+    rc = encode_json(fw, b, single, &r->body);
+    *data = r->body.data;
+    *len = r->body.len;
+  } else {
+    rc = encode_pb(b, single, &r->body, data, len);
+  }
   if (rc != 0)
     return rc;
-  *send = &r->body;
-  if (cfg->upstream.compression == EMD_COMP_GZIP) {
-    rc = gzip_into(fw, &r->body, &r->zbody);
-    *send = &r->zbody;
-  } else if (cfg->upstream.compression == EMD_COMP_ZSTD) {
-    rc = zstd_into(fw, &r->body, &r->zbody);
-    *send = &r->zbody;
-  }
+  if (cfg->upstream.compression == EMD_COMP_GZIP)
+    rc = gzip_into(fw, *data, *len, &r->zbody);
+  else if (cfg->upstream.compression == EMD_COMP_ZSTD)
+    rc = zstd_into(fw, *data, *len, &r->zbody);
+  else
+    return 0;
+  *data = r->zbody.data;
+  *len = r->zbody.len;
   return rc;
 }
 
+/* Frees a header list; the key in it is wiped first. */
+static void headers_free(struct curl_slist *h)
+{
+  for (struct curl_slist *t = h; t != NULL; t = t->next)
+    explicit_bzero(t->data, strlen(t->data));
+  curl_slist_free_all(h);
+}
+
+/* r's header lines, built again only when the config or the key changed
+ * since they were. */
 static int build_headers(struct emd_forward *fw, struct fw_req *r)
 {
   const struct emd_config *cfg = fw->cfg;
@@ -1144,6 +1328,11 @@ static int build_headers(struct emd_forward *fw, struct fw_req *r)
   const char *lines[5];
   size_t n = 0, i;
 
+  if (r->headers != NULL && r->hdr_cfg_gen == fw->cfg_gen &&
+      r->hdr_key_gen == fw->key_gen)
+    return 0;
+  headers_free(r->headers);
+  r->headers = NULL;
   lines[n++] = json ? "Content-Type: application/json"
                     : "Content-Type: application/x-protobuf";
   lines[n++] = json ? "Accept: application/json"
@@ -1159,12 +1348,14 @@ static int build_headers(struct emd_forward *fw, struct fw_req *r)
   for (i = 0; i < n; i++) {
     t = curl_slist_append(h, lines[i]);
     if (t == NULL) {
-      curl_slist_free_all(h);
+      headers_free(h);
       return -ENOMEM;
     }
     h = t;
   }
   r->headers = h;
+  r->hdr_cfg_gen = fw->cfg_gen;
+  r->hdr_key_gen = fw->key_gen;
   return 0;
 }
 
@@ -1254,8 +1445,6 @@ static struct fw_req *req_get(struct emd_forward *fw)
 
 static void req_put(struct emd_forward *fw, struct fw_req *r)
 {
-  curl_slist_free_all(r->headers);
-  r->headers = NULL;
   r->batch = NULL;
   r->reply.len = 0;
   r->reply_cut = false;
@@ -1279,21 +1468,21 @@ static size_t histogram_bucket(size_t n)
 /* Starts the request for b; b belongs to the request from here on. */
 static int send_batch(struct emd_forward *fw, struct fw_batch *b)
 {
-  struct emd_codec_buf *body;
+  const void *body;
+  size_t len;
   struct fw_req *r;
   int rc;
 
   r = req_get(fw);
   if (r == NULL)
     return -ENOMEM;
-  rc = build_body(fw, r, b, &body);
+  rc = build_body(fw, r, b, &body, &len);
   if (rc == 0)
     rc = build_headers(fw, r);
   if (rc != 0)
     goto fail;
-  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE,
-                   (curl_off_t)body->len);
-  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, body->data);
+  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+  curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, body);
   curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
   r->batch = b;
   r->key_gen = fw->key_gen;
@@ -1310,6 +1499,7 @@ static int send_batch(struct emd_forward *fw, struct fw_batch *b)
   return 0;
 
 fail:
+  batch_unseal(b);
   req_put(fw, r);
   return rc;
 }
@@ -1562,14 +1752,18 @@ static void finish(struct emd_forward *fw, struct fw_req *r, CURLcode rc)
   struct fw_batch *b = r->batch;
   long status = 0;
   char why[CURL_ERROR_SIZE + 64];
+  enum emd_verdict verdict;
 
   curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
   curl_multi_remove_handle(fw->multi, r->easy);
+  batch_unseal(b);
   fw->st.inflight--;
   fw->st.inflight_events -= b->n;
   count_reply(fw, rc, status);
-  describe(r, rc, status, why, sizeof(why));
-  switch (emd_forward_classify(rc, status, b->n)) {
+  verdict = emd_forward_classify(rc, status, b->n);
+  if (verdict != EMD_DONE && verdict != EMD_DEAD)
+    describe(r, rc, status, why, sizeof(why));
+  switch (verdict) {
   case EMD_DONE:
     take_reply(fw, r, b, status);
     break;
@@ -1852,7 +2046,7 @@ void emd_forward_close(struct emd_forward *fw)
       curl_multi_remove_handle(fw->multi, r->easy);
       batch_free(r->batch);
     }
-    curl_slist_free_all(r->headers);
+    headers_free(r->headers);
     curl_easy_cleanup(r->easy);
     buf_free(&r->body);
     buf_free(&r->zbody);

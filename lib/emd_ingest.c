@@ -7,8 +7,10 @@
  * that needs a reply takes a slot in the connection's reply ring, in line
  * order: an error is ready at once, an event waits for its spool callback.
  * Ready slots at the head of the ring are formatted into an output buffer
- * and written. The connection is freed only when its handle is closed and
- * no spool callback is owed to it. */
+ * and written. Spool callbacks come in bursts (one per event of a group
+ * commit), so they only mark their connection dirty; each dirty connection
+ * is flushed once, at the end of the loop turn. The connection is freed
+ * only when its handle is closed and no spool callback is owed to it. */
 #include "emd_ingest.h"
 
 #include <errno.h>
@@ -60,6 +62,9 @@ struct conn {
   uv_pipe_t pipe;                     /* pipe.data = this */
   struct emd_ingest *in;
   struct conn *prev, *next;           /* in in->conns */
+  struct conn *dirty_next;            /* in in->dirty, while dirty */
+  bool dirty;                         /* spool callbacks made replies ready;
+                                       * flushed at the end of the turn */
   struct emd_framer framer;           /* bytes -> lines or frames */
   uint32_t line;                      /* lines (frames) seen so far */
   bool reading;                       /* uv_read_start is in force */
@@ -70,7 +75,7 @@ struct conn {
   bool handle_gone;                   /* close callback ran */
   bool refuse;                        /* turned away at accept */
   struct slot *slots;                 /* ring of replies in line order */
-  size_t cap, head, count;
+  size_t cap, head, count;            /* cap: 0 or a power of 2 */
   size_t fill;                        /* offset from head of the next slot
                                        * a spool callback may be for */
   size_t owed;                        /* spool callbacks still to come */
@@ -100,10 +105,16 @@ struct emd_ingest {
   bool blocked;                       /* spool full (on_full = block) */
   uv_check_t turn;                    /* end of a loop turn: new burst */
   uv_idle_t resume;                   /* next turn: accept what waits */
-  int extra_handles;                  /* turn and resume, until closed */
+  uv_check_t flusher;                 /* end of a turn: flush in->dirty */
+  uv_idle_t flusher_next;             /* or at the start of the next, if
+                                       * the check of this one has run */
+  bool flusher_closing;
+  int extra_handles;                  /* turn, resume and the flushers,
+                                       * until closed */
   unsigned accepted_this_turn;
   bool accept_waiting;                /* a connection is left to accept */
   struct conn *conns;
+  struct conn *dirty;                 /* connections to flush this turn */
   emd_ingest_idle_cb idle_cb;
   void *idle_data;
   struct emd_ingest_stats st;
@@ -149,10 +160,9 @@ static int out_reserve(struct outbuf *o, size_t n)
 /* Appends s as the inside of a JSON string. Bytes outside ASCII become '?':
  * messages are ours and ASCII, and a client's bytes quoted in one may not
  * be valid UTF-8. */
-static void out_json_str(struct outbuf *o, const char *s, size_t n)
+static char *put_json_str(char *d, const char *s, size_t n)
 {
   static const char hex[] = "0123456789abcdef";
-  char *d = o->data + o->len;
 
   for (size_t i = 0; i < n; i++) {
     unsigned char ch = (unsigned char)s[i];
@@ -169,81 +179,205 @@ static void out_json_str(struct outbuf *o, const char *s, size_t n)
       *d++ = ch < 0x80 ? (char)ch : '?';
     }
   }
-  o->len = (size_t)(d - o->data);
+  return d;
 }
 
-static void format_text(struct outbuf *o, const struct slot *s)
+static char *put_bytes(char *d, const void *s, size_t n)
 {
-  char *d;
-  int n;
+  memcpy(d, s, n);
+  return d + n;
+}
 
-  /* Worst case: every message byte escaped to 6, plus the frame. */
-  if (out_reserve(o, 256 + EMD_ID_MAX + 64 + (s->msg ? 6 * strlen(s->msg) : 0))
-      != 0)
-    return;
-  d = o->data + o->len;
-  if (s->rc != 0) {
-    n = sprintf(d, "{\"ok\":false,\"line\":%" PRIu32 ",\"error\":\"%s\","
-                "\"message\":\"", s->line, emd_errcode(s->rc));
-    o->len += (size_t)n;
-    const char *m = s->msg ? s->msg : emd_strerror(s->rc);
-    out_json_str(o, m, strlen(m));
-    memcpy(o->data + o->len, "\"}\n", 3);
-    o->len += 3;
-    return;
+#define PUT_LIT(d, s) put_bytes((d), (s), sizeof(s) - 1)
+
+/* v in decimal, as printf's PRIu64 writes it: counted first, then
+ * written from the end, two digits at a time. */
+static char *put_dec(char *d, uint64_t v)
+{
+  static const char pairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233"
+    "34353637383940414243444546474849505152535455565758596061626364656667"
+    "6869707172737475767778798081828384858687888990919293949596979899";
+  size_t n = 1;
+  char *end, *q;
+
+  for (uint64_t p10 = 10; n < 20 && v >= p10; p10 *= 10)
+    n++;
+  end = q = d + n;
+  while (v >= 100) {
+    q -= 2;
+    memcpy(q, pairs + 2 * (v % 100), 2);
+    v /= 100;
   }
-  n = sprintf(d, "{\"ok\":true,\"id\":\"%.*s\",\"seq\":%" PRIu64,
-              (int)s->id_len, s->id, s->seq);
-  d += n;
-  if (s->duplicate) {
-    memcpy(d, ",\"duplicate\":true}\n", 19);
-    d += 19;
+  if (v >= 10) {
+    q -= 2;
+    memcpy(q, pairs + 2 * v, 2);
   } else {
-    memcpy(d, ",\"timer\":\"", 10);
-    d += 10;
-    d += emd_codec_base64(s->timer, s->timer_len, d);
-    d += sprintf(d, "\",\"ordinal\":%" PRIu32 "}\n", s->ordinal);
+    *--q = (char)('0' + v);
   }
-  o->len = (size_t)(d - o->data);
+  return end;
 }
 
-static void format_binary(struct outbuf *o, const struct slot *s)
+/* Standard base64 with padding, as emd_codec_base64 writes it. */
+static char *put_base64(char *d, const uint8_t *s, size_t n)
 {
-  emd_ack ack = EMITD__V1__ACK__INIT;
-  char id[EMD_ID_MAX + 1];
+  static const char tab[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t i;
+  uint32_t v;
+
+  for (i = 0; i + 2 < n; i += 3) {
+    v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+    d[0] = tab[v >> 18];
+    d[1] = tab[(v >> 12) & 63];
+    d[2] = tab[(v >> 6) & 63];
+    d[3] = tab[v & 63];
+    d += 4;
+  }
+  if (i < n) {
+    v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0);
+    d[0] = tab[v >> 18];
+    d[1] = tab[(v >> 12) & 63];
+    d[2] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+    d[3] = '=';
+    d += 4;
+  }
+  return d;
+}
+
+static char *put_varint(char *d, uint64_t v)
+{
+  while (v >= 0x80) {
+    *d++ = (char)(v | 0x80);
+    v >>= 7;
+  }
+  *d++ = (char)v;
+  return d;
+}
+
+/* A proto3 field as protobuf-c packs it: left out when empty or zero. */
+static char *pb_bytes(char *d, uint8_t key, const void *s, size_t n)
+{
+  if (n == 0)
+    return d;
+  *d++ = (char)key;
+  d = put_varint(d, n);
+  return put_bytes(d, s, n);
+}
+
+static char *pb_uint(char *d, uint8_t key, uint64_t v)
+{
+  if (v == 0)
+    return d;
+  *d++ = (char)key;
+  return put_varint(d, v);
+}
+
+/* Field keys of emitd.v1.Ack: field number << 3 | wire type. */
+enum {
+  ACK_OK = 1 << 3 | 0, ACK_ID = 2 << 3 | 2, ACK_SEQ = 3 << 3 | 0,
+  ACK_TIMER = 4 << 3 | 2, ACK_ORDINAL = 5 << 3 | 0,
+  ACK_DUPLICATE = 6 << 3 | 0, ACK_ERROR = 7 << 3 | 2,
+  ACK_MESSAGE = 8 << 3 | 2, ACK_LINE = 9 << 3 | 0,
+};
+
+static const char *reply_msg(const struct emd_ingest_reply *r)
+{
+  return r->msg != NULL ? r->msg : emd_strerror(r->rc);
+}
+
+size_t emd_ingest_reply_max(const struct emd_ingest_reply *r)
+{
+  /* Every message byte escaped to 6 (text), the rest with room to spare
+   * (either mode). */
+  if (r->rc != 0)
+    return 128 + strlen(emd_errcode(r->rc)) + 6 * strlen(reply_msg(r));
+  return 128 + r->id_len + 2 * r->timer_len;
+}
+
+static size_t format_text(const struct emd_ingest_reply *r, char *out)
+{
+  char *d = out;
+
+  if (r->rc != 0) {
+    const char *code = emd_errcode(r->rc), *m = reply_msg(r);
+
+    d = PUT_LIT(d, "{\"ok\":false,\"line\":");
+    d = put_dec(d, r->line);
+    d = PUT_LIT(d, ",\"error\":\"");
+    d = put_bytes(d, code, strlen(code));
+    d = PUT_LIT(d, "\",\"message\":\"");
+    d = put_json_str(d, m, strlen(m));
+    d = PUT_LIT(d, "\"}\n");
+    return (size_t)(d - out);
+  }
+  d = PUT_LIT(d, "{\"ok\":true,\"id\":\"");
+  d = put_bytes(d, r->id, r->id_len);
+  d = PUT_LIT(d, "\",\"seq\":");
+  d = put_dec(d, r->seq);
+  if (r->duplicate) {
+    d = PUT_LIT(d, ",\"duplicate\":true}\n");
+  } else {
+    d = PUT_LIT(d, ",\"timer\":\"");
+    d = put_base64(d, r->timer, r->timer_len);
+    d = PUT_LIT(d, "\",\"ordinal\":");
+    d = put_dec(d, r->ordinal);
+    d = PUT_LIT(d, "}\n");
+  }
+  return (size_t)(d - out);
+}
+
+/* An emitd.v1.Ack, byte for byte as protobuf-c packs it (fields in number
+ * order, proto3 defaults left out), after its 4-byte big-endian length. */
+static size_t format_binary(const struct emd_ingest_reply *r, char *out)
+{
+  char *d = out + 4;
   size_t n;
 
-  /* protobuf-c only reads these while packing, below. */
-  ack.ok = s->rc == 0;
-  if (s->rc == 0) {
-    memcpy(id, s->id, s->id_len);
-    id[s->id_len] = '\0';
-    ack.id = id;
-    ack.seq = s->seq;
-    ack.duplicate = s->duplicate;
-    if (!s->duplicate) {
-      ack.timer.data = (uint8_t *)s->timer;
-      ack.timer.len = s->timer_len;
-      ack.ordinal = s->ordinal;
+  if (r->rc == 0) {
+    d = pb_uint(d, ACK_OK, 1);
+    d = pb_bytes(d, ACK_ID, r->id, r->id_len);
+    d = pb_uint(d, ACK_SEQ, r->seq);
+    if (!r->duplicate) {
+      d = pb_bytes(d, ACK_TIMER, r->timer, r->timer_len);
+      d = pb_uint(d, ACK_ORDINAL, r->ordinal);
+    } else {
+      d = pb_uint(d, ACK_DUPLICATE, 1);
     }
   } else {
-    ack.error = (char *)emd_errcode(s->rc);
-    ack.message = s->msg ? s->msg : (char *)emd_strerror(s->rc);
-    ack.line = s->line;
+    const char *code = emd_errcode(r->rc), *m = reply_msg(r);
+
+    d = pb_bytes(d, ACK_ERROR, code, strlen(code));
+    d = pb_bytes(d, ACK_MESSAGE, m, strlen(m));
+    d = pb_uint(d, ACK_LINE, r->line);
   }
-  n = emitd__v1__ack__get_packed_size(&ack);
-  if (out_reserve(o, n + 4) != 0)
-    return;
-  uint8_t *d = (uint8_t *)o->data + o->len;
-  d[0] = (uint8_t)(n >> 24);
-  d[1] = (uint8_t)(n >> 16);
-  d[2] = (uint8_t)(n >> 8);
-  d[3] = (uint8_t)n;
-  emitd__v1__ack__pack(&ack, d + 4);
-  o->len += n + 4;
+  n = (size_t)(d - out) - 4;
+  out[0] = (char)(n >> 24);
+  out[1] = (char)(n >> 16);
+  out[2] = (char)(n >> 8);
+  out[3] = (char)n;
+  return n + 4;
+}
+
+size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
+                               char *out)
+{
+  return binary ? format_binary(r, out) : format_text(r, out);
 }
 
 /* ---- connection lifetime ------------------------------------------------ */
+
+static void conn_undirty(struct conn *c)
+{
+  struct conn **pp = &c->in->dirty;
+
+  if (!c->dirty)
+    return;
+  while (*pp != c)
+    pp = &(*pp)->dirty_next;
+  *pp = c->dirty_next;
+  c->dirty = false;
+}
 
 static void conn_free(struct conn *c)
 {
@@ -260,8 +394,9 @@ static void conn_free(struct conn *c)
     in->conns = c->next;
   if (c->next != NULL)
     c->next->prev = c->prev;
+  conn_undirty(c);
   for (size_t i = 0; i < c->count; i++)
-    free(c->slots[(c->head + i) % c->cap].msg);
+    free(c->slots[(c->head + i) & (c->cap - 1)].msg);
   free(c->slots);
   emd_frame_free(&c->framer);
   free(c->out[0].data);
@@ -298,6 +433,11 @@ static void conn_close(struct conn *c)
     return;
   c->closed = true;
   c->reading = false;
+  if (c->dirty) {
+    /* Replies made ready this turn are counted, as if written. */
+    conn_undirty(c);
+    conn_flush(c);
+  }
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
 
@@ -335,13 +475,13 @@ static struct slot *slot_push(struct conn *c)
     if (n == NULL)
       return NULL;
     for (size_t i = 0; i < c->count; i++)
-      n[i] = c->slots[(c->head + i) % c->cap];
+      n[i] = c->slots[(c->head + i) & (c->cap - 1)];
     free(c->slots);
     c->slots = n;
     c->cap = cap;
     c->head = 0;
   }
-  s = &c->slots[(c->head + c->count) % c->cap];
+  s = &c->slots[(c->head + c->count) & (c->cap - 1)];
   c->count++;
   memset(s, 0, offsetof(struct slot, id));
   s->line = c->line;
@@ -349,12 +489,11 @@ static struct slot *slot_push(struct conn *c)
   return s;
 }
 
-static void count_reply(struct emd_ingest *in, const struct slot *s,
-                        uint64_t now_ns)
+/* Counts a reply by its outcome; its latency is the caller's (see
+ * latency_add). */
+static void count_reply(struct emd_ingest *in, const struct slot *s)
 {
   in->st.received++;
-  emd_histogram_observe(&in->st.ack_latency_s,
-                        (double)(now_ns - s->t0_ns) / 1e9);
   switch (s->rc) {
   case 0:
     if (s->duplicate)
@@ -368,6 +507,32 @@ static void count_reply(struct emd_ingest *in, const struct slot *s,
   case EMD_ESHUTDOWN: in->st.shutting_down++; break;
   default: in->st.invalid++; break;
   }
+}
+
+/* Latencies, observed per run of replies whose lines came in the same
+ * read (they share t0_ns, so they share a bucket): once per read, not
+ * once per reply. */
+struct latency_run {
+  uint64_t t0_ns;
+  uint64_t n;
+};
+
+static void latency_flush(struct emd_ingest *in, struct latency_run *run,
+                          uint64_t now_ns)
+{
+  if (run->n > 0)
+    emd_histogram_observe_n(&in->st.ack_latency_s,
+                            (double)(now_ns - run->t0_ns) / 1e9, run->n);
+  run->n = 0;
+}
+
+static void latency_add(struct emd_ingest *in, struct latency_run *run,
+                        uint64_t t0_ns, uint64_t now_ns)
+{
+  if (run->n > 0 && run->t0_ns != t0_ns)
+    latency_flush(in, run, now_ns);
+  run->t0_ns = t0_ns;
+  run->n++;
 }
 
 /* Queues a reply that is ready now (an error). */
@@ -407,6 +572,8 @@ static void conn_flush(struct conn *c)
 {
   struct emd_ingest *in = c->in;
   struct outbuf *o = &c->out[c->cur];
+  bool binary = c->framer.mode == EMD_FRAME_BINARY;
+  struct latency_run run = { 0, 0 };
   uint64_t now_ns = 0;
 
   while (c->count > 0) {
@@ -416,19 +583,26 @@ static void conn_flush(struct conn *c)
       break;
     if (now_ns == 0)
       now_ns = uv_hrtime();
-    count_reply(in, s, now_ns);
+    count_reply(in, s);
+    latency_add(in, &run, s->t0_ns, now_ns);
     if (!c->closed) {
-      if (c->framer.mode == EMD_FRAME_BINARY)
-        format_binary(o, s);
-      else
-        format_text(o, s);
+      struct emd_ingest_reply r = {
+        .rc = s->rc, .line = s->line, .msg = s->msg,
+        .id = s->id, .id_len = s->id_len, .seq = s->seq,
+        .duplicate = s->duplicate, .timer = s->timer,
+        .timer_len = s->timer_len, .ordinal = s->ordinal,
+      };
+
+      if (out_reserve(o, emd_ingest_reply_max(&r)) == 0)
+        o->len += emd_ingest_format_reply(&r, binary, o->data + o->len);
     }
     free(s->msg);
-    c->head = (c->head + 1) % c->cap;
+    c->head = (c->head + 1) & (c->cap - 1);
     c->count--;
     if (c->fill > 0)
       c->fill--;
   }
+  latency_flush(in, &run, now_ns);
   if (c->closed) {
     o->len = 0;
     return;
@@ -449,6 +623,55 @@ static void conn_flush(struct conn *c)
   conn_maybe_finish(c);
 }
 
+/* Flushes every connection that spool callbacks made replies ready on,
+ * once, however many events its group commit held. */
+static void flush_dirty(struct emd_ingest *in)
+{
+  struct conn *c;
+
+  uv_check_stop(&in->flusher);
+  uv_idle_stop(&in->flusher_next);
+  while ((c = in->dirty) != NULL) {
+    in->dirty = c->dirty_next;
+    c->dirty = false;
+    conn_flush(c);        /* never frees c */
+  }
+}
+
+/* Spool callbacks run in the poll phase (the spool's uv_async): the check
+ * phase right after it ends their turn. */
+static void on_flush_turn(uv_check_t *h)
+{
+  flush_dirty(h->data);
+}
+
+/* Had a callback come after this turn's check phase, the idle handle
+ * flushes at the start of the next turn, and keeps the loop from
+ * sleeping in poll until then. */
+static void on_flush_next(uv_idle_t *h)
+{
+  flush_dirty(h->data);
+}
+
+static void conn_mark_dirty(struct conn *c)
+{
+  struct emd_ingest *in = c->in;
+
+  if (c->dirty)
+    return;
+  if (in->flusher_closing) {
+    conn_flush(c);
+    return;
+  }
+  if (in->dirty == NULL) {
+    uv_check_start(&in->flusher, on_flush_turn);
+    uv_idle_start(&in->flusher_next, on_flush_next);
+  }
+  c->dirty = true;
+  c->dirty_next = in->dirty;
+  in->dirty = c;
+}
+
 /* A spool callback: fills the oldest slot still waiting for one. */
 static void on_spooled(void *data, const struct emd_spool_result *res)
 {
@@ -457,7 +680,7 @@ static void on_spooled(void *data, const struct emd_spool_result *res)
 
   c->owed--;
   while (c->fill < c->count) {
-    s = &c->slots[(c->head + c->fill) % c->cap];
+    s = &c->slots[(c->head + c->fill) & (c->cap - 1)];
     c->fill++;
     if (s->state == SLOT_WAIT)
       break;
@@ -473,10 +696,14 @@ static void on_spooled(void *data, const struct emd_spool_result *res)
   s->seq = res->seq;
   s->ordinal = res->ordinal;
   s->duplicate = res->duplicate;
-  /* With nobody left to reply to, this still moves the ring on (counts
-   * stay right) and frees the connection after its last callback. */
-  conn_flush(c);
-  conn_maybe_free(c);
+  if (c->closed) {
+    /* With nobody left to reply to, this still moves the ring on (counts
+     * stay right) and frees the connection after its last callback. */
+    conn_flush(c);
+    conn_maybe_free(c);
+  } else {
+    conn_mark_dirty(c);
+  }
 }
 
 /* ---- input --------------------------------------------------------------- */
@@ -905,8 +1132,11 @@ int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
   in->server_open = true;
   uv_check_init(loop, &in->turn);
   uv_idle_init(loop, &in->resume);
+  uv_check_init(loop, &in->flusher);
+  uv_idle_init(loop, &in->flusher_next);
   in->turn.data = in->resume.data = in;
-  in->extra_handles = 2;
+  in->flusher.data = in->flusher_next.data = in;
+  in->extra_handles = 4;
   uv_check_start(&in->turn, on_turn);
   uv_unref((uv_handle_t *)&in->turn);
   if (listen_fd >= 0) {
@@ -1022,6 +1252,11 @@ void emd_ingest_close(struct emd_ingest *in)
     conn_close(c);
   }
   close_server(in);
+  if (!in->flusher_closing) {
+    in->flusher_closing = true;
+    uv_close((uv_handle_t *)&in->flusher, on_extra_closed);
+    uv_close((uv_handle_t *)&in->flusher_next, on_extra_closed);
+  }
   ingest_maybe_free(in);
 }
 

@@ -6,6 +6,8 @@
 #ifndef EMD_INGEST_H
 #define EMD_INGEST_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <uv.h>
@@ -66,5 +68,31 @@ void emd_ingest_close(struct emd_ingest *in);
 
 void emd_ingest_stats(const struct emd_ingest *in,
                       struct emd_ingest_stats *st);
+
+/* One reply (SPEC 2): an event stored (rc 0) or a line refused. */
+struct emd_ingest_reply {
+  int rc;                   /* 0, or the emd_err the line was refused with */
+  uint32_t line;            /* rc != 0: line or frame number, from 1 */
+  const char *msg;          /* rc != 0: NUL-terminated; NULL: the error's
+                             * emd_strerror() */
+  const char *id;           /* rc 0: the event's id, id_len bytes, no NUL */
+  size_t id_len;
+  uint64_t seq;
+  bool duplicate;           /* rc 0: the id was known; no timer, ordinal */
+  const uint8_t *timer;     /* rc 0, not duplicate: timer_len bytes */
+  size_t timer_len;
+  uint32_t ordinal;
+};
+
+/* The most bytes emd_ingest_format_reply() writes for r, in either mode. */
+size_t emd_ingest_reply_max(const struct emd_ingest_reply *r);
+
+/* Writes r into out (room for emd_ingest_reply_max(r) bytes) as the client
+ * gets it: a JSON line, or (binary) a 4-byte big-endian length and the
+ * packed emitd.v1.Ack, the bytes protobuf-c would pack. Returns the bytes
+ * written. Pure, any thread; the ingest's own formatter, exposed for the
+ * tests. */
+size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
+                               char *out);
 
 #endif

@@ -21,6 +21,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
 /* the inputs of emd_forward_classify() are curl's transfer results, and
  * the tests speak to the upstream's control interface with curl too */
 #include <curl/curl.h>
@@ -947,6 +950,58 @@ static void batch_mode_sends_every_event_once_with_fin_on_each_last(void **s)
   assert_int_equal(st.batch_events, 1200);
 }
 
+/* Spools n events, two of each packed length from base + 3 up (base: the
+ * length without a scope), by padding Event.scope. */
+static size_t append_sized_events(struct fx *fx, size_t n)
+{
+  static char pad[128];
+  size_t base;
+
+  memset(pad, 'p', sizeof(pad) - 1);
+  fx->want_appended = fx->appended + n;
+  for (size_t i = 0; i < n; i++) {
+    emd_event *ev = make_event(emd_spool_arena(fx->sp), i);
+
+    base = buildless__service__v1__event__get_packed_size(ev);
+    ev->scope = pad + sizeof(pad) - 1 - (1 + i / 2);  /* 2 + 1 + i/2 bytes */
+    assert_int_equal(buildless__service__v1__event__get_packed_size(ev),
+                     base + 3 + i / 2);
+    assert_int_equal(emd_spool_append(fx->sp, ev, on_appended, fx), 0);
+  }
+  assert_true(run_until(fx, all_appended, WAIT_MS));
+  assert_int_equal(fx->append_failed, 0);
+  return base;
+}
+
+/* The body is the batch's own buffer with fin set in place, unless the
+ * last event's length (+2 for fin) needs one more varint byte (126 and
+ * 127 bytes): then it is a copy. Either way every event arrives once with
+ * fin on each last, after a 500 (the same batch again) and a 413 (split
+ * in two). */
+static void fin_is_set_on_last_events_of_every_length(void **s)
+{
+  struct fx *fx = *s;
+  struct arrival a[64];
+  size_t base, count;
+
+  fx->cfg.upstream.batch_max_events = 2;
+  up_start(fx, NULL);
+  ctl_post(fx, "/_test/script", "[{\"status\":500},{\"status\":413}]");
+  fx_open(fx);
+  base = append_sized_events(fx, 64);
+  assert_true(base + 3 <= 126 && base + 3 + 31 >= 129);
+  assert_true(run_until(fx, drained, WAIT_MS));
+  count = arrivals(fx, a, 64, "/v1/telemetry/event:stream", "protobuf",
+                   "none");
+  assert_int_equal(count, 64);
+  check_arrivals(a, count, 64);
+  assert_int_equal(up_stat(fx, "unique_ids"), 64);
+  assert_int_equal(spool_stats(fx).dead, 0);
+  assert_int_equal(fw_stats(fx).sent, 64);
+  assert_true(fw_stats(fx).requests_4xx >= 1);
+  assert_true(fw_stats(fx).requests_5xx >= 1);
+}
+
 static void batch_mode_json_with_gzip_arrives(void **s)
 {
   deliver(*s, EMD_MODE_BATCH, EMD_ENC_JSON, EMD_COMP_GZIP, 300);
@@ -1636,11 +1691,386 @@ static void reply_reader_trusts_only_verdicts_for_their_own_events(
   assert_int_equal(ok[1], 1);
 }
 
+/* ---- the reply reader against a reference ----------------------------- */
+
+/* The reader as it was before its fast paths: every EventID through
+ * protobuf-c, every JSON line through jsmn. emd_forward_parse_reply must
+ * agree with it on every input. */
+struct ref_batch {
+  const uint8_t *const *events;
+  const size_t *lens;
+  size_t n;
+};
+
+static bool ref_id_matches(const struct ref_batch *b, size_t i,
+                           const char *eid, size_t eid_len)
+{
+  Buildless__Service__V1__Event *ev =
+    buildless__service__v1__event__unpack(NULL, b->lens[i], b->events[i]);
+  bool same;
+
+  assert_non_null(ev);
+  same = ev->event != NULL && strlen(ev->event->id) == eid_len &&
+         memcmp(ev->event->id, eid, eid_len) == 0;
+  buildless__service__v1__event__free_unpacked(ev, NULL);
+  return same;
+}
+
+static bool ref_pb_verdict(const struct ref_batch *b, size_t i,
+                           const uint8_t *p, size_t len, int *ok)
+{
+  Buildless__Service__V1__EventID *eid =
+    buildless__service__v1__event_id__unpack(NULL, len, p);
+  bool trusted;
+
+  if (eid == NULL)
+    return false;
+  if (eid->eid != NULL && eid->eid[0] != '\0')
+    trusted = ref_id_matches(b, i, eid->eid, strlen(eid->eid));
+  else
+    trusted = eid->base.n_unknown_fields == 0;
+  *ok = eid->ok ? 1 : 0;
+  buildless__service__v1__event_id__free_unpacked(eid, NULL);
+  return trusted;
+}
+
+static bool ref_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+  uint64_t x = 0;
+
+  for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+    uint8_t c = *(*p)++;
+    x |= (uint64_t)(c & 0x7f) << shift;
+    if ((c & 0x80) == 0) {
+      *v = x;
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool ref_word(const char *js, const jsmntok_t *t, const char *s)
+{
+  size_t n = strlen(s);
+
+  return (size_t)(t->end - t->start) == n && memcmp(js + t->start, s, n) == 0;
+}
+
+static bool ref_json_verdict(const struct ref_batch *b, size_t i,
+                             const char *js, size_t len, int *ok)
+{
+  jsmntok_t t[32];
+  jsmn_parser jp;
+  int count, k;
+  bool has_eid = false, unknown = false;
+
+  *ok = 0;
+  jsmn_init(&jp);
+  count = jsmn_parse(&jp, js, len, t, 32);
+  if (count < 1 || t[0].type != JSMN_OBJECT || t[0].end != (int)len)
+    return false;
+  for (k = 1; k < count;) {
+    const jsmntok_t *key = &t[k], *val;
+    int left = 1;
+
+    if (k + 1 >= count)
+      return false;
+    val = &t[k + 1];
+    if (key->type == JSMN_STRING && ref_word(js, key, "ok")) {
+      if (val->type != JSMN_PRIMITIVE)
+        return false;
+      if (ref_word(js, val, "true"))
+        *ok = 1;
+      else if (!ref_word(js, val, "false") && !ref_word(js, val, "null"))
+        return false;
+    } else if (key->type == JSMN_STRING && ref_word(js, key, "eid")) {
+      if (val->type != JSMN_STRING ||
+          !ref_id_matches(b, i, js + val->start,
+                          (size_t)(val->end - val->start)))
+        return false;
+      has_eid = true;
+    } else if (!(key->type == JSMN_STRING && ref_word(js, key, "sid"))) {
+      unknown = true;
+    }
+    for (k++; left > 0 && k < count; k++) {
+      left += t[k].type == JSMN_OBJECT ? 2 * t[k].size
+              : t[k].type == JSMN_ARRAY ? t[k].size : 0;
+      left--;
+    }
+  }
+  return has_eid || !unknown;
+}
+
+static bool ref_ws(char c)
+{
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static long ref_parse_reply(const void *body, size_t len, bool json,
+                            bool single, const struct ref_batch *b, int *ok)
+{
+  long got = 0;
+  size_t i;
+
+  if (len == 0) {
+    for (i = 0; i < b->n; i++)
+      ok[i] = 1;
+    return (long)b->n;
+  }
+  if (json) {
+    const char *p = body, *end = p + len;
+
+    while (p < end) {
+      const char *nl = single ? NULL : memchr(p, '\n', (size_t)(end - p));
+      const char *s = p, *e = nl != NULL ? nl : end;
+
+      p = nl != NULL ? nl + 1 : end;
+      while (s < e && ref_ws(*s))
+        s++;
+      while (e > s && ref_ws(e[-1]))
+        e--;
+      if (s == e)
+        continue;
+      if ((size_t)got == b->n ||
+          !ref_json_verdict(b, (size_t)got, s, (size_t)(e - s), &ok[got])) {
+        got = -1;
+        break;
+      }
+      got++;
+    }
+  } else if (single) {
+    got = ref_pb_verdict(b, 0, body, len, &ok[0]) ? 1 : -1;
+  } else {
+    const uint8_t *p = body, *end = p + len;
+    uint64_t l;
+
+    while (p < end) {
+      if ((size_t)got == b->n || !ref_varint(&p, end, &l) ||
+          (uint64_t)(end - p) < l ||
+          !ref_pb_verdict(b, (size_t)got, p, (size_t)l, &ok[got])) {
+        got = -1;
+        break;
+      }
+      p += l;
+      got++;
+    }
+  }
+  for (i = 0; i < b->n; i++)
+    if (got < 0 || i >= (size_t)got)
+      ok[i] = -1;
+  return got;
+}
+
+static uint64_t rnd_state;
+
+static uint32_t rnd(uint32_t n)
+{
+  rnd_state = rnd_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (uint32_t)(rnd_state >> 33) % n;
+}
+
+struct gen {
+  uint8_t *p;
+  size_t len, cap;
+};
+
+static void gen_put(struct gen *g, const void *p, size_t n)
+{
+  assert_true(g->len + n <= g->cap);
+  memcpy(g->p + g->len, p, n);
+  g->len += n;
+}
+
+static void gen_byte(struct gen *g, uint8_t c)
+{
+  gen_put(g, &c, 1);
+}
+
+static void gen_varint(struct gen *g, uint64_t v, bool long_form)
+{
+  while (v >= 0x80) {
+    gen_byte(g, (uint8_t)(v | 0x80));
+    v >>= 7;
+  }
+  if (long_form) {               /* a valid but not minimal varint */
+    gen_byte(g, (uint8_t)(v | 0x80));
+    v = 0;
+  }
+  gen_byte(g, (uint8_t)v);
+}
+
+/* An id for event i: its own, another event's, or a near miss. */
+static void gen_id(char *out, size_t i, size_t n)
+{
+  static const char *const odd[] = { "", "x", "evt", "evt00000000000000001",
+                                     "evt0000000000000001\\u0031" };
+
+  switch (rnd(8)) {
+  case 0:
+    snprintf(out, 64, "evt%016zu", (i + 1 + rnd(2)) % (n + 1));
+    break;
+  case 1:
+    snprintf(out, 64, "%s", odd[rnd(5)]);
+    break;
+  default:
+    snprintf(out, 64, "evt%016zu", i);
+  }
+}
+
+/* One EventID: mostly as services send them, with now and then what a
+ * broken or hostile one might: other fields, other wire types, repeats,
+ * long varints, a NUL in the id, unknown fields. */
+static void gen_event_id(struct gen *g, size_t i, size_t n)
+{
+  char id[64];
+  size_t parts = 1 + rnd(4);
+
+  for (size_t k = 0; k < parts; k++) {
+    uint32_t what = rnd(16);
+
+    gen_id(id, i, n);
+    if (what < 5) {
+      gen_byte(g, 0x08);
+      gen_varint(g, rnd(4) == 0 ? rnd(300) : rnd(2), rnd(8) == 0);
+    } else if (what < 11) {
+      size_t l = strlen(id);
+
+      if (rnd(10) == 0 && l > 2)
+        id[rnd((uint32_t)l)] = '\0';
+      gen_byte(g, 0x12);
+      gen_varint(g, l, rnd(8) == 0);
+      gen_put(g, id, l);
+    } else if (what < 13) {
+      size_t l = rnd(200);
+
+      gen_byte(g, 0x1a);
+      gen_varint(g, l, false);
+      for (size_t j = 0; j < l; j++)
+        gen_byte(g, (uint8_t)('a' + j % 26));
+    } else if (what == 13) {
+      gen_byte(g, (uint8_t)(rnd(16) << 3 | rnd(8)));   /* any key */
+      gen_varint(g, rnd(5), false);
+    } else if (what == 14) {
+      gen_byte(g, 0x22);                  /* unknown length-delimited */
+      gen_varint(g, 2, false);
+      gen_put(g, "zz", 2);
+    } else {
+      gen_byte(g, (uint8_t)rnd(256));
+    }
+    if (rnd(4) == 0)
+      break;
+  }
+  /* the shape every service sends, most of the time */
+  if (rnd(3) == 0) {
+    g->len = 0;
+    gen_id(id, i, n);
+    if (rnd(4) != 0) {
+      gen_byte(g, 0x08);
+      gen_byte(g, (uint8_t)rnd(2));
+    }
+    gen_byte(g, 0x12);
+    gen_varint(g, strlen(id), false);
+    gen_put(g, id, strlen(id));
+  }
+}
+
+static void gen_json_line(struct gen *g, size_t i, size_t n)
+{
+  static const char *const oks[] = { "true", "false", "null", "tru", "1",
+                                     "\"true\"" };
+  static const char *const ws[] = { "", "", "", " ", "\t", "\r\n", "\n" };
+  static const char *const extra[] = { "", "", "", ",\"sid\":\"s1\"",
+                                       ",\"sid\":5", ",\"x\":1",
+                                       ",\"eid\":\"evt0000000000000000\"",
+                                       ",\"ok\":false", ",\"sid\":\"a\\\"b\"",
+                                       ",", ",\"sid\":\"a~b\"" };
+  static const char *const tail[] = { "", "", "", "", " ", "}", " x", "," };
+  char id[64], line[256];
+  int l;
+
+  gen_id(id, i, n);
+  if (rnd(10) == 0)
+    id[rnd(3)] = (char)(rnd(2) ? 0x01 : 0xc3);
+  switch (rnd(4)) {
+  case 0:
+    l = snprintf(line, sizeof(line), "{%s\"eid\"%s:%s\"%s\"%s,\"ok\":%s%s}",
+                 ws[rnd(7)], ws[rnd(7)], ws[rnd(7)], id,
+                 extra[rnd(11)], oks[rnd(6)], ws[rnd(7)]);
+    break;
+  case 1:
+    l = snprintf(line, sizeof(line), "{\"ok\":%s%s}", oks[rnd(6)],
+                 extra[rnd(11)]);
+    break;
+  default:
+    l = snprintf(line, sizeof(line), "{\"ok\":%s,\"eid\":\"%s\"%s}%s",
+                 oks[rnd(2)], id, extra[rnd(11)], tail[rnd(8)]);
+  }
+  for (int k = 0; k < l; k++)       /* a NUL ends jsmn's input */
+    if (line[k] == '~')
+      line[k] = '\0';
+  if (rnd(20) == 0)
+    line[rnd((uint32_t)l)] = (char)rnd(256);
+  if (rnd(30) == 0)
+    l = (int)rnd((uint32_t)l);
+  gen_put(g, line, (size_t)l);
+}
+
+static void reply_reader_agrees_with_protobuf_c_and_jsmn(void **state)
+{
+  enum { N = 6 };
+  uint8_t evbuf[N][96], body[8192], one[1024];
+  const uint8_t *evs[N];
+  size_t lens[N];
+  char id[32];
+  int ok[N], ref_ok[N];
+  long got, want;
+
+  (void)state;
+  rnd_state = 8;
+  for (size_t i = 0; i < N; i++) {
+    snprintf(id, sizeof(id), "evt%016zu", i);
+    lens[i] = pack_event(id, evbuf[i]);
+    evs[i] = evbuf[i];
+  }
+  for (int round = 0; round < 200000; round++) {
+    struct gen g = { body, 0, sizeof(body) };
+    bool json = rnd(2), single = rnd(4) == 0;
+    size_t n = single ? 1 : 1 + rnd(N), verdicts = single ? 1 : rnd(N + 2);
+    struct ref_batch b = { evs, lens, n };
+
+    for (size_t i = 0; i < verdicts; i++) {
+      if (json) {
+        gen_json_line(&g, i, n);
+        if (!single || rnd(2))
+          gen_put(&g, "\n", 1);
+      } else if (single) {
+        gen_event_id(&g, i, n);
+      } else {
+        struct gen e = { one, 0, sizeof(one) };
+
+        gen_event_id(&e, i, n);
+        gen_varint(&g, rnd(30) ? e.len : e.len + rnd(3), false);
+        gen_put(&g, one, e.len);
+      }
+    }
+    got = emd_forward_parse_reply(body, g.len, json, single, evs, lens, n,
+                                  ok);
+    want = ref_parse_reply(body, g.len, json, single, &b, ref_ok);
+    if (got != want || memcmp(ok, ref_ok, n * sizeof(*ok)) != 0)
+      fail_msg("round %d (%s, %s): got %ld, want %ld", round,
+               json ? "json" : "protobuf", single ? "single" : "stream",
+               got, want);
+    for (size_t i = 0; i < n; i++)
+      assert_int_equal(ok[i], ref_ok[i]);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest classify[] = {
     cmocka_unit_test(any_2xx_is_done),
     cmocka_unit_test(reply_reader_trusts_only_verdicts_for_their_own_events),
+    cmocka_unit_test(reply_reader_agrees_with_protobuf_c_and_jsmn),
     cmocka_unit_test(status_401_pauses_and_never_dead_letters),
     cmocka_unit_test(status_403_pauses_like_401),
     cmocka_unit_test(status_404_and_405_pause_as_misconfigured),
@@ -1657,6 +2087,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, fx_setup, fx_teardown)
   const struct CMUnitTest live[] = {
     T(batch_mode_sends_every_event_once_with_fin_on_each_last),
+    T(fin_is_set_on_last_events_of_every_length),
     T(batch_mode_json_with_gzip_arrives),
     T(batch_mode_protobuf_with_zstd_arrives),
     T(batch_mode_json_with_zstd_arrives),

@@ -871,6 +871,241 @@ static void close_with_clients_connected_frees_everything(void **state)
   assert_true(busy->eof);
 }
 
+/* ---- replies per loop turn --------------------------------------------- */
+
+#define GROUP_LINES 20
+
+struct peek {
+  struct fx *f;
+  int calls;                /* changed callbacks so far */
+  uint64_t received;        /* stats at the first one */
+  uint64_t accepted;
+  bool close;               /* close the ingest there and then */
+};
+
+/* The spool's changed callback runs right after the spool callbacks of a
+ * group commit, in the same loop turn. */
+static void on_changed_peek(void *data)
+{
+  struct peek *pk = data;
+  struct emd_ingest_stats st;
+
+  if (pk->calls++ > 0 || pk->f->in == NULL)
+    return;
+  if (pk->close) {
+    emd_ingest_close(pk->f->in);
+    /* Still readable until the loop runs the close callbacks. */
+    emd_ingest_stats(pk->f->in, &st);
+    pk->f->in = NULL;
+  } else {
+    st = stats(pk->f);
+  }
+  pk->received = st.received;
+  pk->accepted = st.accepted;
+}
+
+static void send_group(struct fx *f, struct peek *pk)
+{
+  struct client *c;
+
+  emd_spool_set_changed_cb(f->sp, on_changed_peek, pk);
+  start(f);
+  c = client_connect(f, 0);
+  for (int i = 0; i < GROUP_LINES; i++)
+    client_puts(c, SMALLEST "\n");
+  PUMP_UNTIL(f, pk->calls > 0);
+}
+
+static void replies_of_a_group_commit_go_out_at_the_end_of_the_turn(
+  void **state)
+{
+  struct fx *f = *state;
+  struct peek pk = { .f = f };
+  struct emd_ingest_stats st;
+  struct ok_reply ok;
+  struct client *c;
+
+  send_group(f, &pk);
+  /* Every callback of the group has run, and no reply is out yet: they
+   * leave together when the turn ends, one flush for the connection. */
+  assert_int_equal(pk.received, 0);
+  c = &f->cl[0];
+  PUMP_UNTIL(f, nlines(c) == GROUP_LINES);
+  for (size_t i = 0; i < GROUP_LINES; i++) {
+    expect_ok(c, i, &ok);
+    assert_int_equal(ok.ordinal, i + 1);
+  }
+  st = stats(f);
+  assert_int_equal(st.received, GROUP_LINES);
+  assert_int_equal(st.accepted, GROUP_LINES);
+  assert_int_equal(emd_histogram_total(&st.ack_latency_s), GROUP_LINES);
+  emd_spool_set_changed_cb(f->sp, NULL, NULL);
+}
+
+static void replies_ready_when_the_ingest_closes_are_still_counted(
+  void **state)
+{
+  struct fx *f = *state;
+  struct peek pk = { .f = f, .close = true };
+
+  send_group(f, &pk);
+  assert_int_equal(pk.received, GROUP_LINES);
+  assert_int_equal(pk.accepted, GROUP_LINES);
+  emd_spool_set_changed_cb(f->sp, NULL, NULL);
+}
+
+/* ---- reply formatting ---------------------------------------------------- */
+
+/* The text reply as printf words it: the reference the formatter must
+ * match byte for byte. */
+static size_t ref_text(const struct emd_ingest_reply *r, char *out)
+{
+  char timer[64];
+  int n;
+
+  if (r->rc != 0) {
+    const char *m = r->msg ? r->msg : emd_strerror(r->rc);
+    size_t len;
+
+    n = sprintf(out, "{\"ok\":false,\"line\":%" PRIu32 ",\"error\":\"%s\","
+                "\"message\":\"", r->line, emd_errcode(r->rc));
+    len = (size_t)n;
+    for (const char *p = m; *p; p++) {
+      unsigned char ch = (unsigned char)*p;
+
+      if (ch == '"' || ch == '\\')
+        len += (size_t)sprintf(out + len, "\\%c", ch);
+      else if (ch < 0x20)
+        len += (size_t)sprintf(out + len, "\\u%04x", ch);
+      else
+        out[len++] = ch < 0x80 ? (char)ch : '?';
+    }
+    memcpy(out + len, "\"}\n", 3);
+    return len + 3;
+  }
+  if (r->duplicate)
+    n = sprintf(out, "{\"ok\":true,\"id\":\"%.*s\",\"seq\":%" PRIu64
+                ",\"duplicate\":true}\n", (int)r->id_len, r->id, r->seq);
+  else {
+    timer[emd_codec_base64(r->timer, r->timer_len, timer)] = '\0';
+    n = sprintf(out, "{\"ok\":true,\"id\":\"%.*s\",\"seq\":%" PRIu64
+                ",\"timer\":\"%s\",\"ordinal\":%" PRIu32 "}\n",
+                (int)r->id_len, r->id, r->seq, timer, r->ordinal);
+  }
+  return (size_t)n;
+}
+
+/* The binary reply as protobuf-c packs it. */
+static size_t ref_binary(const struct emd_ingest_reply *r, char *out)
+{
+  emd_ack ack = EMITD__V1__ACK__INIT;
+  char id[EMD_ID_MAX + 1];
+  size_t n;
+
+  ack.ok = r->rc == 0;
+  if (r->rc == 0) {
+    memcpy(id, r->id, r->id_len);
+    id[r->id_len] = '\0';
+    ack.id = id;
+    ack.seq = r->seq;
+    ack.duplicate = r->duplicate;
+    if (!r->duplicate) {
+      ack.timer.data = (uint8_t *)r->timer;
+      ack.timer.len = r->timer_len;
+      ack.ordinal = r->ordinal;
+    }
+  } else {
+    ack.error = (char *)emd_errcode(r->rc);
+    ack.message = (char *)(r->msg ? r->msg : emd_strerror(r->rc));
+    ack.line = r->line;
+  }
+  n = emitd__v1__ack__get_packed_size(&ack);
+  out[0] = (char)(n >> 24);
+  out[1] = (char)(n >> 16);
+  out[2] = (char)(n >> 8);
+  out[3] = (char)n;
+  emitd__v1__ack__pack(&ack, (uint8_t *)out + 4);
+  return n + 4;
+}
+
+static void check_reply(const struct emd_ingest_reply *r)
+{
+  size_t max = emd_ingest_reply_max(r);
+
+  for (int binary = 0; binary < 2; binary++) {
+    char *got = malloc(max + 64), want[8192];
+    size_t n, wn;
+
+    assert_non_null(got);
+    memset(got, 0x5a, max + 64);
+    n = emd_ingest_format_reply(r, binary, got);
+    wn = binary ? ref_binary(r, want) : ref_text(r, want);
+    assert_true(n <= max);
+    assert_int_equal(n, wn);
+    assert_memory_equal(got, want, n);
+    assert_int_equal((unsigned char)got[max], 0x5a);   /* no overrun */
+    free(got);
+  }
+}
+
+static void replies_match_printf_and_protobuf_c_byte_for_byte(void **state)
+{
+  static const uint64_t seqs[] = { 0, 1, 9, 10, 99, 100, 127, 128, 999,
+                                   1000, 16383, 16384, 1234567890123ull,
+                                   9999999999999999999ull,
+                                   10000000000000000000ull, UINT64_MAX };
+  static const uint32_t u32s[] = { 0, 1, 127, 128, 4242, UINT32_MAX };
+  static const int rcs[] = { EMD_EBADJSON, EMD_ETOOLARGE, EMD_EINVALID,
+                             EMD_ESPOOLFULL, EMD_ESHUTDOWN, EMD_EDENIED,
+                             EMD_ETOOMANY, -ENOMEM };
+  char id[EMD_ID_MAX], msg[300];
+  uint8_t timer[EMD_TIMER_MAX];
+  struct emd_ingest_reply r;
+
+  (void)state;
+  for (size_t i = 0; i < sizeof(id); i++)
+    id[i] = (char)('A' + i % 26);
+  for (size_t i = 0; i < sizeof(timer); i++)
+    timer[i] = (uint8_t)(i * 37 + 251);
+  /* Stored and duplicate events: every id and timer length (base64
+   * padding of 0, 1 and 2), seqs and ordinals across varint and digit
+   * boundaries. */
+  for (size_t il = 0; il <= EMD_ID_MAX; il += 13)
+    for (size_t tl = 0; tl <= EMD_TIMER_MAX; tl++)
+      for (size_t k = 0; k < sizeof(seqs) / sizeof(*seqs); k++)
+        for (int dup = 0; dup < 2; dup++) {
+          memset(&r, 0, sizeof(r));
+          r.id = id;
+          r.id_len = il;
+          r.seq = seqs[k];
+          r.duplicate = dup;
+          r.timer = timer;
+          r.timer_len = tl;
+          r.ordinal = u32s[(il + tl + k) % (sizeof(u32s) / sizeof(*u32s))];
+          check_reply(&r);
+        }
+  /* Errors: every code, our own message or the default one, with quotes,
+   * backslashes, control and non-ASCII bytes, and a message long enough
+   * for a 2-byte length. */
+  for (size_t i = 0; i < sizeof(msg) - 1; i++)
+    msg[i] = i % 7 == 0 ? '"' : i % 11 == 0 ? '\\' : i % 13 == 0 ? '\x01'
+             : i % 17 == 0 ? '\xc3' : (char)('a' + i % 26);
+  msg[sizeof(msg) - 1] = '\0';
+  for (size_t k = 0; k < sizeof(rcs) / sizeof(*rcs); k++)
+    for (size_t u = 0; u < sizeof(u32s) / sizeof(*u32s); u++) {
+      memset(&r, 0, sizeof(r));
+      r.rc = rcs[k];
+      r.line = u32s[u];
+      check_reply(&r);
+      r.msg = "line longer than ingest.max_event_bytes (1024 bytes)";
+      check_reply(&r);
+      r.msg = msg;
+      check_reply(&r);
+      r.msg = msg + sizeof(msg) - 2;     /* one byte */
+      check_reply(&r);
+    }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -889,7 +1124,10 @@ int main(void)
     T(stop_calls_idle_once_every_reply_is_out),
     T(line_sent_while_stopping_is_answered_shutting_down),
     T(close_with_clients_connected_frees_everything),
+    T(replies_of_a_group_commit_go_out_at_the_end_of_the_turn),
+    T(replies_ready_when_the_ingest_closes_are_still_counted),
 #undef T
+    cmocka_unit_test(replies_match_printf_and_protobuf_c_byte_for_byte),
   };
 
   /* A client gone before its reply must not kill the test process. */
