@@ -4,8 +4,15 @@
  *   page 0     struct hdr
  *   then       cap slots of { hash, seq }, hash 0 meaning empty
  * The file's blocks are allocated when it is made (posix_fallocate).
- * Growing writes a new file next to the old one (path + ".new"), moves
- * every slot over and renames it into place. */
+ *
+ * Growing is incremental, so no insert waits for millions of slots to
+ * move: a file twice the size is made next to the old one (path + ".new")
+ * and renamed into place at once; the old one stays mapped (and unlinked)
+ * while each insert, and emd_idtab_step between groups, moves the next
+ * few of its slots over. Meanwhile a walk looks in the new table, then in
+ * the old one's slots not yet moved; the old table's slots are never
+ * shifted, so its probe runs stay whole: a removal there leaves a
+ * tombstone (seq TOMB), and moved slots read as occupied. */
 #include "emd_idtab.h"
 
 #include <errno.h>
@@ -26,6 +33,9 @@
 #define HDR_SIZE 4096u
 #define MIN_CAP ((uint64_t)1 << 16)
 #define MAX_CAP ((uint64_t)1 << 36)
+#define TOMB UINT64_MAX            /* a removed slot of the old table */
+#define MOVE_PER_INSERT 8          /* old slots moved per insert: done
+                                    * long before the new table fills */
 
 struct hdr {
   char magic[8];
@@ -50,6 +60,16 @@ struct jent {
   enum jkind kind;
 };
 
+/* The table being emptied into the current one while growing. */
+struct old {
+  int fd;
+  void *map;
+  size_t map_len;
+  struct slot *slots;
+  uint64_t mask;
+  uint64_t next;                   /* slots below this are moved */
+};
+
 struct emd_idtab {
   char *path;
   int fd;
@@ -58,6 +78,7 @@ struct emd_idtab {
   struct hdr *hdr;
   struct slot *slots;
   uint64_t mask;
+  struct old *old;                 /* while growing */
   bool journaling;
   struct jent *journal;
   size_t njournal, journal_cap;
@@ -189,12 +210,26 @@ fail:
   return rc;
 }
 
+static void old_drop(struct emd_idtab *t)
+{
+  if (t->old == NULL)
+    return;
+  munmap(t->old->map, t->old->map_len);
+  close(t->old->fd);
+  free(t->old);
+  t->old = NULL;
+}
+
 int emd_idtab_close(struct emd_idtab *t, const struct emd_idtab_stamp *stamp)
 {
   int rc = 0;
 
   if (t == NULL)
     return 0;
+  if (stamp != NULL)
+    while (emd_idtab_step(t, SIZE_MAX))
+      ;                            /* a clean file holds every slot */
+  old_drop(t);
   if (stamp != NULL) {
     /* Every slot on disk before the header says they are. */
     if (msync(t->map, t->map_len, MS_SYNC) != 0)
@@ -219,6 +254,7 @@ int emd_idtab_clear(struct emd_idtab *t)
   void *map;
   int rc;
 
+  old_drop(t);
   munmap(t->map, t->map_len);
   t->map = NULL;
   rc = init_file(t->fd, MIN_CAP, new_seed(), &map);
@@ -240,8 +276,12 @@ uint64_t emd_idtab_hash(const struct emd_idtab *t, const void *id,
 bool emd_idtab_next(const struct emd_idtab *t, uint64_t h, size_t *pos,
                     uint64_t *seq)
 {
-  /* *pos counts the slots already looked at from h's home slot. */
-  for (uint64_t i = *pos; i <= t->mask; i++) {
+  const struct old *o = t->old;
+  uint64_t ncap = t->mask + 1, i = *pos;
+
+  /* *pos counts the slots looked at: first from h's home slot in the
+   * table, then (past ncap) from its home slot in the old one. */
+  for (; i < ncap; i++) {
     const struct slot *s = &t->slots[(h + i) & t->mask];
 
     if (s->h == 0)
@@ -252,7 +292,21 @@ bool emd_idtab_next(const struct emd_idtab *t, uint64_t h, size_t *pos,
       return true;
     }
   }
-  *pos = (size_t)t->mask + 1;
+  if (o != NULL) {
+    for (i = i < ncap ? 0 : i - ncap; i <= o->mask; i++) {
+      uint64_t at = (h + i) & o->mask;
+      const struct slot *s = &o->slots[at];
+
+      if (s->h == 0)
+        break;
+      if (s->h == h && at >= o->next && s->seq != TOMB) {
+        *pos = (size_t)(ncap + i + 1);
+        *seq = s->seq;
+        return true;
+      }
+    }
+  }
+  *pos = SIZE_MAX;
   return false;
 }
 
@@ -269,50 +323,73 @@ static void place(struct slot *slots, uint64_t mask, uint64_t h,
   slots[i].seq = seq;
 }
 
+bool emd_idtab_step(struct emd_idtab *t, size_t budget)
+{
+  struct old *o = t->old;
+
+  if (o == NULL)
+    return false;
+  for (; budget > 0 && o->next <= o->mask; budget--, o->next++) {
+    const struct slot *s = &o->slots[o->next];
+
+    if (s->h != 0 && s->seq != TOMB)
+      place(t->slots, t->mask, s->h, s->seq);
+  }
+  if (o->next <= o->mask)
+    return true;
+  old_drop(t);
+  return false;
+}
+
+/* Starts growing: a table twice the size takes the file's name, and the
+ * current one becomes the old one, emptied into it step by step. */
 static int grow(struct emd_idtab *t)
 {
   uint64_t cap = t->hdr->cap * 2;
   size_t len = file_size(cap);
+  struct old *o;
   char *tmp;
   void *map = NULL;
   struct hdr *nh;
-  struct slot *ns;
   int fd, rc;
 
+  while (emd_idtab_step(t, SIZE_MAX))
+    ;                              /* the last growth, if not done yet */
   if (cap > MAX_CAP)
     return ENOSPC;
+  o = calloc(1, sizeof(*o));
   tmp = malloc(strlen(t->path) + 5);
-  if (tmp == NULL)
+  if (o == NULL || tmp == NULL) {
+    free(o);
+    free(tmp);
     return ENOMEM;
+  }
   sprintf(tmp, "%s.new", t->path);
   fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
+  rc = fd < 0 ? errno : init_file(fd, cap, t->hdr->seed, &map);
+  if (rc == 0 && rename(tmp, t->path) != 0)
     rc = errno;
-    free(tmp);
-    return rc;
-  }
-  rc = init_file(fd, cap, t->hdr->seed, &map);
-  if (rc == 0) {
-    nh = map;
-    ns = (struct slot *)((char *)map + HDR_SIZE);
-    for (uint64_t i = 0; i <= t->mask; i++)
-      if (t->slots[i].h != 0)
-        place(ns, cap - 1, t->slots[i].h, t->slots[i].seq);
-    nh->count = t->hdr->count;
-    if (rename(tmp, t->path) != 0)
-      rc = errno;
-  }
   if (rc != 0) {
     if (map != NULL)
       munmap(map, len);
-    close(fd);
-    unlink(tmp);
+    if (fd >= 0) {
+      close(fd);
+      unlink(tmp);
+    }
     free(tmp);
+    free(o);
     return rc;
   }
   free(tmp);
-  munmap(t->map, t->map_len);
-  close(t->fd);
+  nh = map;
+  nh->count = t->hdr->count;
+  o->fd = t->fd;
+  o->map = t->map;
+  o->map_len = t->map_len;
+  o->slots = t->slots;
+  o->mask = t->mask;
+  o->next = 0;
+  t->old = o;
   t->fd = fd;
   use_map(t, map, len);
   return 0;
@@ -338,42 +415,60 @@ static int journal_add(struct emd_idtab *t, uint64_t h, uint64_t seq,
   return 0;
 }
 
+static bool contains(const struct emd_idtab *t, uint64_t h, uint64_t seq)
+{
+  size_t pos = 0;
+  uint64_t s;
+
+  while (emd_idtab_next(t, h, &pos, &s))
+    if (s == seq)
+      return true;
+  return false;
+}
+
 /* Insert without the journal. */
 static int insert(struct emd_idtab *t, uint64_t h, uint64_t seq,
                   bool *added)
 {
-  uint64_t i;
   int rc;
 
   *added = false;
-  for (i = h & t->mask; t->slots[i].h != 0; i = (i + 1) & t->mask)
-    if (t->slots[i].h == h && t->slots[i].seq == seq)
-      return 0;
+  if (contains(t, h, seq))
+    return 0;
   if ((t->hdr->count + 1) * 10 > t->hdr->cap * 7) {
     rc = grow(t);
     if (rc != 0)
       return rc;
-    for (i = h & t->mask; t->slots[i].h != 0; i = (i + 1) & t->mask)
-      ;
   }
-  t->slots[i].h = h;
-  t->slots[i].seq = seq;
+  place(t->slots, t->mask, h, seq);
   t->hdr->count++;
   *added = true;
+  emd_idtab_step(t, MOVE_PER_INSERT);
   return 0;
 }
 
-/* Remove without the journal: the slot is emptied and the slots after it
- * in its run move back where their probe allows (no tombstones). */
+/* Remove without the journal. In the table the slot is emptied and the
+ * slots after it in its run move back where their probe allows (no
+ * tombstones); in the old table it becomes a tombstone. */
 static bool remove_slot(struct emd_idtab *t, uint64_t h, uint64_t seq)
 {
+  struct old *o = t->old;
   uint64_t i, j, home;
 
   for (i = h & t->mask; t->slots[i].h != 0; i = (i + 1) & t->mask)
     if (t->slots[i].h == h && t->slots[i].seq == seq)
       break;
-  if (t->slots[i].h == 0)
+  if (t->slots[i].h == 0) {
+    if (o == NULL)
+      return false;
+    for (i = h & o->mask; o->slots[i].h != 0; i = (i + 1) & o->mask)
+      if (o->slots[i].h == h && o->slots[i].seq == seq && i >= o->next) {
+        o->slots[i].seq = TOMB;
+        t->hdr->count--;
+        return true;
+      }
     return false;
+  }
   for (j = (i + 1) & t->mask; t->slots[j].h != 0; j = (j + 1) & t->mask) {
     home = t->slots[j].h & t->mask;
     /* The slot at j may move to i if its home is not in (i, j]. */
@@ -393,7 +488,7 @@ int emd_idtab_insert(struct emd_idtab *t, uint64_t h, uint64_t seq)
   bool added;
   int rc;
 
-  if (h == 0)
+  if (h == 0 || seq == TOMB)
     return EINVAL;
   /* Room in the journal first, so a change is never left unrecorded. */
   rc = journal_add(t, h, seq, J_INSERTED);

@@ -59,9 +59,15 @@ uint64_t emd_idtab_hash(const struct emd_idtab *t, const void *id,
 bool emd_idtab_next(const struct emd_idtab *t, uint64_t h, size_t *pos,
                     uint64_t *seq);
 
-/* Adds (h, seq); nothing if it is there already. Grows the file when the
- * table gets 70 % full. Returns 0 or an errno value. */
+/* Adds (h, seq); nothing if it is there already. At 70 % full the table
+ * starts growing into a file twice the size, a few slots per insert (see
+ * emd_idtab_step). h must not be 0, seq not UINT64_MAX. Returns 0 or an
+ * errno value. */
 int emd_idtab_insert(struct emd_idtab *t, uint64_t h, uint64_t seq);
+
+/* Moves up to budget slots of a growth in progress; returns whether any
+ * are left. For idle time; inserts move some too, and a clean close all. */
+bool emd_idtab_step(struct emd_idtab *t, size_t budget);
 
 /* Removes (h, seq); returns whether it was there. */
 bool emd_idtab_remove(struct emd_idtab *t, uint64_t h, uint64_t seq);

@@ -68,6 +68,7 @@
 #define KEY_MAX 511             /* LMDB's default maximum key size */
 #define WALK_MAX 65536          /* expiry rows per transaction */
 #define REBUILD_STEP 16384      /* rows per id table rebuild step */
+#define GROW_STEP 65536         /* id table slots moved per idle step */
 #define IDTAB_FILE "ids.tab"
 #define MAP_HEADROOM ((uint64_t)4 << 30)  /* ids, timers, dead, free pages */
 #define MIB ((uint64_t)1 << 20)
@@ -1717,6 +1718,13 @@ static void writer_main(void *arg)
       rebuild_step(sp, REBUILD_STEP);
       uv_mutex_lock(&sp->mu);
     }
+    /* A growth of the id table moves some slots with every insert; with
+     * nothing else to do, many. */
+    if (sp->todo.head == NULL && emd_idtab_step(w->ids, 0)) {
+      uv_mutex_unlock(&sp->mu);
+      emd_idtab_step(w->ids, GROW_STEP);
+      uv_mutex_lock(&sp->mu);
+    }
     g = queue_pop(&sp->todo);
     if (g != NULL) {
       sp->busy = true;
@@ -1741,7 +1749,7 @@ static void writer_main(void *arg)
     }
     if (sp->stop)
       break;
-    if (!w->rb.active)
+    if (!w->rb.active && !emd_idtab_step(w->ids, 0))
       uv_cond_wait(&sp->cv, &sp->mu);
   }
   uv_mutex_unlock(&sp->mu);

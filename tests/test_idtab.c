@@ -166,6 +166,22 @@ static uint64_t hash_of(uint64_t k)
          ((uint64_t)1 << 63);
 }
 
+static void check_model(const struct emd_idtab *t, const uint64_t *model,
+                        uint64_t space)
+{
+  for (uint64_t k = 0; k < space; k++) {
+    uint64_t h = hash_of(k), got[4];
+    size_t n = seqs_of(t, h, got, 4);
+
+    if (model[k] != 0) {
+      assert_int_equal(n, 1);
+      assert_true(got[0] == model[k]);
+    } else {
+      assert_int_equal(n, 0);
+    }
+  }
+}
+
 /* Random inserts and removes of a small hash space (many collisions),
  * checked against a plain array, through two growths. */
 static void random_operations_match_a_model(void **state)
@@ -177,10 +193,17 @@ static void random_operations_match_a_model(void **state)
   uint64_t *model = calloc(SPACE, sizeof(uint64_t));   /* seq or 0 */
   size_t live = 0, cap0 = emd_idtab_capacity(t);
   uint64_t x = 88172645463325252ull;
+  bool saw_growing = false;
 
   assert_non_null(model);
   for (uint64_t i = 1; i <= N; i++) {
     uint64_t k, h;
+
+    /* Now and then, and whenever a growth is under way, every key. */
+    if (i % 50000 == 0 || (emd_idtab_step(t, 0) && i % 1999 == 0)) {
+      saw_growing |= emd_idtab_step(t, 0);
+      check_model(t, model, SPACE);
+    }
 
     x ^= x << 13;
     x ^= x >> 7;
@@ -199,18 +222,58 @@ static void random_operations_match_a_model(void **state)
   }
   assert_int_equal(emd_idtab_count(t), live);
   assert_true(emd_idtab_capacity(t) >= cap0 * 2);
-  for (uint64_t k = 0; k < SPACE; k++) {
-    uint64_t h = hash_of(k), got[4];
-    size_t n = seqs_of(t, h, got, 4);
-
-    if (model[k] != 0) {
-      assert_int_equal(n, 1);
-      assert_true(got[0] == model[k]);
-    } else {
-      assert_int_equal(n, 0);
-    }
-  }
+  assert_true(saw_growing);
+  check_model(t, model, SPACE);
+  while (emd_idtab_step(t, 1000))
+    ;
+  check_model(t, model, SPACE);
+  assert_int_equal(emd_idtab_count(t), live);
   free(model);
+  emd_idtab_close(t, NULL);
+}
+
+/* While a growth is under way: entries in both tables are found, a
+ * removal in the old one keeps the runs behind it whole, a pair still in
+ * the old one is not added twice, and a clean close moves the rest. */
+static void growth_moves_slots_a_few_at_a_time(void **state)
+{
+  struct fix *f = *state;
+  bool trusted;
+  struct emd_idtab *t = open_tab(f, &stamp_a, &trusted);
+  uint64_t cap = emd_idtab_capacity(t), n = cap * 7 / 10;
+  /* Runs: groups of 4 hashes share a home slot. */
+#define H(i) ((((uint64_t)(i) / 4) * 2654435761u % cap) | \
+              (((uint64_t)(i) % 4 + 1) << 40))
+
+  for (uint64_t i = 0; i < n; i++)
+    assert_int_equal(emd_idtab_insert(t, H(i), i + 1), 0);
+  assert_false(emd_idtab_step(t, 0));          /* not growing yet */
+  assert_int_equal(emd_idtab_insert(t, H(n), n + 1), 0);
+  assert_true(emd_idtab_step(t, 0));           /* growing now */
+  assert_int_equal(emd_idtab_capacity(t), cap * 2);
+  assert_true(emd_idtab_step(t, cap / 4));     /* a quarter moved */
+  /* Everything is found, wherever it is. */
+  for (uint64_t i = 0; i <= n; i++)
+    assert_true(has(t, H(i), i + 1));
+  /* Remove the head of every run (old or new table): the rest stay. */
+  for (uint64_t i = 0; i <= n; i += 4)
+    assert_true(emd_idtab_remove(t, H(i), i + 1));
+  for (uint64_t i = 0; i <= n; i++)
+    assert_true(has(t, H(i), i + 1) == (i % 4 != 0));
+  /* A pair still in the old table is not added again. */
+  assert_int_equal(emd_idtab_insert(t, H(n - 1), n), 0);
+  assert_int_equal(seqs_of(t, H(n - 1), (uint64_t[4]){ 0 }, 4), 1);
+  assert_int_equal(emd_idtab_count(t), n + 1 - (n / 4 + 1));
+  /* A clean close moves the rest; the file holds every pair. */
+  assert_int_equal(emd_idtab_close(t, &stamp_a), 0);
+  t = open_tab(f, &stamp_a, &trusted);
+  assert_true(trusted);
+  assert_false(emd_idtab_step(t, 0));
+  assert_int_equal(emd_idtab_capacity(t), cap * 2);
+  for (uint64_t i = 0; i <= n; i++)
+    assert_true(has(t, H(i), i + 1) == (i % 4 != 0));
+  assert_int_equal(emd_idtab_count(t), n + 1 - (n / 4 + 1));
+#undef H
   emd_idtab_close(t, NULL);
 }
 
@@ -330,6 +393,7 @@ int main(void)
     T(insert_walk_remove_with_colliding_hashes),
     T(removal_keeps_runs_that_wrap_around),
     T(random_operations_match_a_model),
+    T(growth_moves_slots_a_few_at_a_time),
     T(rollback_undoes_inserts_and_removes_commit_keeps_them),
     T(only_a_clean_close_with_the_same_stamp_is_trusted),
     T(a_garbled_or_short_file_is_emptied_not_trusted),
