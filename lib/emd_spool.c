@@ -468,7 +468,11 @@ static uint8_t *rec_tail(uint8_t *p, uint64_t accepted_ms, uint32_t attempts)
   return p;
 }
 
-/* Finds the last length-delimited field f in buf. */
+/* Finds length-delimited field want in buf: the first one. Every event in
+ * the spool was packed by emitd (emd_pack, or protobuf-c before it), which
+ * writes a field once and in field-number order, so the first is the only
+ * one, and the walk stops there instead of reading the whole event (about
+ * 1 100 instructions per delivered event otherwise). */
 static int wire_find(const uint8_t *buf, size_t n, uint32_t want,
                      const uint8_t **out, size_t *outlen)
 {
@@ -476,15 +480,14 @@ static int wire_find(const uint8_t *buf, size_t n, uint32_t want,
   uint32_t f;
   uint64_t v;
   int rc;
-  bool found = false;
 
   while ((rc = wire_next(&p, end, &f, &v, &b)) == 1)
     if (f == want && b != NULL) {
       *out = b;
       *outlen = (size_t)v;
-      found = true;
+      return 0;
     }
-  return rc == 0 && found ? 0 : -1;
+  return -1;
 }
 
 /* The TelemetryEvent id inside a packed Event (Event.event = 5, id = 2). */
@@ -1043,12 +1046,20 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
   uint8_t key[8], val[8 + KEY_MAX];
   MDB_cursor *pc = NULL, *ic = NULL;
   MDB_val k, v;
+  uint64_t last = 0;               /* the highest seq in ids */
   size_t idlen;
   int rc;
 
   rc = mdb_cursor_open(t->txn, t->sp->db_pending, &pc);
-  if (rc == 0 && keep)
+  if (rc == 0 && keep) {
     rc = mdb_cursor_open(t->txn, t->sp->db_ids, &ic);
+    if (rc == 0)
+      rc = mdb_cursor_get(ic, &k, &v, MDB_LAST);
+    if (rc == 0 && k.mv_size == 8)
+      last = get_be64(k.mv_data);
+    if (rc == MDB_NOTFOUND)
+      rc = 0;
+  }
   for (size_t i = 0; i < n && rc == 0; i++) {
     put_be64(key, seqs[i]);
     k.mv_size = 8;
@@ -1073,13 +1084,16 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
       forget_id(t, val + 8, idlen, seqs[i]);
       continue;
     }
-    /* Keyed by seq, so rows go in near the end of the tree. */
+    /* Keyed by seq, so rows go in at the end of the tree, mostly: there
+     * MDB_APPEND skips the search. */
     put_be64(val, t->now_ms);
     k.mv_size = 8;
     k.mv_data = key;
     v.mv_size = 8 + idlen;
     v.mv_data = val;
-    rc = mdb_cursor_put(ic, &k, &v, 0);
+    rc = mdb_cursor_put(ic, &k, &v, seqs[i] > last ? MDB_APPEND : 0);
+    if (seqs[i] > last)
+      last = seqs[i];
   }
   if (ic != NULL)
     mdb_cursor_close(ic);
