@@ -422,6 +422,30 @@ static int rec_parse(const void *buf, size_t n, struct rec *r)
   int rc;
 
   memset(r, 0, sizeof(*r));
+  /* The shape emitd writes (rec_head, rec_tail): event, then accepted_ms
+   * and attempts if not 0, each once. Anything else takes the walk. */
+  if (n >= 2 && p[0] == 0x0a) {
+    const uint8_t *q = p + 1, *ev;
+    uint64_t len, ms = 0, att = 0;
+
+    if (get_varint(&q, end, &len) == 0 && len <= (uint64_t)(end - q)) {
+      ev = q;
+      q += len;
+      if (q < end && *q == 0x10 && (q++, get_varint(&q, end, &ms) != 0))
+        goto walk;
+      if (q < end && *q == 0x18 &&
+          (q++, get_varint(&q, end, &att) != 0 || att > UINT32_MAX))
+        goto walk;
+      if (q == end) {
+        r->event = ev;
+        r->event_len = (size_t)len;
+        r->accepted_ms = ms;
+        r->attempts = (uint32_t)att;
+        return 0;
+      }
+    }
+  }
+walk:
   while ((rc = wire_next(&p, end, &f, &v, &b)) == 1) {
     if (f == 1 && b != NULL) {
       r->event = b;
