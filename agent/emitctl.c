@@ -856,14 +856,18 @@ static void print_spool(const struct jdoc *d, int sp)
   uint64_t pending = ju64(d, jget(d, sp, "pending"), 0);
   char n[32], b[32], age[32];
 
-  if (pending == 0) {
+  if (pending == 0)
     printf("  pending   none: the spool is empty\n");
-    return;
-  }
-  printf("  pending   %s event%s (%s), oldest %s ago\n",
-         fmt_count(pending, n, sizeof(n)), pending == 1 ? "" : "s",
-         fmt_bytes(ju64(d, jget(d, sp, "pending_bytes"), 0), b, sizeof(b)),
-         fmt_age(ju64(d, jget(d, sp, "oldest_age_s"), 0), age, sizeof(age)));
+  else
+    printf("  pending   %s event%s (%s), oldest %s ago\n",
+           fmt_count(pending, n, sizeof(n)), pending == 1 ? "" : "s",
+           fmt_bytes(ju64(d, jget(d, sp, "pending_bytes"), 0), b, sizeof(b)),
+           fmt_age(ju64(d, jget(d, sp, "oldest_age_s"), 0), age,
+                   sizeof(age)));
+  if (jbool(d, jget(d, sp, "ids_rebuilding"), false))
+    printf("  ids       rebuilding the id table after an unclean stop: "
+           "until done, an event sent again may be stored twice (the "
+           "service de-duplicates by id)\n");
 }
 
 static void print_dead(const struct jdoc *d, int sp, int by)

@@ -73,6 +73,7 @@ static void gather(struct emitd *d, struct figures *g)
   f->oldest_age_s = ss.oldest_ms == 0 || now < ss.oldest_ms ? 0
                     : (now - ss.oldest_ms) / 1000;
   f->dead = ss.dead;
+  f->ids_rebuilding = ss.ids_rebuilding;
   f->dropped = ss.dropped;
   g->dead[0] = (struct emd_control_count){ "rejected", fs.dead_rejected };
   g->dead[1] = (struct emd_control_count){ "status", fs.dead_status };

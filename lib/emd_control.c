@@ -427,6 +427,8 @@ void emd_control_status_json(const struct emd_control_figures *f,
   emd_json_ku64(j, "pending_bytes", f->pending_bytes);
   emd_json_ku64(j, "oldest_age_s", f->oldest_age_s);
   emd_json_ku64(j, "dead", f->dead);
+  if (f->ids_rebuilding)
+    emd_json_kbool(j, "ids_rebuilding", true);
   emd_json_obj_end(j);
   emd_json_ku64(j, "sent", f->sent);
   emd_json_key(j, "dead_by_reason");
@@ -533,6 +535,10 @@ void emd_control_metrics_text(const struct emd_control_figures *f,
                     (double)f->oldest_age_s);
   emd_metrics_gauge(t, "emitd_dead_letters", "Dead letters kept in the "
                     "spool.", (double)f->dead);
+  emd_metrics_gauge(t, "emitd_spool_ids_rebuilding", "1 while the id table "
+                    "is rebuilt after a crash: until then an event sent "
+                    "again may be stored twice.",
+                    f->ids_rebuilding ? 1.0 : 0.0);
   by_label(t, "emitd_dead_letters_total", "Events moved to dead letters "
            "since start, by reason.", "reason", f->dead_by_reason,
            f->n_dead_by_reason);

@@ -160,6 +160,7 @@ struct emd_control_figures {
   uint64_t pending_bytes;
   uint64_t oldest_age_s;          /* of the oldest pending; 0 if none */
   uint64_t dead;                  /* dead letters kept */
+  bool ids_rebuilding;            /* the id table is being rebuilt */
   uint64_t dropped;               /* evicted by on_full = drop_oldest */
   const struct emd_control_count *dead_by_reason;   /* since start */
   size_t n_dead_by_reason;
@@ -184,7 +185,8 @@ struct emd_control_figures {
  * {"ok":true,"version":…,"uptime_s":N,
  *  "upstream":{"endpoint":…,"state":…,"last_status":N,
  *              "last_reply_age_s":N|null},
- *  "spool":{"pending":N,"pending_bytes":N,"oldest_age_s":N,"dead":N},
+ *  "spool":{"pending":N,"pending_bytes":N,"oldest_age_s":N,"dead":N
+ *           [,"ids_rebuilding":true]},
  *  "sent":N,"dead_by_reason":{"rejected":N,…},
  *  "ingest":{"clients":N,"received":N,"accepted":N,"duplicates":N,
  *            "rejected":N}} */

@@ -271,6 +271,13 @@ static void status_json_has_the_shape_of_spec_6(void **state)
     "\"ingest\":{\"clients\":2,\"received\":1020,\"accepted\":1012,"
     "\"duplicates\":3,\"rejected\":5}}");
   emd_json_reset(&j);
+  f.ids_rebuilding = true;           /* said only while true */
+  emd_control_status_json(&f, &j);
+  assert_int_equal(emd_json_finish(&j), 0);
+  assert_non_null(strstr(j.t.data, "\"oldest_age_s\":65,\"dead\":3,"
+                         "\"ids_rebuilding\":true},"));
+  emd_json_reset(&j);
+  f.ids_rebuilding = false;
   f.last_reply_age_s = -1;           /* no reply yet */
   emd_control_status_json(&f, &j);
   assert_non_null(strstr(j.t.data, "\"last_reply_age_s\":null"));

@@ -149,7 +149,18 @@ def test_status_shows_a_readable_summary(fake):
     assert "rejected 2, status 1" in out
     assert "expired" not in out               # zero counts are left out
     assert "2 connected" in out
+    assert "rebuilding" not in out
     assert r.stderr == ""
+
+
+def test_status_says_when_the_id_table_is_rebuilt(fake):
+    st = json.loads(dumps(STATUS))
+    st["spool"]["ids_rebuilding"] = True
+    srv = fake(canned({"status": dumps(st)}))
+    r = run("-s", srv.path, "status")
+    assert r.returncode == 0, r.stderr
+    assert "rebuilding the id table" in r.stdout
+    assert "may be stored twice" in r.stdout
 
 
 def test_status_of_a_healthy_empty_agent(fake):
