@@ -1,17 +1,21 @@
 /* emd_unpack.c: see emd_unpack.h.
  *
  * One recursive walk: a message is read field by field as its bytes come;
- * a sub-message is decoded where it stands. Repeated arrays grow in the
- * arena as elements come (capacity 4, then powers of two: rep_cap()
- * derives it from the count, so nothing more is stored), which leaves some
- * slack behind protobuf-c's exact arrays but reads the input once. Strings,
- * bytes and unknown fields take their bytes from one block of len bytes
- * (struct up's pool): each copy is at most the bytes its field takes on
- * the wire minus one (a string's NUL fits in its tag's byte), and fields
- * never overlap, so the block always suffices. The checks a string gets
- * on the way (ASCII, eight bytes at a time, else UTF-8) are what
- * emd_codec's tree check needs, so that check can be skipped for an
- * event with no flag raised. */
+ * a sub-message is decoded where it stands. The loop tries the field
+ * after the last one first (fields come in their order, with gaps where
+ * proto3 leaves zeros out), and stores a proto3 field outside a oneof
+ * (nearly all of them) straight into its member; every other case goes
+ * through put_*(). Repeated arrays grow as elements come (capacity 4,
+ * then powers of two: rep_cap() derives it from the count, so nothing
+ * more is stored), which leaves some slack behind protobuf-c's exact
+ * arrays but reads the input once. Messages and arrays come from blocks
+ * of the arena (obj_take()); strings, bytes and unknown fields take their
+ * bytes from one block of len bytes (struct up's pool): each copy is at
+ * most the bytes its field takes on the wire minus one (a string's NUL
+ * fits in its tag's byte), and fields never overlap, so the block always
+ * suffices. The check a string gets on the way (ASCII, eight bytes at a
+ * time, else UTF-8) is what emd_codec's tree check needs, so that check
+ * can be skipped for an event with no flag raised. */
 #include "emd_unpack.h"
 
 #include <errno.h>
@@ -23,10 +27,15 @@
 #define WT_LEN PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED
 #define WT_32BIT PROTOBUF_C_WIRE_TYPE_32BIT
 
+#define OBJ_BLOCK 4096
+
 struct up {
   struct emd_arena *arena;
   uint8_t *pool;                 /* where the next copied bytes go */
   uint8_t *pool_end;
+  char *obj;                     /* where the next message or array goes */
+  char *obj_end;
+  size_t obj_block;              /* bytes to take for the next block */
   unsigned opts;                 /* EMD_UNPACK_* */
   unsigned saw;                  /* EMD_UNPACK_SAW_* */
 };
@@ -136,7 +145,7 @@ static inline int64_t unzigzag64(uint64_t v)
 /* ------------------------------------------------------------------ */
 /* Descriptors */
 
-static size_t elt_size(ProtobufCType type)
+static inline size_t elt_size(ProtobufCType type)
 {
   switch (type) {
   case PROTOBUF_C_TYPE_INT64:
@@ -241,6 +250,37 @@ static void init_generic(const ProtobufCMessageDescriptor *d,
 /* ------------------------------------------------------------------ */
 /* Memory */
 
+/* n bytes for a message or an array, 8-aligned. They come from blocks
+ * of the arena: the first of four times the input plus 256 bytes (a
+ * decoded Event takes about four times its wire size), later ones of
+ * 4 KiB, so that a frame costs one or two calls into the arena and leaves
+ * at most one partly used block behind. Larger objects get their own. */
+static void *obj_slow(struct up *u, size_t n)
+{
+  char *b;
+
+  if (n > u->obj_block / 2)
+    return emd_arena_alloc(u->arena, n);
+  b = emd_arena_alloc(u->arena, u->obj_block);
+  if (b == NULL)
+    return NULL;
+  u->obj = b + n;
+  u->obj_end = b + u->obj_block;
+  u->obj_block = OBJ_BLOCK;
+  return b;
+}
+
+static inline void *obj_take(struct up *u, size_t n)
+{
+  char *p = u->obj;
+
+  n = (n + 7) & ~(size_t)7;
+  if ((size_t)(u->obj_end - p) < n)
+    return obj_slow(u, n);
+  u->obj = p + n;
+  return p;
+}
+
 /* The capacity an array of n elements was given: 4, then powers of 2. */
 static inline size_t rep_cap(size_t n)
 {
@@ -263,7 +303,7 @@ static void *rep_room(struct up *u, void *arr, size_t n, size_t k,
   cap = rep_cap(n + k);
   if (cap > SIZE_MAX / elt)
     return NULL;
-  a = emd_arena_alloc(u->arena, cap * elt);
+  a = obj_take(u, cap * elt);
   if (a == NULL)
     return NULL;
   if (n > 0)
@@ -369,7 +409,8 @@ static inline bool copy_ascii(uint8_t *dst, const uint8_t *src, size_t n)
 }
 
 /* A fresh NUL-terminated copy of a string field's n bytes. */
-static char *copy_string(struct up *u, const uint8_t *s, size_t n)
+static inline __attribute__((always_inline)) char *
+copy_string(struct up *u, const uint8_t *s, size_t n)
 {
   uint8_t *p = pool_take(u, n + 1);
 
@@ -424,7 +465,7 @@ static int merge(struct up *u, ProtobufCMessage *e, ProtobufCMessage *l)
         continue;
       if (*nl > 0) {
         elt = elt_size(fi->type);
-        c = emd_arena_alloc(u->arena, (*ne + *nl) * elt);
+        c = obj_take(u, (*ne + *nl) * elt);
         if (c == NULL)
           return -ENOMEM;
         memcpy(c, *ae, *ne * elt);
@@ -511,28 +552,37 @@ static int merge(struct up *u, ProtobufCMessage *e, ProtobufCMessage *l)
 static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
                           const uint8_t *p, const uint8_t *end,
                           ProtobufCMessage **out);
+static inline int put_message(struct up *u,
+                              const ProtobufCFieldDescriptor *f, void *p,
+                              const uint8_t *s, size_t n);
 
-/* Where the next value of singular field f goes (parse_oneof_member: a
- * oneof's earlier member is cleared first). */
-static void *member(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+/* A oneof's member at p, before another member goes there. */
+static void clear_oneof(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+                        char *p)
 {
   const ProtobufCMessageDescriptor *d = m->descriptor;
-  char *p = (char *)m + f->offset;
-  uint32_t c;
+  uint32_t c = get_u32((char *)m + f->quantifier_offset);
   int k;
 
-  if (!(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
-    return p;
-  c = get_u32((char *)m + f->quantifier_offset);
   if (c != 0) {
     k = range_lookup(d->n_field_ranges, d->field_ranges, (int)c);
     memset(p, 0, elt_size(k < 0 ? f->type : d->fields[k].type));
   }
+}
+
+/* Where the next value of singular field f goes (parse_oneof_member: a
+ * oneof's earlier member is cleared first). */
+static inline void *member(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+{
+  char *p = (char *)m + f->offset;
+
+  if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+    clear_oneof(m, f, p);
   return p;
 }
 
 /* After a singular field's value is in: the oneof case or has_ flag. */
-static void mark(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+static inline void mark(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
 {
   if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
     put_u32((char *)m + f->quantifier_offset, f->id);
@@ -541,7 +591,7 @@ static void mark(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
 }
 
 /* Stores one scalar value (its bits in v) of field f. */
-static int put_scalar(struct up *u, ProtobufCMessage *m,
+static inline int put_scalar(struct up *u, ProtobufCMessage *m,
                       const ProtobufCFieldDescriptor *f, uint64_t v)
 {
   size_t elt = elt_size(f->type), *n;
@@ -569,7 +619,8 @@ static int put_scalar(struct up *u, ProtobufCMessage *m,
 }
 
 /* A varint value for f: its value v, its bytes raw[0..n). */
-static int put_varint(struct up *u, ProtobufCMessage *m,
+static __attribute__((noinline)) int
+put_varint(struct up *u, ProtobufCMessage *m,
                       const ProtobufCFieldDescriptor *f, uint64_t v,
                       const uint8_t *raw, size_t n)
 {
@@ -592,7 +643,8 @@ static int put_varint(struct up *u, ProtobufCMessage *m,
 }
 
 /* A 32- or 64-bit value (n 4 or 8) for f. */
-static int put_fixed(struct up *u, ProtobufCMessage *m,
+static __attribute__((noinline)) int
+put_fixed(struct up *u, ProtobufCMessage *m,
                      const ProtobufCFieldDescriptor *f, const uint8_t *p,
                      size_t n)
 {
@@ -693,14 +745,15 @@ static int put_packed(struct up *u, ProtobufCMessage *m,
 
 /* A length-delimited field for f: the prefix at p (hdr bytes), the
  * contents up to end. */
-static int put_len(struct up *u, ProtobufCMessage *m,
+static __attribute__((noinline)) int
+put_len(struct up *u, ProtobufCMessage *m,
                    const ProtobufCFieldDescriptor *f, const uint8_t *p,
                    unsigned hdr, const uint8_t *end)
 {
   const uint8_t *s = p + hdr;
   size_t n = (size_t)(end - s), *cnt = NULL;
   ProtobufCBinaryData *bd;
-  ProtobufCMessage *sub, *old;
+  ProtobufCMessage *sub;
   void *slot;
   char *str;
   int rc;
@@ -747,24 +800,19 @@ static int put_len(struct up *u, ProtobufCMessage *m,
     }
     return 0;
   case PROTOBUF_C_TYPE_MESSAGE:
+    if (cnt == NULL) {
+      rc = put_message(u, f, member(m, f), s, n);
+      if (rc == 0)
+        mark(m, f);
+      return rc;
+    }
     rc = unpack_message(u, f->descriptor, s, end, &sub);
     if (rc != 0)
       return rc;
-    if (cnt != NULL) {
-      slot = rep_room(u, (char *)m + f->offset, *cnt, 1, sizeof(sub));
-      if (slot == NULL)
-        return -ENOMEM;
-      (*cnt)++;
-    } else {
-      slot = member(m, f);
-      old = *(ProtobufCMessage **)slot;
-      if (old != NULL && old != f->default_value) {
-        rc = merge(u, old, sub);
-        if (rc != 0)
-          return rc;
-      }
-      mark(m, f);
-    }
+    slot = rep_room(u, (char *)m + f->offset, *cnt, 1, sizeof(sub));
+    if (slot == NULL)
+      return -ENOMEM;
+    (*cnt)++;
     *(ProtobufCMessage **)slot = sub;
     return 0;
   case PROTOBUF_C_TYPE_BOOL:
@@ -776,7 +824,8 @@ static int put_len(struct up *u, ProtobufCMessage *m,
 }
 
 /* An unknown field: tag, wire type and the n bytes after the tag. */
-static int put_unknown(struct up *u, ProtobufCMessage *m, uint32_t tag,
+static __attribute__((noinline)) int
+put_unknown(struct up *u, ProtobufCMessage *m, uint32_t tag,
                        unsigned wt, const uint8_t *p, size_t n)
 {
   ProtobufCMessageUnknownField *uf;
@@ -802,40 +851,105 @@ static int put_unknown(struct up *u, ProtobufCMessage *m, uint32_t tag,
 static bool required_seen(const ProtobufCMessageDescriptor *d,
                           const uint64_t *seen)
 {
-  unsigned i;
+  const ProtobufCFieldDescriptor *f = d->fields, *end = f + d->n_fields;
+  size_t i;
 
-  for (i = 0; i < d->n_fields; i++)
-    if (d->fields[i].label == PROTOBUF_C_LABEL_REQUIRED &&
-        d->fields[i].default_value == NULL &&
-        !(seen[i / 64] >> (i % 64) & 1))
+  for (; f < end; f++) {
+    if (f->label != PROTOBUF_C_LABEL_REQUIRED || f->default_value != NULL)
+      continue;
+    i = (size_t)(f - d->fields);
+    if (!(seen[i / 64] >> (i % 64) & 1))
       return false;
+  }
   return true;
+}
+
+/* A proto3 field outside a oneof: its value simply goes to its member,
+ * which is where most fields go. */
+static inline bool is_plain(const ProtobufCFieldDescriptor *f)
+{
+  return f->label == PROTOBUF_C_LABEL_NONE &&
+         !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF);
+}
+
+/* A plain field's varint value (v, its bytes raw[0..n)) into member p;
+ * false for types that take no varint. */
+static inline bool plain_varint(const ProtobufCFieldDescriptor *f, void *p,
+                                uint64_t v, const uint8_t *raw, size_t n)
+{
+  uint32_t w;
+
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_INT32:
+  case PROTOBUF_C_TYPE_UINT32:
+  case PROTOBUF_C_TYPE_ENUM:
+    w = (uint32_t)v;
+    memcpy(p, &w, 4);
+    return true;
+  case PROTOBUF_C_TYPE_INT64:
+  case PROTOBUF_C_TYPE_UINT64:
+    memcpy(p, &v, 8);
+    return true;
+  case PROTOBUF_C_TYPE_BOOL:
+    *(protobuf_c_boolean *)p = v != 0 || any_bits(raw, n);
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* A sub-message s[0..n) for field f, whose member is at p: decoded, and
+ * merged into an earlier copy there (parse_required_member). */
+static inline int put_message(struct up *u,
+                              const ProtobufCFieldDescriptor *f, void *p,
+                              const uint8_t *s, size_t n)
+{
+  ProtobufCMessage *sub, *old;
+  int rc;
+
+  rc = unpack_message(u, f->descriptor, s, s + n, &sub);
+  if (rc != 0)
+    return rc;
+  old = *(ProtobufCMessage **)p;
+  if (old != NULL && old != f->default_value) {
+    rc = merge(u, old, sub);
+    if (rc != 0)
+      return rc;
+  }
+  *(ProtobufCMessage **)p = sub;
+  return 0;
 }
 
 static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
                           const uint8_t *p, const uint8_t *end,
                           ProtobufCMessage **out)
 {
-  const ProtobufCFieldDescriptor *f;
+  const ProtobufCFieldDescriptor *f, *next = d->fields;
+  const ProtobufCFieldDescriptor *fend = next + d->n_fields;
+  bool track = !(u->opts & EMD_UNPACK_NO_REQUIRED);
   ProtobufCMessage *m;
-  uint64_t seen_stack[2] = { 0, 0 }, *seen = seen_stack, v;
+  uint64_t seen_stack[2], *seen = seen_stack, v;
   const uint8_t *start;
   uint32_t tag;
   unsigned wt, hdr;
   size_t i, size;
+  char *str;
   int rc;
 
-  m = emd_arena_alloc(u->arena, d->sizeof_message);
+  m = obj_take(u, d->sizeof_message);
   if (m == NULL)
     return -ENOMEM;
   if (d->message_init != NULL)
     d->message_init(m);
   else
     init_generic(d, m);
-  if (d->n_fields > 128) {
-    seen = emd_arena_calloc(u->arena, (d->n_fields + 63) / 64 * 8);
-    if (seen == NULL)
-      return -ENOMEM;
+  if (track) {
+    seen_stack[0] = seen_stack[1] = 0;
+    if (d->n_fields > 128) {
+      seen = emd_arena_calloc(u->arena, (d->n_fields + 63) / 64 * 8);
+      if (seen == NULL)
+        return -ENOMEM;
+    }
   }
   while (p < end) {
     if (p[0] < 0x80) {
@@ -847,18 +961,33 @@ static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
     } else if (!tag_slow(&p, end, &tag, &wt)) {
       return -EINVAL;
     }
-    f = field_of(d, tag);
-    if (f != NULL && f->label == PROTOBUF_C_LABEL_REQUIRED) {
-      i = (size_t)(f - d->fields);
-      seen[i / 64] |= (uint64_t)1 << (i % 64);
+    /* fields come in their order, mostly, with gaps (proto3 leaves out
+     * zeros): look a few past the last one first */
+    while (next < fend && next->id < tag && next->id + 4 > tag)
+      next++;
+    if (next < fend && next->id == tag)
+      f = next;
+    else
+      f = field_of(d, tag);
+    if (f != NULL) {
+      next = f + 1;
+      if (track && f->label == PROTOBUF_C_LABEL_REQUIRED) {
+        i = (size_t)(f - d->fields);
+        seen[i / 64] |= (uint64_t)1 << (i % 64);
+      }
     }
     start = p;
     switch (wt) {
     case WT_VARINT:
-      if (!get_varint(&p, end, &v))
+      if (p < end && p[0] < 0x80)
+        v = *p++;
+      else if (!varint_slow(&p, end, &v))
         return -EINVAL;
       if (f == NULL)
         rc = put_unknown(u, m, tag, wt, start, (size_t)(p - start));
+      else if (is_plain(f) && plain_varint(f, (char *)m + f->offset, v, start,
+                                           (size_t)(p - start)))
+        rc = 0;
       else
         rc = put_varint(u, m, f, v, start, (size_t)(p - start));
       break;
@@ -878,10 +1007,22 @@ static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
       if (size == 0)
         return -EINVAL;
       p += size;
-      if (f == NULL)
+      if (f == NULL) {
         rc = put_unknown(u, m, tag, wt, start, size);
-      else
+      } else if (!is_plain(f)) {
         rc = put_len(u, m, f, start, hdr, p);
+      } else if (f->type == PROTOBUF_C_TYPE_STRING) {
+        str = copy_string(u, start + hdr, size - hdr);
+        if (str == NULL)
+          return -ENOMEM;
+        *(char **)((char *)m + f->offset) = str;
+        rc = 0;
+      } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        rc = put_message(u, f, (char *)m + f->offset, start + hdr,
+                         size - hdr);
+      } else {
+        rc = put_len(u, m, f, start, hdr, p);
+      }
       break;
     default:
       return -EINVAL;
@@ -889,7 +1030,7 @@ static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
     if (rc != 0)
       return rc;
   }
-  if (!required_seen(d, seen))
+  if (track && !required_seen(d, seen))
     return -EINVAL;
   *out = m;
   return 0;
@@ -899,10 +1040,11 @@ int emd_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                size_t len, struct emd_arena *arena, unsigned opts,
                ProtobufCMessage **out, unsigned *saw)
 {
-  struct up u = { arena, NULL, NULL, opts, 0 };
+  struct up u = { arena, NULL, NULL, NULL, NULL, 0, opts, 0 };
   int rc;
 
   *out = NULL;
+  u.obj_block = len < (OBJ_BLOCK - 256) / 4 ? 4 * len + 256 : OBJ_BLOCK;
   if (len > 0) {
     u.pool = emd_arena_alloc(arena, len);
     if (u.pool == NULL)

@@ -5,9 +5,9 @@
  * and counts the fields, then a parse pass) and makes one allocation per
  * message, string, bytes value, repeated array, unknown field and, past 16
  * fields, per slab of scan records. emd_unpack() reads each field once,
- * takes the messages and arrays from the caller's arena and the bytes of
- * every string, bytes value and unknown field from one block of the
- * arena, len bytes long (they never need more than the input holds). On
+ * takes the messages and arrays from a block or two of the caller's arena
+ * and the bytes of every string, bytes value and unknown field from one
+ * block of len bytes (they never need more than the input holds). On
  * the way it notes what a caller checking the tree wants to know: whether
  * any string was not UTF-8 and whether any unknown field came by.
  *
@@ -56,6 +56,11 @@
 
 /* opts for emd_unpack() */
 #define EMD_UNPACK_DROP_UNKNOWN 1u  /* check unknown fields, keep none */
+#define EMD_UNPACK_NO_REQUIRED 2u   /* the caller knows that no message in
+                                     * the tree has a required field (true
+                                     * of proto3): skip the check that
+                                     * every one came (protobuf-c looks at
+                                     * each field of each message) */
 
 /* What emd_unpack() saw (*saw); a hint that errs on the safe side only. */
 #define EMD_UNPACK_SAW_UNKNOWN 1u   /* some message had an unknown field */

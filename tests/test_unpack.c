@@ -1131,10 +1131,43 @@ struct tally {
   unsigned long ok, failed;
 };
 
+/* Whether a message in d's tree has a required field (seen: the
+ * descriptors on the way down, n of them). */
+static bool tree_has_required(const ProtobufCMessageDescriptor *d,
+                              const ProtobufCMessageDescriptor **seen,
+                              size_t n)
+{
+  const ProtobufCFieldDescriptor *f;
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    if (seen[i] == d)
+      return false;
+  if (n == 32)
+    return true;
+  seen[n] = d;
+  for (i = 0; i < d->n_fields; i++) {
+    f = &d->fields[i];
+    if (f->label == PROTOBUF_C_LABEL_REQUIRED ||
+        (f->type == PROTOBUF_C_TYPE_MESSAGE &&
+         tree_has_required(f->descriptor, seen, n + 1)))
+      return true;
+  }
+  return false;
+}
+
+static bool has_required(const ProtobufCMessageDescriptor *d)
+{
+  const ProtobufCMessageDescriptor *seen[32];
+
+  return tree_has_required(d, seen, 0);
+}
+
 /* Both unpackers on data[0..len): the same outcome, and on success the
  * same message, also with the unknown fields dropped; the flags cover
- * the result. Returns 1 when it unpacked, 0 when both failed. *out (if
- * not NULL) gets ours, in a. */
+ * the result. A tree without required fields is unpacked both with and
+ * without EMD_UNPACK_NO_REQUIRED. Returns 1 when it unpacked, 0 when
+ * both failed. *out (if not NULL) gets ours, in a. */
 static int unpack_both(const ProtobufCMessageDescriptor *d,
                        const uint8_t *data, size_t len, struct emd_arena *a,
                        struct tally *t, ProtobufCMessage **out)
@@ -1152,6 +1185,16 @@ static int unpack_both(const ProtobufCMessageDescriptor *d,
     *out = NULL;
   theirs = protobuf_c_message_unpack(d, NULL, len, data);
   rc = emd_unpack(d, data, len, a, 0, &ours, &saw);
+  if (!has_required(d)) {
+    ProtobufCMessage *again;
+    unsigned saw2;
+    int rc2 = emd_unpack(d, data, len, a, EMD_UNPACK_NO_REQUIRED, &again,
+                         &saw2);
+
+    if (rc2 != rc || saw2 != saw ||
+        (rc == 0 && !same_msg(ours, again, false)))
+      fail_with(data, len, "EMD_UNPACK_NO_REQUIRED changes the result");
+  }
   if (theirs == NULL) {
     if (rc != -EINVAL || ours != NULL) {
       snprintf(what, sizeof(what), "protobuf-c fails, emd_unpack returns "
@@ -2342,6 +2385,22 @@ static void a_missing_required_field_fails(void **state)
   bad(f, &kitchen_descriptor, &f->w);
 }
 
+static void no_required_skips_the_check_for_required_fields(void **state)
+{
+  struct fx *f = *state;
+  ProtobufCMessage *m;
+
+  /* emitd's trees are proto3: the codec may skip the check */
+  assert_false(has_required(event_d));
+  assert_false(has_required(&emitd__v1__dead_record__descriptor));
+  assert_true(has_required(&kitchen_descriptor));
+  w_str(&f->w, 43, "r");
+  bad(f, &kitchen_descriptor, &f->w);
+  assert_int_equal(emd_unpack(&kitchen_descriptor, f->w.p, f->w.len, &f->a,
+                              EMD_UNPACK_NO_REQUIRED, &m, NULL), 0);
+  assert_int_equal(((kitchen *)m)->r_i32, 0);
+}
+
 static void optional_fields_set_has_and_keep_defaults(void **state)
 {
   struct fx *f = *state;
@@ -2495,6 +2554,7 @@ int main(void)
     T(bad_varints_tags_and_lengths_fail),
     T(huge_length_prefixes_and_field_zero_fail),
     T(a_missing_required_field_fails),
+    T(no_required_skips_the_check_for_required_fields),
     T(optional_fields_set_has_and_keep_defaults),
     T(strings_keep_nuls_and_bad_utf8_is_reported),
     T(drop_unknown_keeps_no_unknown_field),
