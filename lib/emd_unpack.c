@@ -572,7 +572,8 @@ static void clear_oneof(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
 
 /* Where the next value of singular field f goes (parse_oneof_member: a
  * oneof's earlier member is cleared first). */
-static inline void *member(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+static inline void *member(ProtobufCMessage *m,
+                           const ProtobufCFieldDescriptor *f)
 {
   char *p = (char *)m + f->offset;
 
