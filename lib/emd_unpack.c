@@ -139,7 +139,7 @@ static inline int32_t unzigzag32(uint32_t v)
 
 static inline int64_t unzigzag64(uint64_t v)
 {
-  return (int64_t)((v >> 1) ^ (0u - (v & 1)));
+  return (int64_t)((v >> 1) ^ ((uint64_t)0 - (v & 1)));
 }
 
 /* ------------------------------------------------------------------ */
@@ -300,6 +300,8 @@ static void *rep_room(struct up *u, void *arr, size_t n, size_t k,
   a = *(char **)arr;
   if (n > 0 && n + k <= rep_cap(n))
     return a + n * elt;
+  if (k > SIZE_MAX / 4 - n)
+    return NULL;
   cap = rep_cap(n + k);
   if (cap > SIZE_MAX / elt)
     return NULL;
@@ -593,7 +595,7 @@ static inline void mark(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
 
 /* Stores one scalar value (its bits in v) of field f. */
 static inline int put_scalar(struct up *u, ProtobufCMessage *m,
-                      const ProtobufCFieldDescriptor *f, uint64_t v)
+                             const ProtobufCFieldDescriptor *f, uint64_t v)
 {
   size_t elt = elt_size(f->type), *n;
   void *p;
@@ -622,8 +624,8 @@ static inline int put_scalar(struct up *u, ProtobufCMessage *m,
 /* A varint value for f: its value v, its bytes raw[0..n). */
 static __attribute__((noinline)) int
 put_varint(struct up *u, ProtobufCMessage *m,
-                      const ProtobufCFieldDescriptor *f, uint64_t v,
-                      const uint8_t *raw, size_t n)
+           const ProtobufCFieldDescriptor *f, uint64_t v, const uint8_t *raw,
+           size_t n)
 {
   switch (f->type) {
   case PROTOBUF_C_TYPE_INT32:
@@ -646,8 +648,7 @@ put_varint(struct up *u, ProtobufCMessage *m,
 /* A 32- or 64-bit value (n 4 or 8) for f. */
 static __attribute__((noinline)) int
 put_fixed(struct up *u, ProtobufCMessage *m,
-                     const ProtobufCFieldDescriptor *f, const uint8_t *p,
-                     size_t n)
+          const ProtobufCFieldDescriptor *f, const uint8_t *p, size_t n)
 {
   uint64_t v;
   uint32_t w;
@@ -747,9 +748,8 @@ static int put_packed(struct up *u, ProtobufCMessage *m,
 /* A length-delimited field for f: the prefix at p (hdr bytes), the
  * contents up to end. */
 static __attribute__((noinline)) int
-put_len(struct up *u, ProtobufCMessage *m,
-                   const ProtobufCFieldDescriptor *f, const uint8_t *p,
-                   unsigned hdr, const uint8_t *end)
+put_len(struct up *u, ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
+        const uint8_t *p, unsigned hdr, const uint8_t *end)
 {
   const uint8_t *s = p + hdr;
   size_t n = (size_t)(end - s), *cnt = NULL;
@@ -826,8 +826,8 @@ put_len(struct up *u, ProtobufCMessage *m,
 
 /* An unknown field: tag, wire type and the n bytes after the tag. */
 static __attribute__((noinline)) int
-put_unknown(struct up *u, ProtobufCMessage *m, uint32_t tag,
-                       unsigned wt, const uint8_t *p, size_t n)
+put_unknown(struct up *u, ProtobufCMessage *m, uint32_t tag, unsigned wt,
+            const uint8_t *p, size_t n)
 {
   ProtobufCMessageUnknownField *uf;
 
@@ -865,12 +865,12 @@ static bool required_seen(const ProtobufCMessageDescriptor *d,
   return true;
 }
 
-/* A proto3 field outside a oneof: its value simply goes to its member,
- * which is where most fields go. */
+/* A proto3 field outside a oneof (and without a has_ flag, which protoc-c
+ * never gives one): its value simply goes to its member, as most do. */
 static inline bool is_plain(const ProtobufCFieldDescriptor *f)
 {
   return f->label == PROTOBUF_C_LABEL_NONE &&
-         !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF);
+         (f->quantifier_offset | (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) == 0;
 }
 
 /* A plain field's varint value (v, its bytes raw[0..n)) into member p;

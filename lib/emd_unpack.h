@@ -11,7 +11,9 @@
  * the way it notes what a caller checking the tree wants to know: whether
  * any string was not UTF-8 and whether any unknown field came by.
  *
- * Driven by the descriptors alone, so it works for every generated type.
+ * Driven by the descriptors alone, so it works for every generated type
+ * (and any descriptor whose field_ranges cover its fields, as protoc-c
+ * writes them).
  * The result has the layout protobuf_c_message_unpack() gives, and the
  * same values: protobuf-c 1.4's rules, including its quirks, which are
  * these. Singular fields: the last one wins. Repeated fields collect every
