@@ -1051,6 +1051,8 @@ int emd_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
     if (u.pool == NULL)
       return -ENOMEM;
     u.pool_end = u.pool + len;
+  } else {
+    data = (const uint8_t *)"";   /* data may be NULL: no NULL + 0 */
   }
   rc = unpack_message(&u, desc, data, data + len, out);
   if (rc != 0)

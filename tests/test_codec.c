@@ -1912,11 +1912,11 @@ static void frames_decode_as_protobuf_c_and_the_tree_check_did(void **st)
   static const char *const extras[] = {
     "\"ordinal\":5",
     "\"id\":\"ABCDEFGHIJKLMN\",\"tenant\":\"org_acme\",\"user\":\"al\"",
-    "\"detail\":{\"user\":{\"uid\":\"u\",\"email\":\"Al@Example.com\"},"
-    "\"client\":{\"tool\":[{\"name\":\"gradle\",\"version\":{\"major\":8}},"
-    "{\"name\":\"x\"}],\"os\":{\"name\":\"Linux\",\"family\":\"LINUX\"}}}",
-    "\"timing\":{\"occurred\":\"1732761600123\"},\"location\":{\"point\":"
-    "{\"lat\":1.5,\"lon\":2.5},\"country\":\"DE\"}",
+    ("\"detail\":{\"user\":{\"uid\":\"u\",\"email\":\"Al@Example.com\"},"
+     "\"client\":{\"tool\":[{\"name\":\"gradle\",\"version\":{\"major\":8}},"
+     "{\"name\":\"x\"}],\"os\":{\"name\":\"Linux\",\"family\":\"LINUX\"}}}"),
+    ("\"timing\":{\"occurred\":\"1732761600123\"},\"location\":{\"point\":"
+     "{\"lat\":1.5,\"lon\":2.5},\"country\":\"DE\"}"),
     "\"data\":{\"typeUrl\":\"a/b\",\"value\":\"AAE=\"},\"timer\":\"AAEC\"",
     "\"location\":{\"timezone\":\"Europe/Berlin\"}",
   };

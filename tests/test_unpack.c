@@ -1247,7 +1247,7 @@ struct wbuf {
 
 static void w_put(struct wbuf *w, const void *p, size_t n)
 {
-  if (w->len + n > w->cap) {
+  if (w->p == NULL || w->len + n > w->cap) {
     w->cap = (w->len + n) * 2 + 64;
     w->p = realloc(w->p, w->cap);
     assert_non_null(w->p);
@@ -1547,6 +1547,7 @@ static void mutate(struct rng *r, struct wbuf *w, const struct wbuf *other)
   size_t i, j, k;
   uint8_t b;
 
+  w_put(w, "", 0);   /* never NULL, for w->p + i */
   switch (rnd(r) % 10) {
   case 0:   /* cut */
     w->len = w->len == 0 ? 0 : rnd(r) % w->len;
