@@ -82,6 +82,7 @@
 #include <openssl/sha.h>
 
 #include "emd_err.h"
+#include "emd_unpack.h"
 
 /* emitd's deepest path is 7 objects; protobuf's own JSON parser stops at
  * 100 levels too. */
@@ -2266,28 +2267,42 @@ static int frame_email(emd_event *ev, struct emd_arena *arena)
   return 0;
 }
 
+/* emd_unpack() reads the frame as protobuf-c would (Event's tree is
+ * proto3: no required fields to look for), and says whether it met an
+ * unknown field or a string that is not UTF-8: only then can the tree
+ * check find something (the first one in tree order, for the message),
+ * so only then does it run. With ignore_unknown the unknown fields are
+ * not kept in the first place. Out of memory reads as a bad frame, as it
+ * did with protobuf-c's unpack. */
 int emd_codec_decode_frame(const uint8_t *buf, size_t len,
                            const struct emd_codec_opts *opts,
                            struct emd_arena *arena, emd_event **out,
                            char *msg, size_t msglen)
 {
-  struct tree c = { .msg = msg, .msglen = msglen };
+  struct tree c;   /* set up only when needed: its path is 600 bytes */
+  ProtobufCMessage *m;
   emd_event *ev;
+  unsigned saw;
   int rc;
 
   *out = NULL;
   if (opts == NULL)
     opts = &no_opts;
-  c.unknown = !opts->ignore_unknown;
-  c.drop = opts->ignore_unknown;
-  ev = (emd_event *)protobuf_c_message_unpack(
-    &buildless__service__v1__event__descriptor, emd_arena_pb(arena), len,
-    buf);
-  if (ev == NULL)
+  if (emd_unpack(&buildless__service__v1__event__descriptor, buf, len, arena,
+                 EMD_UNPACK_NO_REQUIRED |
+                 (opts->ignore_unknown ? EMD_UNPACK_DROP_UNKNOWN : 0), &m,
+                 &saw) != 0)
     return fail(msg, msglen, EMD_EINVALID, "not a valid Event message");
-  rc = tree_check(&c, &ev->base);
-  if (rc != 0)
-    return rc;
+  ev = (emd_event *)m;
+  if ((saw & EMD_UNPACK_SAW_BAD_UTF8) ||
+      (!opts->ignore_unknown && (saw & EMD_UNPACK_SAW_UNKNOWN))) {
+    c = (struct tree){ .msg = msg, .msglen = msglen };
+    c.unknown = !opts->ignore_unknown;
+    c.drop = opts->ignore_unknown;
+    rc = tree_check(&c, &ev->base);
+    if (rc != 0)
+      return rc;
+  }
   if (!opts->upstream) {
     ev->fin = 0;
     if (frame_email(ev, arena) != 0)

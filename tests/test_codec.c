@@ -1582,6 +1582,411 @@ static void frame_unknown_fields_are_rejected_or_dropped(void **state)
   emd_arena_free(&other);
 }
 
+/* ------------------------------------------------------------------ */
+/* Frames against the decoder they had before emd_unpack: protobuf-c's
+ * unpack, then the whole tree checked (the first unknown field or string
+ * that is not UTF-8 in field order, named by its path), then fin, the
+ * email rule and the client rules. */
+
+struct wire {
+  uint8_t p[8192];
+  size_t n;
+};
+
+static void wire_varint(struct wire *w, uint64_t v)
+{
+  while (v >= 0x80) {
+    assert_true(w->n < sizeof(w->p));
+    w->p[w->n++] = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  assert_true(w->n < sizeof(w->p));
+  w->p[w->n++] = (uint8_t)v;
+}
+
+static void wire_bytes(struct wire *w, const void *p, size_t n)
+{
+  assert_true(w->n + n <= sizeof(w->p));
+  memcpy(w->p + w->n, p, n);
+  w->n += n;
+}
+
+/* A length-delimited field. */
+static void wire_len(struct wire *w, uint32_t num, const void *p, size_t n)
+{
+  wire_varint(w, (uint64_t)num << 3 | 2);
+  wire_varint(w, n);
+  wire_bytes(w, p, n);
+}
+
+static void wire_str(struct wire *w, uint32_t num, const char *s)
+{
+  wire_len(w, num, s, strlen(s));
+}
+
+static void wire_sub(struct wire *w, uint32_t num, const struct wire *sub)
+{
+  wire_len(w, num, sub->p, sub->n);
+}
+
+static int frame_wire(struct fx *f, const struct wire *w)
+{
+  return frame(f, w->p, w->n);
+}
+
+/* UTF-8 by the book (Unicode table 3-7), up to the NUL. */
+static bool ref_utf8(const char *s)
+{
+  const unsigned char *p = (const unsigned char *)s;
+  uint32_t cp, min;
+  int more;
+
+  while (*p != 0) {
+    if (*p < 0x80) {
+      p++;
+      continue;
+    }
+    if ((*p & 0xe0) == 0xc0) {
+      cp = *p & 0x1f;
+      more = 1;
+      min = 0x80;
+    } else if ((*p & 0xf0) == 0xe0) {
+      cp = *p & 0x0f;
+      more = 2;
+      min = 0x800;
+    } else if ((*p & 0xf8) == 0xf0) {
+      cp = *p & 0x07;
+      more = 3;
+      min = 0x10000;
+    } else {
+      return false;
+    }
+    for (p++; more > 0; more--, p++) {
+      if ((*p & 0xc0) != 0x80)
+        return false;
+      cp = cp << 6 | (*p & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+  }
+  return true;
+}
+
+/* path + "." + name in lowerCamelCase, into out. */
+static void ref_push(char *out, size_t cap, const char *path, const char *name)
+{
+  size_t o;
+  bool up = false;
+
+  snprintf(out, cap, "%s%s", path, path[0] != '\0' ? "." : "");
+  o = strlen(out);
+  for (; *name != '\0' && o + 1 < cap; name++) {
+    if (*name == '_') {
+      up = true;
+      continue;
+    }
+    out[o++] = up && *name >= 'a' && *name <= 'z' ? *name - 32 : *name;
+    up = false;
+  }
+  out[o] = '\0';
+}
+
+static int ref_fail(char *msg, size_t msglen, const char *path,
+                    const char *what)
+{
+  snprintf(msg, msglen, "%s%s%s", path, path[0] != '\0' ? ": " : "", what);
+  return EMD_EINVALID;
+}
+
+static int ref_tree(ProtobufCMessage *m, bool strict, const char *path,
+                    char *msg, size_t msglen)
+{
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  const ProtobufCFieldDescriptor *fd;
+  char here[300], item[320], what[48];
+  size_t k, n;
+  unsigned i;
+  int rc;
+
+  if (m->n_unknown_fields > 0 && strict) {
+    snprintf(what, sizeof(what), "unknown field %u",
+             (unsigned)m->unknown_fields[0].tag);
+    return ref_fail(msg, msglen, path, what);
+  }
+  if (!strict)
+    m->n_unknown_fields = 0;
+  for (i = 0; i < d->n_fields; i++) {
+    fd = &d->fields[i];
+    ref_push(here, sizeof(here), path, fd->name);
+    n = 1;
+    if (fd->label == PROTOBUF_C_LABEL_REPEATED)
+      n = *(size_t *)((char *)m + fd->quantifier_offset);
+    for (k = 0; k < n; k++) {
+      void *v = (char *)m + fd->offset;
+
+      if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+        v = *(char **)v + k * sizeof(void *);
+        snprintf(item, sizeof(item), "%s[%zu]", here, k);
+      } else {
+        snprintf(item, sizeof(item), "%s", here);
+      }
+      if (fd->type == PROTOBUF_C_TYPE_MESSAGE && *(void **)v != NULL) {
+        rc = ref_tree(*(ProtobufCMessage **)v, strict, item, msg, msglen);
+        if (rc != 0)
+          return rc;
+      } else if (fd->type == PROTOBUF_C_TYPE_STRING && *(char **)v != NULL &&
+                 !ref_utf8(*(char **)v)) {
+        return ref_fail(msg, msglen, item, "not valid UTF-8");
+      }
+    }
+  }
+  return 0;
+}
+
+static int ref_frame(const uint8_t *buf, size_t len,
+                     const struct emd_codec_opts *opts, struct emd_arena *a,
+                     emd_event **out, char *msg, size_t msglen)
+{
+  emd_event *ev;
+  Buildless__Telemetry__UserDetail *u = NULL;
+  uint8_t *h;
+  int rc;
+
+  *out = NULL;
+  ev = (emd_event *)protobuf_c_message_unpack(
+    &buildless__service__v1__event__descriptor, emd_arena_pb(a), len, buf);
+  if (ev == NULL) {
+    snprintf(msg, msglen, "not a valid Event message");
+    return EMD_EINVALID;
+  }
+  rc = ref_tree(&ev->base, !opts->ignore_unknown, "", msg, msglen);
+  if (rc != 0)
+    return rc;
+  if (!opts->upstream) {
+    ev->fin = 0;
+    if (ev->event != NULL && ev->event->detail != NULL)
+      u = ev->event->detail->user;
+    if (u != NULL && u->email.len != 32 && u->email.len > 0 &&
+        memchr(u->email.data, '@', u->email.len) != NULL) {
+      h = emd_arena_alloc(a, 32);
+      assert_non_null(h);
+      emd_codec_hash_email((const char *)u->email.data, u->email.len, h);
+      u->email.data = h;
+      u->email.len = 32;
+    }
+    rc = emd_codec_validate(ev, msg, msglen);
+    if (rc != 0)
+      return rc;
+  }
+  *out = ev;
+  return 0;
+}
+
+/* decode_frame and the reference agree on w: code, message, event. */
+static void frame_as_before(struct fx *f, const uint8_t *p, size_t n)
+{
+  struct emd_arena other = { 0 };
+  emd_event *ref;
+  char want[512];
+  int rc, want_rc;
+
+  want[0] = '\0';
+  want_rc = ref_frame(p, n, &f->opts, &other, &ref, want, sizeof(want));
+  rc = frame(f, p, n);
+  if (rc != want_rc || (rc != 0 && strcmp(f->msg, want) != 0)) {
+    char hex[3 * 64 + 1];
+    size_t i;
+
+    for (i = 0; i < n && i < 64; i++)
+      snprintf(hex + 3 * i, 4, "%02x ", p[i]);
+    fail_msg("frame %s (%zu bytes, opts %d%d): %d \"%s\", was %d \"%s\"",
+             hex, n, f->opts.ignore_unknown, f->opts.upstream, rc, f->msg,
+             want_rc, want);
+  }
+  if (rc == 0)
+    assert_same_event(ref, f->ev);
+  emd_arena_free(&other);
+}
+
+static void frame_errors_name_the_first_bad_field_in_field_order(void **st)
+{
+  struct fx *f = *st;
+  struct wire ev = { .n = 0 }, te = { .n = 0 }, sub = { .n = 0 };
+  struct wire loc = { .n = 0 };
+
+  /* an unknown field deep down, named by its message's path */
+  wire_varint(&sub, 7 << 3);
+  wire_varint(&sub, 1);
+  wire_sub(&te, 6, &sub);                      /* detail */
+  wire_sub(&ev, 5, &te);
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "event.detail: unknown field 7");
+  frame_as_before(f, ev.p, ev.n);
+  /* the context (field 5) comes before the location (field 8) */
+  ev.n = te.n = sub.n = 0;
+  wire_str(&sub, 1, "type.googleapis.com/buildless.context.Build");
+  wire_sub(&te, 5, &sub);
+  sub.n = 0;
+  wire_str(&sub, 2, "task::\xc3");             /* resource, cut short */
+  wire_sub(&te, 5, &sub);
+  wire_varint(&loc, 50 << 3);
+  wire_varint(&loc, 1);
+  wire_sub(&te, 8, &loc);
+  wire_sub(&ev, 5, &te);
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "event.context[1].resource: not valid UTF-8");
+  frame_as_before(f, ev.p, ev.n);
+  f->opts.ignore_unknown = true;
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "event.context[1].resource: not valid UTF-8");
+  frame_as_before(f, ev.p, ev.n);
+  f->opts.ignore_unknown = false;
+  /* a message's unknown fields before its own strings */
+  wire_str(&ev, 1, "\xff");
+  wire_varint(&ev, 15 << 3);
+  wire_varint(&ev, 1);
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "unknown field 15");
+  frame_as_before(f, ev.p, ev.n);
+  f->opts.ignore_unknown = true;
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "collection: not valid UTF-8");
+  frame_as_before(f, ev.p, ev.n);
+}
+
+static void frame_copies_are_merged_before_the_check(void **state)
+{
+  struct fx *f = *state;
+  struct wire ev = { .n = 0 }, te1 = { .n = 0 }, te2 = { .n = 0 };
+  struct wire c = { .n = 0 };
+
+  wire_str(&c, 1, "type.googleapis.com/buildless.context.Build");
+  wire_str(&c, 4, "started");
+  wire_sub(&te1, 5, &c);
+  wire_str(&te1, 4, "bad \xff");               /* user */
+  wire_varint(&te1, 60 << 3);                  /* unknown */
+  wire_varint(&te1, 1);
+  wire_str(&te2, 4, "good");
+  wire_sub(&ev, 5, &te1);
+  wire_sub(&ev, 5, &te2);
+  /* protobuf-c's merge drops the first copy's unknown field and user */
+  assert_int_equal(frame_wire(f, &ev), 0);
+  assert_string_equal(f->ev->event->user, "good");
+  assert_int_equal(f->ev->event->n_context, 1);
+  frame_as_before(f, ev.p, ev.n);
+  /* the other way round, the bad user stays */
+  ev.n = 0;
+  wire_sub(&ev, 5, &te2);
+  wire_sub(&ev, 5, &te1);
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "event: unknown field 60");
+  frame_as_before(f, ev.p, ev.n);
+  f->opts.ignore_unknown = true;
+  assert_int_equal(frame_wire(f, &ev), EMD_EINVALID);
+  assert_string_equal(f->msg, "event.user: not valid UTF-8");
+  frame_as_before(f, ev.p, ev.n);
+  /* strings end at a NUL for the check, as for everything after it */
+  ev.n = 0;
+  te1.n = 0;
+  wire_sub(&te1, 5, &c);
+  wire_len(&te1, 4, "ok\0\xff", 4);
+  wire_sub(&ev, 5, &te1);
+  assert_int_equal(frame_wire(f, &ev), 0);
+  assert_string_equal(f->ev->event->user, "ok");
+  frame_as_before(f, ev.p, ev.n);
+}
+
+static uint64_t frame_rnd(uint64_t *s)
+{
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return *s;
+}
+
+/* Valid events from lines, then cut, flipped, doubled, with unknown
+ * fields and strings that are not UTF-8 put in, in the three modes:
+ * every code and message as before. */
+static void frames_decode_as_protobuf_c_and_the_tree_check_did(void **st)
+{
+  static const char *const extras[] = {
+    "\"ordinal\":5",
+    "\"id\":\"ABCDEFGHIJKLMN\",\"tenant\":\"org_acme\",\"user\":\"al\"",
+    ("\"detail\":{\"user\":{\"uid\":\"u\",\"email\":\"Al@Example.com\"},"
+     "\"client\":{\"tool\":[{\"name\":\"gradle\",\"version\":{\"major\":8}},"
+     "{\"name\":\"x\"}],\"os\":{\"name\":\"Linux\",\"family\":\"LINUX\"}}}"),
+    ("\"timing\":{\"occurred\":\"1732761600123\"},\"location\":{\"point\":"
+     "{\"lat\":1.5,\"lon\":2.5},\"country\":\"DE\"}"),
+    "\"data\":{\"typeUrl\":\"a/b\",\"value\":\"AAE=\"},\"timer\":\"AAEC\"",
+    "\"location\":{\"timezone\":\"Europe/Berlin\"}",
+  };
+  static const uint8_t junk[][4] = {
+    { 0x78, 0x01 },              /* field 15, varint */
+    { 0x22, 0x01, 0xff },        /* field 4 (a string), not UTF-8 */
+    { 0x0a, 0x02, 0xc3, 0x28 },  /* field 1 (a string), not UTF-8 */
+    { 0x2a, 0x00 },              /* field 5, an empty message */
+    { 0x80, 0x00, 0x01 },        /* field 0 in two bytes, unknown */
+  };
+  struct fx *f = *st;
+  struct emd_arena other = { 0 };
+  uint64_t seed = 0x9e3779b97f4a7c15u;
+  uint8_t buf[8192], *packed_ev;
+  emd_event *ev;
+  size_t n, len, i, k, at;
+  int round;
+
+  for (round = 0; round < 20000; round++) {
+    const char *line = with(f, extras[frame_rnd(&seed) % 6]);
+
+    emd_arena_reset(&other);
+    assert_int_equal(emd_codec_decode_json(line, strlen(line), NULL,
+                                           &other, &ev, NULL, 0), 0);
+    if (frame_rnd(&seed) % 3 == 0)
+      ev->event->user = "caf\xc3\xa9";
+    if (ev->event->detail != NULL && frame_rnd(&seed) % 2 == 0) {
+      /* an address, as a client may send it in a frame */
+      ev->event->detail->user->email.data = (uint8_t *)" Al@Example.com";
+      ev->event->detail->user->email.len = 15;
+    }
+    packed_ev = packed(ev, &len);
+    memcpy(buf, packed_ev, len);
+    free(packed_ev);
+    n = len;
+    for (k = frame_rnd(&seed) % 4; k > 0; k--) {
+      switch (frame_rnd(&seed) % 6) {
+      case 0:   /* cut */
+        n = n == 0 ? 0 : frame_rnd(&seed) % n;
+        break;
+      case 1:   /* a bit flipped */
+        if (n > 0)
+          buf[frame_rnd(&seed) % n] ^= (uint8_t)(1u << frame_rnd(&seed) % 8);
+        break;
+      case 2:   /* twice over */
+        if (2 * n <= sizeof(buf)) {
+          memcpy(buf + n, buf, n);
+          n *= 2;
+        }
+        break;
+      default:  /* something put in at the end or inside */
+        i = frame_rnd(&seed) % 5;
+        at = frame_rnd(&seed) % 2 ? n : (n == 0 ? 0 : frame_rnd(&seed) % n);
+        if (n + 4 <= sizeof(buf)) {
+          size_t jl = junk[i][0] == 0x80 ? 3 : junk[i][1] + 2u;
+
+          memmove(buf + at + jl, buf + at, n - at);
+          memcpy(buf + at, junk[i], jl);
+          n += jl;
+        }
+        break;
+      }
+    }
+    f->opts.ignore_unknown = round % 3 == 1;
+    f->opts.upstream = round % 3 == 2;
+    frame_as_before(f, buf, n);
+  }
+  emd_arena_free(&other);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1645,6 +2050,9 @@ int main(void)
     T(frames_break_rules_with_the_same_messages),
     T(frame_email_address_is_hashed),
     T(frame_unknown_fields_are_rejected_or_dropped),
+    T(frame_errors_name_the_first_bad_field_in_field_order),
+    T(frame_copies_are_merged_before_the_check),
+    T(frames_decode_as_protobuf_c_and_the_tree_check_did),
 #undef T
   };
 
