@@ -10,6 +10,10 @@
  *     field names (struct jmsg); every error names the field path, built
  *     as the error returns. Then the client rules of SPEC 1.1 run on the
  *     structs (rules_event()), the same code that checks binary frames.
+ * But first, json_onepass() tries to do both in one pass, straight from
+ * the text into the structs, for lines as clients send them; wherever it
+ * is not sure (every error, some rare forms) the two passes start over
+ * and have the last word, so verdicts and messages are theirs alone.
  *
  * Why not jsmn: it was the plan, and it is fast, but it is lax where it
  * matters here. Even in strict mode it accepts missing or doubled
@@ -1076,7 +1080,15 @@ find_field(const ProtobufCMessageDescriptor *desc, const char *key,
  * sorted by number), each field's proto name first, then its
  * lowerCamelCase when that differs; sub is the table of a message field's
  * type. A test (field_names_resolve_in_both_spellings) checks every row
- * against the descriptors. */
+ * against the descriptors.
+ *
+ * The one pass finds a row by a hash instead: slot, after the rows, maps
+ * jhash() of each name (below: its first 16 bytes as two little-endian
+ * words, zero-padded, xored, times JHASH_MUL, top 5 bits) to its row + 1.
+ * No two names of one table share a slot (JHASH_MUL was picked so); a new
+ * name needs its slot added (or a new JHASH_MUL if that slot is taken),
+ * and the same test fails until it is, as it decodes every name in one
+ * pass. */
 #define JNAME_MAX 16   /* longest name in a table; JMSG_ROWS rows at most */
 #define JMSG_ROWS 16
 
@@ -1092,75 +1104,97 @@ struct jmsg {
   const struct jfield *f;
   unsigned n;
   const unsigned char *lens; /* f[i].len for i < n, then zeros */
+  unsigned char slot[32];    /* jhash() of a name -> its row + 1, or 0 */
 };
 
 #define JF_ROW(name, field, sub) { name, sizeof(name) - 1, field, sub },
 #define JF_LEN(name, field, sub) sizeof(name) - 1,
-#define JMSG(var, desc, ROWS)                                               \
+#define JMSG(var, desc, ROWS, ...)                                          \
   static const struct jfield var##_rows[] = { ROWS(JF_ROW) };              \
   static const unsigned char var##_lens[JMSG_ROWS] = { ROWS(JF_LEN) };     \
   static const struct jmsg var = {                                         \
     &desc, var##_rows, sizeof(var##_rows) / sizeof(var##_rows[0]),         \
-    var##_lens }
+    var##_lens, __VA_ARGS__ }
 
 #define ROWS_VERSION(X)                                                     \
   X("major", 0, NULL) X("minor", 1, NULL) X("micro", 2, NULL)               \
   X("build", 3, NULL) X("rc", 4, NULL) X("commit", 5, NULL)                 \
   X("tag", 6, NULL) X("spec", 7, NULL) X("release", 8, NULL)
 JMSG(jm_version, buildless__telemetry__version_info__descriptor,
-     ROWS_VERSION);
+     ROWS_VERSION,
+     { [9] = 3, [11] = 6, [12] = 8, [14] = 7, [16] = 5, [18] = 2, [19] = 1,
+       [24] = 9, [31] = 4 });
 #define ROWS_TOOL(X) X("name", 0, NULL) X("version", 1, &jm_version)
-JMSG(jm_tool, buildless__telemetry__tool_info__descriptor, ROWS_TOOL);
+JMSG(jm_tool, buildless__telemetry__tool_info__descriptor,
+     ROWS_TOOL,
+     { [15] = 2, [31] = 1 });
 #define ROWS_AGENT(X) X("name", 0, NULL) X("version", 1, &jm_version)
 JMSG(jm_agent, buildless__telemetry__apiclient_info__descriptor,
-     ROWS_AGENT);
+     ROWS_AGENT,
+     { [15] = 2, [31] = 1 });
 #define ROWS_OS(X)                                                          \
   X("name", 0, NULL) X("family", 1, NULL) X("arch", 2, NULL)                \
   X("version", 3, &jm_version)
-JMSG(jm_os, buildless__telemetry__osinfo__descriptor, ROWS_OS);
+JMSG(jm_os, buildless__telemetry__osinfo__descriptor,
+     ROWS_OS,
+     { [4] = 2, [9] = 3, [15] = 4, [31] = 1 });
 #define ROWS_CLIENT(X)                                                      \
   X("tool", 0, &jm_tool) X("os", 1, &jm_os) X("agent", 2, &jm_agent)
 JMSG(jm_client, buildless__telemetry__client_detail__descriptor,
-     ROWS_CLIENT);
+     ROWS_CLIENT,
+     { [0] = 1, [4] = 3, [26] = 2 });
 #define ROWS_TENANT(X) X("oid", 0, NULL) X("name", 1, NULL)
 JMSG(jm_tenant, buildless__telemetry__tenant_detail__descriptor,
-     ROWS_TENANT);
+     ROWS_TENANT,
+     { [30] = 1, [31] = 2 });
 #define ROWS_USER(X)                                                        \
   X("uid", 0, NULL) X("email", 1, NULL) X("username", 2, NULL)
-JMSG(jm_user, buildless__telemetry__user_detail__descriptor, ROWS_USER);
+JMSG(jm_user, buildless__telemetry__user_detail__descriptor,
+     ROWS_USER,
+     { [0] = 2, [5] = 3, [8] = 1 });
 #define ROWS_REPO(X)                                                        \
   X("provider", 0, NULL) X("link", 1, NULL) X("name", 2, NULL)
 JMSG(jm_repo, buildless__telemetry__repository_detail__descriptor,
-     ROWS_REPO);
+     ROWS_REPO,
+     { [6] = 1, [28] = 2, [31] = 3 });
 #define ROWS_DETAIL(X)                                                      \
   X("tenant", 0, &jm_tenant) X("user", 1, &jm_user)                         \
   X("repository", 2, &jm_repo) X("client", 3, &jm_client)
 JMSG(jm_detail, buildless__telemetry__event_detail__descriptor,
-     ROWS_DETAIL);
+     ROWS_DETAIL,
+     { [3] = 2, [8] = 4, [11] = 3, [22] = 1 });
 #define ROWS_CONTEXT(X)                                                     \
   X("type", 0, NULL) X("resource", 1, NULL) X("action", 2, NULL)            \
   X("event", 3, NULL)
 JMSG(jm_context, buildless__telemetry__event_context__descriptor,
-     ROWS_CONTEXT);
+     ROWS_CONTEXT,
+     { [4] = 1, [9] = 4, [25] = 3, [26] = 2 });
 #define ROWS_TIMING(X)                                                      \
   X("timehash", 0, NULL) X("occurred", 1, NULL) X("received", 2, NULL)      \
   X("ingested", 3, NULL)
 JMSG(jm_timing, buildless__telemetry__event_timing__descriptor,
-     ROWS_TIMING);
+     ROWS_TIMING,
+     { [8] = 4, [15] = 3, [18] = 1, [31] = 2 });
 #define ROWS_POINT(X) X("lat", 0, NULL) X("lon", 1, NULL)
-JMSG(jm_point, buildless__telemetry__geo_point__descriptor, ROWS_POINT);
+JMSG(jm_point, buildless__telemetry__geo_point__descriptor,
+     ROWS_POINT,
+     { [19] = 2, [28] = 1 });
 #define ROWS_LOCATION(X)                                                    \
   X("source_ip", 0, NULL) X("sourceIp", 0, NULL) X("timezone", 1, NULL)     \
   X("point", 2, &jm_point) X("nielsen", 3, NULL) X("locality", 4, NULL)     \
   X("region", 5, NULL) X("country", 6, NULL) X("tag", 7, NULL)              \
   X("edge", 8, NULL)
 JMSG(jm_location, buildless__telemetry__event_location__descriptor,
-     ROWS_LOCATION);
+     ROWS_LOCATION,
+     { [1] = 6, [8] = 7, [13] = 2, [14] = 9, [16] = 8, [17] = 5, [22] = 1,
+       [26] = 10, [28] = 4, [30] = 3 });
 /* "@type" is the proto3 JSON name of Any's type URL too. */
 #define ROWS_ANY(X)                                                         \
   X("type_url", 0, NULL) X("typeUrl", 0, NULL) X("@type", 0, NULL)          \
   X("value", 1, NULL)
-JMSG(jm_any, google__protobuf__any__descriptor, ROWS_ANY);
+JMSG(jm_any, google__protobuf__any__descriptor,
+     ROWS_ANY,
+     { [11] = 2, [22] = 1, [24] = 3, [27] = 4 });
 #define ROWS_TEVENT(X)                                                      \
   X("scope", 0, NULL) X("id", 1, NULL) X("tenant", 2, NULL)                 \
   X("user", 3, NULL) X("context", 4, &jm_context)                           \
@@ -1168,11 +1202,15 @@ JMSG(jm_any, google__protobuf__any__descriptor, ROWS_ANY);
   X("location", 7, &jm_location) X("timer", 8, NULL)                        \
   X("ordinal", 9, NULL) X("data", 10, &jm_any)
 JMSG(jm_tevent, buildless__telemetry__telemetry_event__descriptor,
-     ROWS_TEVENT);
+     ROWS_TEVENT,
+     { [3] = 4, [7] = 1, [8] = 2, [9] = 6, [10] = 10, [11] = 8, [15] = 5,
+       [19] = 11, [22] = 3, [23] = 7, [30] = 9 });
 #define ROWS_EVENT(X)                                                       \
   X("collection", 0, NULL) X("fin", 1, NULL) X("index", 2, NULL)            \
   X("scope", 3, NULL) X("event", 4, &jm_tevent)
-JMSG(jm_event, buildless__service__v1__event__descriptor, ROWS_EVENT);
+JMSG(jm_event, buildless__service__v1__event__descriptor,
+     ROWS_EVENT,
+     { [7] = 4, [9] = 5, [15] = 1, [17] = 3, [31] = 2 });
 
 /* Bytes [0, n) of the 8 at p as a word, the rest zero (n <= 8). */
 static inline uint64_t word_prefix(const char *p, size_t n)
@@ -1250,6 +1288,49 @@ static const struct jfield *find_row(const struct jmsg *jm, const char *key,
 found:
   *hint = (unsigned)(r - jm->f) + 1;
   return r;
+}
+
+#define JHASH_MUL 0xb8378d8291cbe387u
+
+/* The slot of a name in struct jmsg, from its first 16 bytes as two
+ * little-endian words, zero-padded; no two names of a table share one. */
+static inline unsigned jhash(uint64_t k0, uint64_t k1)
+{
+  return (unsigned)(((k0 ^ k1) * JHASH_MUL) >> 59);
+}
+
+/* The row of jm that key names, or NULL: key has klen bytes and no NUL,
+ * and 16 bytes can be read at it. One hash and two word compares. */
+static inline const struct jfield *fp_find(const struct jmsg *jm,
+                                           const char *key, size_t klen)
+{
+  static const uint64_t mask[9] = {
+    0, 0xff, 0xffff, 0xffffff, 0xffffffff, 0xffffffffffu, 0xffffffffffffu,
+    0xffffffffffffffu, 0xffffffffffffffffu };
+  const struct jfield *r;
+  uint64_t k0, k1, n0, n1;
+  unsigned s;
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if (klen - 1 >= JNAME_MAX)   /* also 0 */
+    return NULL;
+  memcpy(&k0, key, 8);
+  memcpy(&k1, key + 8, 8);
+  k0 &= mask[klen < 8 ? klen : 8];
+  k1 &= mask[klen > 8 ? klen - 8 : 0];
+  s = jm->slot[jhash(k0, k1)];
+  if (s == 0)
+    return NULL;
+  r = &jm->f[s - 1];
+  memcpy(&n0, r->name, 8);
+  memcpy(&n1, r->name + 8, 8);
+  return n0 == k0 && n1 == k1 ? r : NULL;
+#else
+  unsigned hint = 0;
+
+  (void)mask, (void)r, (void)k0, (void)k1, (void)n0, (void)n1, (void)s;
+  return find_row(jm, key, klen, key + JNAME_MAX, &hint);
+#endif
 }
 
 /* The text of key token i, unescaped into buf when it has escapes (a key
@@ -1751,6 +1832,464 @@ static int dec_object(struct dec *d, int i,
   return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* The one-pass decode: lexer and walk fused, for lines as clients send
+ * them. It reads the line once, straight into the structs, and gives a
+ * verdict only for a line it fully accepts; at the first thing it does
+ * not take (any error, and a few rare valid forms: escaped keys, numbers
+ * other than plain digits, strings for doubles, ...) it gives up, and
+ * the two passes above decode the line again from scratch, so that every
+ * error is reported as they report it and in their order. What it
+ * accepts, the two passes accept too, as the same event: it uses the same
+ * checks (lex_string, number_end, the name tables, fast_double/strtod,
+ * b64_decode), and a test runs every line of the unit tests both ways.
+ *
+ * It works on a copy of the line in the arena with a NUL after it and
+ * FP_PAD bytes of zeros: a string's closing quote becomes its NUL (no
+ * copy per string; escapes are undone in place), the NUL stops every scan
+ * so none needs the length, and 16-byte loads stay inside the block. */
+
+#define FP_PAD 16
+#define FP_ITEMS 16       /* items of a list; more go the exact way */
+#define FP_SKIP_DEPTH 64  /* levels in a skipped unknown value; the
+                           * schema adds fewer than 10, well below
+                           * JSON_MAX_DEPTH */
+
+struct fp {
+  char *buf;                          /* the copy */
+  size_t len;                         /* of the line */
+  struct emd_arena *arena;
+  const struct emd_codec_opts *opts;
+};
+
+static inline char *fp_ws(char *p)
+{
+  if ((unsigned char)*p > ' ')
+    return p;
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+    p++;
+  return p;
+}
+
+/* The first byte from p on that is '"', '\\', a control character (the
+ * NUL after the line is one) or non-ASCII. */
+static inline char *fp_plain(char *p)
+{
+  unsigned k;
+
+#ifdef __SSE2__
+  __m128i x, m;
+
+  for (;; p += 16) {
+    x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                                  _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                     _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+    if ((k = (unsigned)_mm_movemask_epi8(m)) != 0)
+      return p + __builtin_ctz(k);
+  }
+#else
+  for (;; p += 8)
+    if ((k = special8((const unsigned char *)p)) < 8)
+      return p + k;
+#endif
+}
+
+/* The string whose opening quote is at p[-1], checked as lex() checks
+ * it: returns the byte after its closing quote, or NULL. Leaves the
+ * string as it is. */
+static char *fp_skip_string(struct fp *f, char *p)
+{
+  char *e = fp_plain(p);
+  size_t end;
+  bool esc = false;
+
+  if (*e == '"')
+    return e + 1;
+  if (lex_string(f->buf, f->len, (size_t)(e - f->buf), &end, &esc) != NULL)
+    return NULL;
+  return f->buf + end + 1;
+}
+
+/* fp_string() for a string with escapes, UTF-8 or a problem at e. */
+static __attribute__((noinline)) char *fp_string_rest(struct fp *f, char *p,
+                                                      char *e, char **out,
+                                                      size_t *outlen)
+{
+  size_t end, n;
+  bool esc = false;
+
+  if (lex_string(f->buf, f->len, (size_t)(e - f->buf), &end, &esc) != NULL)
+    return NULL;
+  e = f->buf + end;
+  n = (size_t)(e - p);
+  if (esc) {
+    n = unescape(p, n, p);
+    if (memchr(p, '\0', n) != NULL)
+      return NULL;
+  }
+  p[n] = '\0';
+  *out = p;
+  *outlen = n;
+  return e + 1;
+}
+
+/* The string whose opening quote is at p[-1], unescaped in place and
+ * ended with a NUL (U+0000 is refused, as dec_string() does): *out and
+ * *outlen are set, and the byte after the closing quote is returned, or
+ * NULL. */
+static inline char *fp_string(struct fp *f, char *p, char **out,
+                              size_t *outlen)
+{
+  char *e = fp_plain(p);
+
+  if (__builtin_expect(*e != '"', 0))
+    return fp_string_rest(f, p, e, out, outlen);
+  *e = '\0';
+  *out = p;
+  *outlen = (size_t)(e - p);
+  return e + 1;
+}
+
+/* Any JSON value at p, checked and passed over (an unknown field's, with
+ * ignore_unknown): the byte after it, or NULL. */
+static char *fp_skip(struct fp *f, char *p, int depth)
+{
+  char close;
+  size_t e;
+
+  switch (*p) {
+  case '"':
+    return fp_skip_string(f, p + 1);
+  case '{':
+  case '[':
+    if (depth == FP_SKIP_DEPTH)
+      return NULL;
+    close = *p == '{' ? '}' : ']';
+    p = fp_ws(p + 1);
+    if (*p == close)
+      return p + 1;
+    for (;;) {
+      if (close == '}') {
+        if (*p != '"' || (p = fp_skip_string(f, p + 1)) == NULL)
+          return NULL;
+        p = fp_ws(p);
+        if (*p != ':')
+          return NULL;
+        p = fp_ws(p + 1);
+      }
+      if ((p = fp_skip(f, p, depth + 1)) == NULL)
+        return NULL;
+      p = fp_ws(p);
+      if (*p == close)
+        return p + 1;
+      if (*p != ',')
+        return NULL;
+      p = fp_ws(p + 1);
+    }
+  case 't':
+    return memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+  case 'f':
+    return memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+  case 'n':
+    return memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+  default:
+    e = number_end(f->buf, f->len, (size_t)(p - f->buf));
+    return f->buf + e != p ? f->buf + e : NULL;
+  }
+}
+
+/* An integer at p given as at most 19 plain digits, bare or quoted (what
+ * plain_uint() takes), and at most max: the byte after it, or NULL. A
+ * bare number that goes on ('.', 'e') is left to the caller's check of
+ * what follows a value. */
+static inline char *fp_uint(char *p, uint64_t max, uint64_t *out)
+{
+  bool quoted = *p == '"';
+  char *s = p + quoted, *e = s;
+  uint64_t v = 0;
+  size_t n;
+
+  while (is_digit(*e))
+    v = v * 10 + (uint64_t)(*e++ - '0');
+  n = (size_t)(e - s);
+  if (n == 0 || n > 19 || (s[0] == '0' && n > 1) || v > max)
+    return NULL;
+  if (quoted && *e++ != '"')
+    return NULL;
+  *out = v;
+  return e;
+}
+
+/* A bare JSON number at p, read as dec_double() reads it. */
+static char *fp_double(struct fp *f, char *p, double *out)
+{
+  size_t i = (size_t)(p - f->buf), e = number_end(f->buf, f->len, i);
+  char z[64];
+
+  if (e == i)
+    return NULL;
+  if (!fast_double(p, e - i, out)) {
+    if (e - i >= sizeof(z))
+      return NULL;
+    memcpy(z, p, e - i);
+    z[e - i] = '\0';
+    *out = strtod(z, NULL);
+  }
+  return f->buf + e;
+}
+
+/* A string at p for a bytes field, as dec_bytes() reads it. */
+static char *fp_bytes(struct fp *f, const ProtobufCFieldDescriptor *fd,
+                      char *p, ProtobufCBinaryData *out)
+{
+  char *s;
+  size_t n;
+  long got;
+
+  if (*p != '"' || (p = fp_string(f, p + 1, &s, &n)) == NULL)
+    return NULL;
+  if (fd == protobuf_c_message_descriptor_get_field(
+               &buildless__telemetry__user_detail__descriptor, 2) &&
+      !f->opts->upstream && email_is_address((const uint8_t *)s, n)) {
+    out->data = emd_arena_alloc(f->arena, SHA256_DIGEST_LENGTH);
+    if (out->data == NULL)
+      return NULL;
+    emd_codec_hash_email(s, n, out->data);
+    out->len = SHA256_DIGEST_LENGTH;
+    return p;
+  }
+  if (n == 0)
+    return p;
+  got = b64_decode(s, n, (uint8_t *)s);
+  if (got < 0)
+    return NULL;
+  out->data = (uint8_t *)s;
+  out->len = (size_t)got;
+  return p;
+}
+
+/* An enum at p: a name, or a number in plain digits. */
+static char *fp_enum(struct fp *f, const ProtobufCEnumDescriptor *ed,
+                     char *p, int *out)
+{
+  uint64_t v;
+  unsigned k;
+  size_t n;
+  char *s;
+
+  if (*p != '"') {
+    if ((p = fp_uint(p, INT32_MAX, &v)) != NULL)
+      *out = (int)v;
+    return p;
+  }
+  if ((p = fp_string(f, p + 1, &s, &n)) == NULL)
+    return NULL;
+  for (k = 0; k < ed->n_value_names; k++)
+    if (name_is(ed->values_by_name[k].name, s, n)) {
+      *out = ed->values[ed->values_by_name[k].index].value;
+      return p;
+    }
+  return NULL;
+}
+
+static void *fp_new(struct fp *f, const ProtobufCMessageDescriptor *desc)
+{
+  void *m = emd_arena_alloc(f->arena, desc->sizeof_message);
+
+  if (m != NULL)   /* what protobuf_c_message_init() calls */
+    desc->message_init(m);
+  return m;
+}
+
+static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
+                       char *p, uint64_t *seen_out);
+
+/* A list of messages at p (lists of scalars are not in the schema). */
+static char *fp_list(struct fp *f, const ProtobufCFieldDescriptor *fd,
+                     const struct jmsg *sub, void *m, char *p)
+{
+  void *items[FP_ITEMS], **copy;
+  size_t n = 0;
+
+  if (*p != '[' || fd->type != PROTOBUF_C_TYPE_MESSAGE || sub == NULL)
+    return NULL;
+  p = fp_ws(p + 1);
+  if (*p != ']')
+    for (;;) {
+      if (*p != '{' || n == FP_ITEMS ||
+          (items[n] = fp_new(f, sub->desc)) == NULL ||
+          (p = fp_object(f, sub, items[n], p + 1, NULL)) == NULL)
+        return NULL;
+      n++;
+      p = fp_ws(p);
+      if (*p == ']')
+        break;
+      if (*p != ',')
+        return NULL;
+      p = fp_ws(p + 1);
+    }
+  copy = emd_arena_alloc(f->arena, n * sizeof(*copy));
+  if (copy == NULL)
+    return NULL;
+  memcpy(copy, items, n * sizeof(*copy));
+  *(size_t *)((char *)m + fd->quantifier_offset) = n;
+  *(void ***)((char *)m + fd->offset) = copy;
+  return p + 1;
+}
+
+/* The value at p of field fd of message m (sub: the table of its type):
+ * the byte after it, or NULL. */
+static char *fp_field(struct fp *f, const ProtobufCFieldDescriptor *fd,
+                      const struct jmsg *sub, void *m, char *p)
+{
+  void *member = (char *)m + fd->offset;
+  uint64_t v;
+  size_t n;
+
+  if (*p == 'n')   /* null: the default */
+    return memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+  if (fd->label == PROTOBUF_C_LABEL_REPEATED)
+    return fp_list(f, fd, sub, m, p);
+  switch (fd->type) {
+  case PROTOBUF_C_TYPE_STRING:
+    return *p == '"' ? fp_string(f, p + 1, member, &n) : NULL;
+  case PROTOBUF_C_TYPE_MESSAGE:
+    if (*p != '{' || sub == NULL ||
+        (*(void **)member = fp_new(f, sub->desc)) == NULL)
+      return NULL;
+    return fp_object(f, sub, *(void **)member, p + 1, NULL);
+  case PROTOBUF_C_TYPE_UINT32:
+  case PROTOBUF_C_TYPE_FIXED32:
+    if ((p = fp_uint(p, UINT32_MAX, &v)) != NULL)
+      *(uint32_t *)member = (uint32_t)v;
+    return p;
+  case PROTOBUF_C_TYPE_UINT64:
+  case PROTOBUF_C_TYPE_FIXED64:
+    return fp_uint(p, UINT64_MAX, member);
+  case PROTOBUF_C_TYPE_DOUBLE:
+    return fp_double(f, p, member);
+  case PROTOBUF_C_TYPE_BOOL:
+    if (memcmp(p, "true", 4) == 0) {
+      *(protobuf_c_boolean *)member = 1;
+      return p + 4;
+    }
+    if (memcmp(p, "false", 5) == 0) {
+      *(protobuf_c_boolean *)member = 0;
+      return p + 5;
+    }
+    return NULL;
+  case PROTOBUF_C_TYPE_ENUM:
+    return fp_enum(f, fd->descriptor, p, member);
+  case PROTOBUF_C_TYPE_BYTES:
+    return fp_bytes(f, fd, p, member);
+  default:
+    return NULL;
+  }
+}
+
+/* The members of the object whose '{' is at p[-1] into message m, whose
+ * names are in jm: the byte after its '}', or NULL. *seen_out, if not
+ * NULL, gets the fields seen, by index. */
+static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
+                       char *p, uint64_t *seen_out)
+{
+  const ProtobufCFieldDescriptor *fd;
+  const struct jfield *row;
+  uint64_t seen = 0, bit;
+  size_t klen;
+  char *key;
+
+  p = fp_ws(p);
+  if (*p != '}')
+    for (;;) {
+      if (*p != '"')
+        return NULL;
+      key = p + 1;
+      p = fp_plain(key);
+      if (*p != '"')   /* escapes or UTF-8 in a key: the exact way */
+        return NULL;
+      klen = (size_t)(p - key);
+      row = fp_find(jm, key, klen);
+      p++;
+      if (*p != ':') {
+        p = fp_ws(p);
+        if (*p != ':')
+          return NULL;
+      }
+      p = fp_ws(p + 1);
+      if (row != NULL) {
+        bit = (uint64_t)1 << row->field;
+        if (seen & bit)
+          return NULL;
+        seen |= bit;
+        fd = &jm->desc->fields[row->field];
+        p = fp_field(f, fd, row->sub, m, p);
+      } else {
+        /* Unknown. At the top, "event" would have made the line an
+         * envelope. */
+        if (!f->opts->ignore_unknown ||
+            (klen == 5 && memcmp(key, "event", 5) == 0))
+          return NULL;
+        p = fp_skip(f, p, 0);
+      }
+      if (p == NULL)
+        return NULL;
+      p = fp_ws(p);
+      if (*p == '}')
+        break;
+      if (*p != ',')
+        return NULL;
+      p = fp_ws(p + 1);
+    }
+  if (seen_out != NULL)
+    *seen_out = seen;
+  return p + 1;
+}
+
+/* Decodes the line in one pass into *out (the client rules not applied),
+ * or returns 1: no verdict, decode it the exact way. */
+static int json_onepass(const char *line, size_t len,
+                        const struct emd_codec_opts *opts,
+                        struct emd_arena *arena, emd_event **out)
+{
+  struct fp f = { NULL, len, arena, opts };
+  emd_event *ev;
+  uint64_t seen;
+  char *p, *k, *e;
+
+  /* The event first: the arena aligns blocks for any type. */
+  ev = emd_arena_alloc(arena, sizeof(*ev) + len + FP_PAD);
+  if (ev == NULL)
+    return 1;
+  f.buf = (char *)(ev + 1);
+  memcpy(f.buf, line, len);
+  memset(f.buf + len, 0, FP_PAD);
+  buildless__service__v1__event__init(ev);
+  p = fp_ws(f.buf);
+  if (*p != '{')
+    return 1;
+  /* An envelope when it has an "event" member. Its first key tells
+   * which it is likely to be; an envelope without "event" or a bare
+   * event with one is left to the exact way. */
+  k = fp_ws(p + 1);
+  e = *k == '"' ? fp_plain(k + 1) : k;
+  if (*e == '"' && fp_find(&jm_event, k + 1, (size_t)(e - k - 1)) != NULL) {
+    p = fp_object(&f, &jm_event, ev, p + 1, &seen);
+    if (p == NULL || !(seen & (uint64_t)1 << 4))   /* "event" */
+      return 1;
+  } else {
+    ev->event = fp_new(&f, &buildless__telemetry__telemetry_event__descriptor);
+    if (ev->event == NULL ||
+        (p = fp_object(&f, &jm_tevent, ev->event, p + 1, NULL)) == NULL)
+      return 1;
+  }
+  if (fp_ws(p) != f.buf + len)
+    return 1;
+  *out = ev;
+  return 0;
+}
+
 /* Whether the top-level object has an "event" member (an envelope). */
 static bool has_event_member(const struct dec *d)
 {
@@ -2187,10 +2726,12 @@ int emd_codec_validate(const emd_event *ev, char *msg, size_t msglen)
 
 static const struct emd_codec_opts no_opts;
 
-int emd_codec_decode_json(const char *line, size_t len,
-                          const struct emd_codec_opts *opts,
-                          struct emd_arena *arena, emd_event **out,
-                          char *msg, size_t msglen)
+/* The two passes: lex() checks the whole line, then the walk fills the
+ * structs; into *out, the client rules not applied. */
+static __attribute__((noinline)) int
+json_exact(const char *line, size_t len, const struct emd_codec_opts *opts,
+           struct emd_arena *arena, emd_event **out, char *msg,
+           size_t msglen)
 {
   struct jtok stack[STACK_TOKENS];
   struct dec d;
@@ -2200,10 +2741,6 @@ int emd_codec_decode_json(const char *line, size_t len,
   emd_event *ev;
   int next, rc;
 
-  *out = NULL;
-  /* Token offsets are ints. */
-  if (len >= (size_t)1 << 30)
-    return fail(msg, msglen, EMD_ETOOLARGE, "line too long");
   rc = lex(&lx);
   if (rc != 0)
     return rc;
@@ -2215,7 +2752,7 @@ int emd_codec_decode_json(const char *line, size_t len,
   d.len = len;
   d.t = t;
   d.arena = arena;
-  d.opts = opts != NULL ? opts : &no_opts;
+  d.opts = opts;
   d.msg = msg;
   d.msglen = msglen;
   d.failed = false;
@@ -2235,7 +2772,58 @@ int emd_codec_decode_json(const char *line, size_t len,
   }
   if (rc != 0)
     return dec_finish(&d, rc);
-  if (!d.opts->upstream) {
+  *out = ev;
+  return 0;
+}
+
+static inline int decode_json(const char *line, size_t len,
+                              const struct emd_codec_opts *opts,
+                              struct emd_arena *arena, emd_event **out,
+                              char *msg, size_t msglen,
+                              enum emd__json_way way);
+
+int emd_codec_decode_json(const char *line, size_t len,
+                          const struct emd_codec_opts *opts,
+                          struct emd_arena *arena, emd_event **out,
+                          char *msg, size_t msglen)
+{
+  return decode_json(line, len, opts, arena, out, msg, msglen,
+                     EMD__JSON_BOTH);
+}
+
+int emd__codec_decode_json_way(const char *line, size_t len,
+                               const struct emd_codec_opts *opts,
+                               struct emd_arena *arena, emd_event **out,
+                               char *msg, size_t msglen,
+                               enum emd__json_way way)
+{
+  return decode_json(line, len, opts, arena, out, msg, msglen, way);
+}
+
+static inline int decode_json(const char *line, size_t len,
+                              const struct emd_codec_opts *opts,
+                              struct emd_arena *arena, emd_event **out,
+                              char *msg, size_t msglen,
+                              enum emd__json_way way)
+{
+  emd_event *ev;
+  int rc;
+
+  *out = NULL;
+  /* Token offsets are ints. */
+  if (len >= (size_t)1 << 30)
+    return fail(msg, msglen, EMD_ETOOLARGE, "line too long");
+  if (opts == NULL)
+    opts = &no_opts;
+  if (way == EMD__JSON_EXACT ||
+      json_onepass(line, len, opts, arena, &ev) != 0) {
+    if (way == EMD__JSON_ONEPASS)
+      return EMD__JSON_NO_VERDICT;
+    rc = json_exact(line, len, opts, arena, &ev, msg, msglen);
+    if (rc != 0)
+      return rc;
+  }
+  if (!opts->upstream) {
     ev->fin = 0;
     rc = rules_event(ev, msg, msglen);
     if (rc != 0)
