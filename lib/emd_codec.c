@@ -1850,6 +1850,7 @@ static int dec_object(struct dec *d, int i,
  * so none needs the length, and 16-byte loads stay inside the block. */
 
 #define FP_PAD 16
+#define FP_ROOM_MAX 1024  /* most room for messages taken at once */
 #define FP_ITEMS 16       /* items of a list; more go the exact way */
 #define FP_SKIP_DEPTH 64  /* levels in a skipped unknown value; the
                            * schema adds fewer than 10, well below
@@ -1860,6 +1861,8 @@ struct fp {
   size_t len;                         /* of the line */
   struct emd_arena *arena;
   const struct emd_codec_opts *opts;
+  char *room;                         /* where the next message goes */
+  size_t left;                        /* ... bytes left there */
 };
 
 static inline char *fp_ws(char *p)
@@ -2093,9 +2096,24 @@ static char *fp_enum(struct fp *f, const ProtobufCEnumDescriptor *ed,
   return NULL;
 }
 
-static void *fp_new(struct fp *f, const ProtobufCMessageDescriptor *desc)
+/* n bytes for messages and lists: from the room taken with the copy of
+ * the line while it lasts (emd_arena_alloc() is a call each time). */
+static inline void *fp_alloc(struct fp *f, size_t n)
 {
-  void *m = emd_arena_alloc(f->arena, desc->sizeof_message);
+  void *m = f->room;
+
+  n = (n + 7) & ~(size_t)7;   /* no message needs more alignment */
+  if (__builtin_expect(n > f->left, 0))
+    return emd_arena_alloc(f->arena, n);
+  f->room += n;
+  f->left -= n;
+  return m;
+}
+
+static inline void *fp_new(struct fp *f,
+                           const ProtobufCMessageDescriptor *desc)
+{
+  void *m = fp_alloc(f, desc->sizeof_message);
 
   if (m != NULL)   /* what protobuf_c_message_init() calls */
     desc->message_init(m);
@@ -2129,7 +2147,7 @@ static char *fp_list(struct fp *f, const ProtobufCFieldDescriptor *fd,
         return NULL;
       p = fp_ws(p + 1);
     }
-  copy = emd_arena_alloc(f->arena, n * sizeof(*copy));
+  copy = fp_alloc(f, n * sizeof(*copy));
   if (copy == NULL)
     return NULL;
   memcpy(copy, items, n * sizeof(*copy));
@@ -2188,60 +2206,135 @@ static char *fp_field(struct fp *f, const ProtobufCFieldDescriptor *fd,
   }
 }
 
+/* The key whose opening quote is at key[-1]: returns its closing quote,
+ * with *row the row of jm it names (NULL: none), or NULL when the key
+ * has escapes, UTF-8 or worse (the exact way takes those). */
+static inline char *fp_key(const struct jmsg *jm, char *key,
+                           const struct jfield **row)
+{
+#if defined(__SSE2__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const __m128i iota = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                     12, 13, 14, 15);
+  __m128i x = _mm_loadu_si128((const __m128i *)(const void *)key), h;
+  unsigned bits, k, s;
+  char *e;
+
+  *row = NULL;
+  bits = (unsigned)_mm_movemask_epi8(
+    _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                              _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                 _mm_cmplt_epi8(x, _mm_set1_epi8(0x20))));
+  if (__builtin_expect(bits == 0, 0)) {   /* 16 bytes or more */
+    e = fp_plain(key + 16);
+    if (*e != '"')
+      return NULL;
+    if (e - key == JNAME_MAX)
+      goto find;
+    return e;
+  }
+  k = (unsigned)__builtin_ctz(bits);
+  e = key + k;
+  if (*e != '"')
+    return NULL;
+  /* The key's bytes, the rest zero: jhash() of its two words. */
+  x = _mm_and_si128(x, _mm_cmplt_epi8(iota, _mm_set1_epi8((char)k)));
+find:
+  h = _mm_xor_si128(x, _mm_unpackhi_epi64(x, x));
+  s = jm->slot[jhash((uint64_t)_mm_cvtsi128_si64(h), 0)];
+  if (s != 0 &&
+      _mm_movemask_epi8(_mm_cmpeq_epi8(
+        x, _mm_loadu_si128((const __m128i *)(const void *)jm->f[s - 1].name)))
+      == 0xffff)
+    *row = &jm->f[s - 1];
+  return e;
+#else
+  char *e = fp_plain(key);
+
+  if (*e != '"')
+    return NULL;
+  *row = fp_find(jm, key, (size_t)(e - key));
+  return e;
+#endif
+}
+
 /* The members of the object whose '{' is at p[-1] into message m, whose
  * names are in jm: the byte after its '}', or NULL. *seen_out, if not
- * NULL, gets the fields seen, by index. */
+ * NULL, gets the fields seen, by index. Blanks are skipped where a byte
+ * is not what it nearly always is. */
 static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
                        char *p, uint64_t *seen_out)
 {
   const ProtobufCFieldDescriptor *fd;
   const struct jfield *row;
   uint64_t seen = 0, bit;
-  size_t klen;
-  char *key;
+  char *key, c;
 
-  p = fp_ws(p);
-  if (*p != '}')
-    for (;;) {
+  if (*p != '"') {
+    p = fp_ws(p);
+    if (*p == '}')
+      goto done;
+    if (*p != '"')
+      return NULL;
+  }
+  for (;;) {   /* p at a key's opening quote */
+    key = p + 1;
+    p = fp_key(jm, key, &row);
+    if (p == NULL)
+      return NULL;
+    if (*++p != ':') {
+      p = fp_ws(p);
+      if (*p != ':')
+        return NULL;
+    }
+    if ((unsigned char)*++p <= ' ')
+      p = fp_ws(p);
+    if (row != NULL) {
+      bit = (uint64_t)1 << row->field;
+      if (seen & bit)
+        return NULL;
+      seen |= bit;
+      fd = &jm->desc->fields[row->field];
+      if (fd->type == PROTOBUF_C_TYPE_STRING && *p == '"' &&
+          fd->label != PROTOBUF_C_LABEL_REPEATED) {
+        char **out = (char **)((char *)m + fd->offset), *e = fp_plain(++p);
+
+        if (__builtin_expect(*e == '"', 1)) {   /* fp_string(), inline */
+          *e = '\0';
+          *out = p;
+          p = e + 1;
+        } else {
+          size_t n;
+
+          p = fp_string_rest(f, p, e, out, &n);
+        }
+      } else {
+        p = fp_field(f, fd, row->sub, m, p);
+      }
+    } else {
+      /* Unknown. At the top, "event" would have made the line an
+       * envelope. */
+      if (!f->opts->ignore_unknown || memcmp(key, "event\"", 6) == 0)
+        return NULL;
+      p = fp_skip(f, p, 0);
+    }
+    if (p == NULL)
+      return NULL;
+    c = *p;
+    if (c != ',' && c != '}') {
+      p = fp_ws(p);
+      c = *p;
+    }
+    if (c == '}')
+      break;
+    if (c != ',')
+      return NULL;
+    if (*++p != '"') {
+      p = fp_ws(p);
       if (*p != '"')
         return NULL;
-      key = p + 1;
-      p = fp_plain(key);
-      if (*p != '"')   /* escapes or UTF-8 in a key: the exact way */
-        return NULL;
-      klen = (size_t)(p - key);
-      row = fp_find(jm, key, klen);
-      p++;
-      if (*p != ':') {
-        p = fp_ws(p);
-        if (*p != ':')
-          return NULL;
-      }
-      p = fp_ws(p + 1);
-      if (row != NULL) {
-        bit = (uint64_t)1 << row->field;
-        if (seen & bit)
-          return NULL;
-        seen |= bit;
-        fd = &jm->desc->fields[row->field];
-        p = fp_field(f, fd, row->sub, m, p);
-      } else {
-        /* Unknown. At the top, "event" would have made the line an
-         * envelope. */
-        if (!f->opts->ignore_unknown ||
-            (klen == 5 && memcmp(key, "event", 5) == 0))
-          return NULL;
-        p = fp_skip(f, p, 0);
-      }
-      if (p == NULL)
-        return NULL;
-      p = fp_ws(p);
-      if (*p == '}')
-        break;
-      if (*p != ',')
-        return NULL;
-      p = fp_ws(p + 1);
     }
+  }
+done:
   if (seen_out != NULL)
     *seen_out = seen;
   return p + 1;
@@ -2253,16 +2346,22 @@ static int json_onepass(const char *line, size_t len,
                         const struct emd_codec_opts *opts,
                         struct emd_arena *arena, emd_event **out)
 {
-  struct fp f = { NULL, len, arena, opts };
+  struct fp f = { NULL, len, arena, opts, NULL, 0 };
+  const struct jfield *row;
   emd_event *ev;
   uint64_t seen;
-  char *p, *k, *e;
+  char *p, *k;
 
-  /* The event first: the arena aligns blocks for any type. */
-  ev = emd_arena_alloc(arena, sizeof(*ev) + len + FP_PAD);
+  /* One block: the event (the arena aligns it for any type), room for
+   * the other messages (twice the line's length holds those of a usual
+   * event, a little less than they need in a short one; the block grows
+   * with the line only up to FP_ROOM_MAX), then the copy. */
+  f.left = len < FP_ROOM_MAX / 2 ? 2 * len : FP_ROOM_MAX;
+  ev = emd_arena_alloc(arena, sizeof(*ev) + f.left + len + FP_PAD);
   if (ev == NULL)
     return 1;
-  f.buf = (char *)(ev + 1);
+  f.room = (char *)(ev + 1);
+  f.buf = f.room + f.left;
   memcpy(f.buf, line, len);
   memset(f.buf + len, 0, FP_PAD);
   buildless__service__v1__event__init(ev);
@@ -2273,8 +2372,7 @@ static int json_onepass(const char *line, size_t len,
    * which it is likely to be; an envelope without "event" or a bare
    * event with one is left to the exact way. */
   k = fp_ws(p + 1);
-  e = *k == '"' ? fp_plain(k + 1) : k;
-  if (*e == '"' && fp_find(&jm_event, k + 1, (size_t)(e - k - 1)) != NULL) {
+  if (*k == '"' && fp_key(&jm_event, k + 1, &row) != NULL && row != NULL) {
     p = fp_object(&f, &jm_event, ev, p + 1, &seen);
     if (p == NULL || !(seen & (uint64_t)1 << 4))   /* "event" */
       return 1;
