@@ -1097,6 +1097,9 @@ struct jfield {
   unsigned char len;         /* strlen(name), at least 1 */
   unsigned char field;       /* index into desc->fields */
   const struct jmsg *sub;    /* message fields: their type's table */
+  char quoted[JNAME_MAX + 2];  /* for the one pass: name, '"', ':' ... */
+  uint32_t quoted_bits;      /* ... its bytes as a movemask's bits (more
+                              * than 16 for a name too long for that) */
 };
 
 struct jmsg {
@@ -1107,7 +1110,9 @@ struct jmsg {
   unsigned char slot[32];    /* jhash() of a name -> its row + 1, or 0 */
 };
 
-#define JF_ROW(name, field, sub) { name, sizeof(name) - 1, field, sub },
+#define JF_ROW(name, field, sub)                                            \
+  { name, sizeof(name) - 1, field, sub, name "\":",                        \
+    sizeof(name) + 1 <= 16 ? (1u << (sizeof(name) + 1)) - 1 : ~0u },
 #define JF_LEN(name, field, sub) sizeof(name) - 1,
 #define JMSG(var, desc, ROWS, ...)                                          \
   static const struct jfield var##_rows[] = { ROWS(JF_ROW) };              \
@@ -2027,9 +2032,37 @@ static inline char *fp_uint(char *p, uint64_t max, uint64_t *out)
 /* A bare JSON number at p, read as dec_double() reads it. */
 static char *fp_double(struct fp *f, char *p, double *out)
 {
-  size_t i = (size_t)(p - f->buf), e = number_end(f->buf, f->len, i);
+  size_t i = (size_t)(p - f->buf), e;
   char z[64];
 
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+  /* The usual form, [-]digits[.digits], read in the same pass and worked
+   * out as fast_double() does. */
+  static const double p10[23] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+  };
+  char *s = p + (*p == '-');
+  unsigned nd = 0, nf = 0;
+  uint64_t m = 0;
+  double v;
+
+  if (is_digit(*s) && (*s != '0' || !is_digit(s[1]))) {
+    for (; is_digit(*s); s++, nd++)
+      m = m * 10 + (uint64_t)(*s - '0');
+    if (*s == '.' && is_digit(s[1]))
+      for (s++; is_digit(*s); s++, nd++, nf++)
+        m = m * 10 + (uint64_t)(*s - '0');
+    if (*s != 'e' && *s != 'E' && *s != '.' && nd <= 19 &&
+        m <= (uint64_t)1 << 53 && nf <= 22) {
+      v = (double)m;
+      v = v / p10[nf];
+      *out = *p == '-' ? -v : v;
+      return s;
+    }
+  }
+#endif
+  e = number_end(f->buf, f->len, i);
   if (e == i)
     return NULL;
   if (!fast_double(p, e - i, out)) {
@@ -2206,46 +2239,68 @@ static char *fp_field(struct fp *f, const ProtobufCFieldDescriptor *fd,
   }
 }
 
+/* Whether the key whose opening quote is at key[-1] is r's name, with
+ * the ':' right after it: one compare of 16 bytes. */
+static inline bool fp_key_is(const struct jfield *r, const char *key)
+{
+#ifdef __SSE2__
+  __m128i x = _mm_loadu_si128((const __m128i *)(const void *)key);
+  __m128i q = _mm_loadu_si128((const __m128i *)(const void *)r->quoted);
+
+  return ((unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, q)) &
+          r->quoted_bits) == r->quoted_bits;
+#else
+  return r->quoted_bits <= 0xffff &&
+         memcmp(key, r->quoted, r->len + 2u) == 0;
+#endif
+}
+
 /* The key whose opening quote is at key[-1]: returns its closing quote,
  * with *row the row of jm it names (NULL: none), or NULL when the key
  * has escapes, UTF-8 or worse (the exact way takes those). */
-static inline char *fp_key(const struct jmsg *jm, char *key,
-                           const struct jfield **row)
+static inline __attribute__((always_inline)) char *
+fp_key(const struct jmsg *jm, char *key, const struct jfield **row)
 {
 #if defined(__SSE2__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  const __m128i iota = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                     12, 13, 14, 15);
+  /* 16 bytes of ones, then 16 of zeros: at 16 - k, a mask of k bytes. */
+  static const unsigned char first[32] = {
+    255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255 };
   __m128i x = _mm_loadu_si128((const __m128i *)(const void *)key), h;
   unsigned bits, k, s;
+  const struct jfield *r;
   char *e;
 
-  *row = NULL;
-  bits = (unsigned)_mm_movemask_epi8(
-    _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                              _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
-                 _mm_cmplt_epi8(x, _mm_set1_epi8(0x20))));
-  if (__builtin_expect(bits == 0, 0)) {   /* 16 bytes or more */
-    e = fp_plain(key + 16);
-    if (*e != '"')
-      return NULL;
-    if (e - key == JNAME_MAX)
-      goto find;
-    return e;
-  }
+  /* Only the first '"' is looked for: a key that matches a name, length
+   * and all (a NUL must not pass for the padding), has none of the other
+   * bytes a key must be checked for; one that does not is checked in full
+   * below. */
+  bits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')));
+  if (__builtin_expect(bits == 0, 0))   /* 16 bytes or more */
+    goto unknown;
   k = (unsigned)__builtin_ctz(bits);
-  e = key + k;
-  if (*e != '"')
-    return NULL;
   /* The key's bytes, the rest zero: jhash() of its two words. */
-  x = _mm_and_si128(x, _mm_cmplt_epi8(iota, _mm_set1_epi8((char)k)));
-find:
+  x = _mm_and_si128(x, _mm_loadu_si128(
+                         (const __m128i *)(const void *)(first + 16 - k)));
   h = _mm_xor_si128(x, _mm_unpackhi_epi64(x, x));
   s = jm->slot[jhash((uint64_t)_mm_cvtsi128_si64(h), 0)];
-  if (s != 0 &&
-      _mm_movemask_epi8(_mm_cmpeq_epi8(
-        x, _mm_loadu_si128((const __m128i *)(const void *)jm->f[s - 1].name)))
-      == 0xffff)
-    *row = &jm->f[s - 1];
+  if (s != 0) {
+    r = &jm->f[s - 1];
+    if (r->len == k &&
+        _mm_movemask_epi8(_mm_cmpeq_epi8(
+          x, _mm_loadu_si128((const __m128i *)(const void *)r->name))) ==
+          0xffff) {
+      *row = r;
+      return key + k;
+    }
+  }
+unknown:
+  *row = NULL;
+  e = fp_plain(key);
+  if (*e != '"')
+    return NULL;
+  if (e - key == JNAME_MAX)   /* none yet, but fp_find() takes them */
+    *row = fp_find(jm, key, JNAME_MAX);
   return e;
 #else
   char *e = fp_plain(key);
@@ -2265,7 +2320,7 @@ static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
                        char *p, uint64_t *seen_out)
 {
   const ProtobufCFieldDescriptor *fd;
-  const struct jfield *row;
+  const struct jfield *row, *next = jm->f, *end = jm->f + jm->n;
   uint64_t seen = 0, bit;
   char *key, c;
 
@@ -2278,17 +2333,28 @@ static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
   }
   for (;;) {   /* p at a key's opening quote */
     key = p + 1;
-    p = fp_key(jm, key, &row);
-    if (p == NULL)
-      return NULL;
-    if (*++p != ':') {
-      p = fp_ws(p);
-      if (*p != ':')
+    if (next < end && fp_key_is(next, key)) {   /* next: the likely row */
+      row = next;
+      p = key + row->len + 2;
+    } else {
+      p = fp_key(jm, key, &row);
+      if (p == NULL)
         return NULL;
+      if (*++p != ':') {
+        p = fp_ws(p);
+        if (*p != ':')
+          return NULL;
+      }
+      p++;
     }
-    if ((unsigned char)*++p <= ' ')
+    if ((unsigned char)*p <= ' ')
       p = fp_ws(p);
     if (row != NULL) {
+      /* Clients mostly send fields in order: the next row (not the other
+       * spelling of this field) is the likely next key. */
+      next = row + 1;
+      if (next < end && next->field == row->field)
+        next++;
       bit = (uint64_t)1 << row->field;
       if (seen & bit)
         return NULL;

@@ -1056,6 +1056,10 @@ static void one_pass_leaves_errors_and_rare_forms_to_the_exact_way(
   assert_false(one_pass_n(f, f->line, strlen(f->line) + 1));
   assert_int_equal(decode_n(f, f->line, strlen(f->line) + 1), EMD_EBADJSON);
   assert_string_equal(f->msg, "syntax error at byte 87");
+  /* ... and in a key, where it is not the padding of a shorter name. */
+  memcpy(f->line, "{\"context\":[{\"type\0\0\":\"t\"}]}", 28);
+  assert_int_equal(decode_n(f, f->line, 28), EMD_EBADJSON);
+  assert_string_equal(f->msg, "control character in a string at byte 19");
   /* Envelope or bare is the whole object's affair, not its first key's. */
   f->opts.ignore_unknown = true;
   expect_ok(f, "{\"collection\":\"abc\",\"context\":[" CTX0 "]}");
