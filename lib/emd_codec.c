@@ -2016,10 +2016,15 @@ static inline char *fp_uint(char *p, uint64_t max, uint64_t *out)
   bool quoted = *p == '"';
   char *s = p + quoted, *e = s;
   uint64_t v = 0;
+  unsigned d;
   size_t n;
 
-  while (is_digit(*e))
-    v = v * 10 + (uint64_t)(*e++ - '0');
+  for (;; e++) {
+    d = (unsigned)(unsigned char)*e - '0';
+    if (d > 9)
+      break;
+    v = v * 10 + d;
+  }
   n = (size_t)(e - s);
   if (n == 0 || n > 19 || (s[0] == '0' && n > 1) || v > max)
     return NULL;
@@ -2319,7 +2324,9 @@ unknown:
 static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
                        char *p, uint64_t *seen_out)
 {
-  const ProtobufCFieldDescriptor *fd;
+  /* In locals: the stores below could alias the tables, as far as the
+   * compiler knows. */
+  const ProtobufCFieldDescriptor *fd, *fields = jm->desc->fields;
   const struct jfield *row, *next = jm->f, *end = jm->f + jm->n;
   uint64_t seen = 0, bit;
   char *key, c;
@@ -2359,7 +2366,7 @@ static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
       if (seen & bit)
         return NULL;
       seen |= bit;
-      fd = &jm->desc->fields[row->field];
+      fd = &fields[row->field];
       if (fd->type == PROTOBUF_C_TYPE_STRING && *p == '"' &&
           fd->label != PROTOBUF_C_LABEL_REPEATED) {
         char **out = (char **)((char *)m + fd->offset), *e = fp_plain(++p);
@@ -2438,7 +2445,8 @@ static int json_onepass(const char *line, size_t len,
    * which it is likely to be; an envelope without "event" or a bare
    * event with one is left to the exact way. */
   k = fp_ws(p + 1);
-  if (*k == '"' && fp_key(&jm_event, k + 1, &row) != NULL && row != NULL) {
+  if (*k == '"' && (fp_key_is(jm_event.f, k + 1) ||   /* "collection" */
+                    (fp_key(&jm_event, k + 1, &row) != NULL && row != NULL))) {
     p = fp_object(&f, &jm_event, ev, p + 1, &seen);
     if (p == NULL || !(seen & (uint64_t)1 << 4))   /* "event" */
       return 1;
@@ -2571,6 +2579,10 @@ static bool match_id(const char *s)
 {
   size_t n = 0;
 
+  /* Four at a time: the NUL is not alnum, so && stops there. */
+  while (is_alnum(s[n]) && is_alnum(s[n + 1]) && is_alnum(s[n + 2]) &&
+         is_alnum(s[n + 3]))
+    n += 4;
   while (is_alnum(s[n]))
     n++;
   return s[n] == '\0' && n >= 12 && n <= 64;
@@ -2602,8 +2614,9 @@ static bool match_any(const char **s)
 }
 
 /* ^type.googleapis.com/buildless.context.[a-zA-Z.0-9]*$ : the unescaped
- * dots match any character, as they do for the service. */
-static bool match_ctx_type(const char *s)
+ * dots match any character, as they do for the service. Returns the end
+ * of a matching s (its NUL), or NULL. */
+static const char *match_ctx_type(const char *s)
 {
   static const struct { const char *s; size_t n; } lit[] = {
     { "type", 4 }, { "googleapis", 10 }, { "com/buildless", 13 },
@@ -2618,14 +2631,14 @@ static bool match_ctx_type(const char *s)
     for (i = 0; i < 4; i++) {
       /* strncmp stops at a shorter s's NUL, so no overrun. */
       if (strncmp(s, lit[i].s, lit[i].n) != 0)
-        return false;
+        return NULL;
       s += lit[i].n;
       if (!match_any(&s))
-        return false;
+        return NULL;
     }
   while (is_alnum(*s) || *s == '.')
     s++;
-  return *s == '\0';
+  return *s == '\0' ? s : NULL;
 }
 
 /* ^[a-zA-Z]{3,12}::[a-zA-Z0-9]* : a prefix only. ':' is not a letter, so
@@ -2720,18 +2733,20 @@ static int rule(struct rules *r, const char *fmt, ...)
  * so most strings need no count. */
 static bool too_long(const char *s, size_t max)
 {
-  return strnlen(s, max + 1) > max && cp_len(s) > max;
+  return s[0] != '\0' && strnlen(s, max + 1) > max && cp_len(s) > max;
 }
 
 #define CTX "event.context[%zu]."
 
 static int rules_context(struct rules *r, const ctx_t *c, size_t i)
 {
+  const char *end;
+
   if (c->type[0] == '\0')
     return rule(r, CTX "type: required", i);
-  if (!match_ctx_type(c->type))
+  if ((end = match_ctx_type(c->type)) == NULL)
     return rule(r, CTX "type: does not match %s", i, PAT_CTX_TYPE);
-  if (too_long(c->type, 64))
+  if (end - c->type > 64 && cp_len(c->type) > 64)   /* too_long() */
     return rule(r, CTX "type: longer than 64 characters", i);
   if (c->resource[0] != '\0' && !match_resource(c->resource))
     return rule(r, CTX "resource: does not match %s", i, PAT_RESOURCE);
