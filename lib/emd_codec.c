@@ -1857,6 +1857,7 @@ static int dec_object(struct dec *d, int i,
 #define FP_PAD 16
 #define FP_ROOM_MAX 1024  /* most room for messages taken at once */
 #define FP_ITEMS 16       /* items of a list; more go the exact way */
+#define FP_DEPTH 8        /* objects open at once; the schema nests 6 */
 #define FP_SKIP_DEPTH 64  /* levels in a skipped unknown value; the
                            * schema adds fewer than 10, well below
                            * JSON_MAX_DEPTH */
@@ -2158,46 +2159,10 @@ static inline void *fp_new(struct fp *f,
   return m;
 }
 
-static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
-                       char *p, uint64_t *seen_out);
-
-/* A list of messages at p (lists of scalars are not in the schema). */
-static char *fp_list(struct fp *f, const ProtobufCFieldDescriptor *fd,
-                     const struct jmsg *sub, void *m, char *p)
-{
-  void *items[FP_ITEMS], **copy;
-  size_t n = 0;
-
-  if (*p != '[' || fd->type != PROTOBUF_C_TYPE_MESSAGE || sub == NULL)
-    return NULL;
-  p = fp_ws(p + 1);
-  if (*p != ']')
-    for (;;) {
-      if (*p != '{' || n == FP_ITEMS ||
-          (items[n] = fp_new(f, sub->desc)) == NULL ||
-          (p = fp_object(f, sub, items[n], p + 1, NULL)) == NULL)
-        return NULL;
-      n++;
-      p = fp_ws(p);
-      if (*p == ']')
-        break;
-      if (*p != ',')
-        return NULL;
-      p = fp_ws(p + 1);
-    }
-  copy = fp_alloc(f, n * sizeof(*copy));
-  if (copy == NULL)
-    return NULL;
-  memcpy(copy, items, n * sizeof(*copy));
-  *(size_t *)((char *)m + fd->quantifier_offset) = n;
-  *(void ***)((char *)m + fd->offset) = copy;
-  return p + 1;
-}
-
-/* The value at p of field fd of message m (sub: the table of its type):
- * the byte after it, or NULL. */
+/* The value at p of field fd of message m, null or not a message nor a
+ * list (fp_objects() reads those): the byte after it, or NULL. */
 static char *fp_field(struct fp *f, const ProtobufCFieldDescriptor *fd,
-                      const struct jmsg *sub, void *m, char *p)
+                      void *m, char *p)
 {
   void *member = (char *)m + fd->offset;
   uint64_t v;
@@ -2206,15 +2171,10 @@ static char *fp_field(struct fp *f, const ProtobufCFieldDescriptor *fd,
   if (*p == 'n')   /* null: the default */
     return memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
   if (fd->label == PROTOBUF_C_LABEL_REPEATED)
-    return fp_list(f, fd, sub, m, p);
+    return NULL;
   switch (fd->type) {
   case PROTOBUF_C_TYPE_STRING:
     return *p == '"' ? fp_string(f, p + 1, member, &n) : NULL;
-  case PROTOBUF_C_TYPE_MESSAGE:
-    if (*p != '{' || sub == NULL ||
-        (*(void **)member = fp_new(f, sub->desc)) == NULL)
-      return NULL;
-    return fp_object(f, sub, *(void **)member, p + 1, NULL);
   case PROTOBUF_C_TYPE_UINT32:
   case PROTOBUF_C_TYPE_FIXED32:
     if ((p = fp_uint(p, UINT32_MAX, &v)) != NULL)
@@ -2317,100 +2277,189 @@ unknown:
 #endif
 }
 
-/* The members of the object whose '{' is at p[-1] into message m, whose
- * names are in jm: the byte after its '}', or NULL. *seen_out, if not
- * NULL, gets the fields seen, by index. Blanks are skipped where a byte
- * is not what it nearly always is. */
-static char *fp_object(struct fp *f, const struct jmsg *jm, void *m,
-                       char *p, uint64_t *seen_out)
+/* An object of the one pass that has another open inside it. */
+struct fp_open {
+  const struct jmsg *jm;     /* its table ... */
+  void *m;                   /* ... message ... */
+  uint64_t seen;             /* ... fields seen, by index ... */
+  const struct jfield *next; /* ... and row likely named next */
+  const ProtobufCFieldDescriptor *list;  /* the list being read, whose
+                                          * item the inner object is, or
+                                          * NULL */
+  const struct jmsg *sub;    /* the items' table */
+  size_t n;                  /* items so far */
+  void *items[FP_ITEMS];
+};
+
+/* The object whose '{' is at p[-1], and every object inside it, into
+ * message m, whose names are in jm: the byte after its '}', or NULL.
+ * *seen gets the fields seen, by index. Objects inside objects are a
+ * stack here, not calls: a call and its register saves cost more than
+ * most members do. Blanks are skipped where a byte is not what it
+ * nearly always is. */
+static char *fp_objects(struct fp *f, const struct jmsg *jm, void *m,
+                        char *p, uint64_t *seen_out)
 {
+  struct fp_open open[FP_DEPTH], *top = open;   /* top: the parent */
   /* In locals: the stores below could alias the tables, as far as the
    * compiler knows. */
-  const ProtobufCFieldDescriptor *fd, *fields = jm->desc->fields;
-  const struct jfield *row, *next = jm->f, *end = jm->f + jm->n;
-  uint64_t seen = 0, bit;
+  const ProtobufCFieldDescriptor *fd, *fields;
+  const struct jfield *row, *next, *end;
+  uint64_t seen, bit;
   char *key, c;
+  void **copy;
 
+  top--;   /* no parent yet */
+start:   /* p just past the '{' of an object of jm into m */
+  fields = jm->desc->fields;
+  next = jm->f;
+  end = jm->f + jm->n;
+  seen = 0;
   if (*p != '"') {
     p = fp_ws(p);
     if (*p == '}')
-      goto done;
+      goto close;
     if (*p != '"')
       return NULL;
   }
-  for (;;) {   /* p at a key's opening quote */
-    key = p + 1;
-    if (next < end && fp_key_is(next, key)) {   /* next: the likely row */
-      row = next;
-      p = key + row->len + 2;
-    } else {
-      p = fp_key(jm, key, &row);
-      if (p == NULL)
-        return NULL;
-      if (*++p != ':') {
-        p = fp_ws(p);
-        if (*p != ':')
-          return NULL;
-      }
-      p++;
-    }
-    if ((unsigned char)*p <= ' ')
-      p = fp_ws(p);
-    if (row != NULL) {
-      /* Clients mostly send fields in order: the next row (not the other
-       * spelling of this field) is the likely next key. */
-      next = row + 1;
-      if (next < end && next->field == row->field)
-        next++;
-      bit = (uint64_t)1 << row->field;
-      if (seen & bit)
-        return NULL;
-      seen |= bit;
-      fd = &fields[row->field];
-      if (fd->type == PROTOBUF_C_TYPE_STRING && *p == '"' &&
-          fd->label != PROTOBUF_C_LABEL_REPEATED) {
-        char **out = (char **)((char *)m + fd->offset), *e = fp_plain(++p);
-
-        if (__builtin_expect(*e == '"', 1)) {   /* fp_string(), inline */
-          *e = '\0';
-          *out = p;
-          p = e + 1;
-        } else {
-          size_t n;
-
-          p = fp_string_rest(f, p, e, out, &n);
-        }
-      } else {
-        p = fp_field(f, fd, row->sub, m, p);
-      }
-    } else {
-      /* Unknown. At the top, "event" would have made the line an
-       * envelope. */
-      if (!f->opts->ignore_unknown || memcmp(key, "event\"", 6) == 0)
-        return NULL;
-      p = fp_skip(f, p, 0);
-    }
+member:   /* p at a key's opening quote */
+  key = p + 1;
+  if (next < end && fp_key_is(next, key)) {   /* next: the likely row */
+    row = next;
+    p = key + row->len + 2;
+  } else {
+    p = fp_key(jm, key, &row);
     if (p == NULL)
       return NULL;
-    c = *p;
-    if (c != ',' && c != '}') {
+    if (*++p != ':') {
       p = fp_ws(p);
-      c = *p;
+      if (*p != ':')
+        return NULL;
     }
-    if (c == '}')
-      break;
-    if (c != ',')
+    p++;
+  }
+  if ((unsigned char)*p <= ' ')
+    p = fp_ws(p);
+  if (row == NULL) {
+    /* Unknown. At the top, "event" would have made the line an
+     * envelope. */
+    if (!f->opts->ignore_unknown || memcmp(key, "event\"", 6) == 0)
       return NULL;
+    p = fp_skip(f, p, 0);
+    goto after;
+  }
+  /* Clients mostly send fields in order: the next row (not the other
+   * spelling of this field) is the likely next key. */
+  next = row + 1;
+  if (next < end && next->field == row->field)
+    next++;
+  bit = (uint64_t)1 << row->field;
+  if (seen & bit)
+    return NULL;
+  seen |= bit;
+  fd = &fields[row->field];
+  if (fd->type == PROTOBUF_C_TYPE_STRING && *p == '"' &&
+      fd->label != PROTOBUF_C_LABEL_REPEATED) {
+    char **out = (char **)((char *)m + fd->offset), *e = fp_plain(++p);
+
+    if (__builtin_expect(*e == '"', 1)) {   /* fp_string(), inline */
+      *e = '\0';
+      *out = p;
+      p = e + 1;
+    } else {
+      size_t n;
+
+      p = fp_string_rest(f, p, e, out, &n);
+    }
+    goto after;
+  }
+  if (fd->type != PROTOBUF_C_TYPE_MESSAGE || *p == 'n') {
+    p = fp_field(f, fd, m, p);
+    goto after;
+  }
+  /* A message or a list of them: this object waits on the stack. */
+  if (row->sub == NULL || top == open + FP_DEPTH - 1)
+    return NULL;
+  top++;
+  top->jm = jm;
+  top->m = m;
+  top->seen = seen;
+  top->next = next;
+  top->list = NULL;
+  jm = row->sub;
+  if (fd->label != PROTOBUF_C_LABEL_REPEATED) {
+    if (*p != '{' || (m = fp_new(f, jm->desc)) == NULL)
+      return NULL;
+    *(void **)((char *)top->m + fd->offset) = m;
+    p++;
+    goto start;
+  }
+  if (*p != '[')
+    return NULL;
+  top->list = fd;
+  top->sub = jm;
+  top->n = 0;
+  p = fp_ws(p + 1);
+  if (*p == ']')
+    goto list_end;
+item:   /* p at an item of top's list */
+  if (*p != '{' || top->n == FP_ITEMS ||
+      (m = fp_new(f, top->sub->desc)) == NULL)
+    return NULL;
+  top->items[top->n++] = m;
+  jm = top->sub;
+  p++;
+  goto start;
+
+after:   /* just past a member's value, or NULL */
+  if (p == NULL)
+    return NULL;
+  c = *p;
+  if (c != ',' && c != '}') {
+    p = fp_ws(p);
+    c = *p;
+  }
+  if (c == ',') {
     if (*++p != '"') {
       p = fp_ws(p);
       if (*p != '"')
         return NULL;
     }
+    goto member;
   }
-done:
-  if (seen_out != NULL)
+  if (c != '}')
+    return NULL;
+close:   /* p at the '}' of the object of jm */
+  p++;
+  if (top < open) {
     *seen_out = seen;
-  return p + 1;
+    return p;
+  }
+  if (top->list != NULL) {   /* an item: the next, or the list's end */
+    p = fp_ws(p);
+    if (*p == ',') {
+      p = fp_ws(p + 1);
+      goto item;
+    }
+    if (*p != ']')
+      return NULL;
+list_end:   /* p at the ']' of top's list */
+    copy = fp_alloc(f, top->n * sizeof(*copy));
+    if (copy == NULL)
+      return NULL;
+    memcpy(copy, top->items, top->n * sizeof(*copy));
+    *(size_t *)((char *)top->m + top->list->quantifier_offset) = top->n;
+    *(void ***)((char *)top->m + top->list->offset) = copy;
+    p++;
+  }
+  jm = top->jm;
+  m = top->m;
+  seen = top->seen;
+  next = top->next;
+  fields = jm->desc->fields;
+  end = jm->f + jm->n;
+  top--;
+  goto after;
 }
 
 /* Decodes the line in one pass into *out (the client rules not applied),
@@ -2447,13 +2496,13 @@ static int json_onepass(const char *line, size_t len,
   k = fp_ws(p + 1);
   if (*k == '"' && (fp_key_is(jm_event.f, k + 1) ||   /* "collection" */
                     (fp_key(&jm_event, k + 1, &row) != NULL && row != NULL))) {
-    p = fp_object(&f, &jm_event, ev, p + 1, &seen);
+    p = fp_objects(&f, &jm_event, ev, p + 1, &seen);
     if (p == NULL || !(seen & (uint64_t)1 << 4))   /* "event" */
       return 1;
   } else {
     ev->event = fp_new(&f, &buildless__telemetry__telemetry_event__descriptor);
     if (ev->event == NULL ||
-        (p = fp_object(&f, &jm_tevent, ev->event, p + 1, NULL)) == NULL)
+        (p = fp_objects(&f, &jm_tevent, ev->event, p + 1, &seen)) == NULL)
       return 1;
   }
   if (fp_ws(p) != f.buf + len)
