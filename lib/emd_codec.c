@@ -2348,11 +2348,10 @@ member:   /* p at a key's opening quote */
     p = fp_skip(f, p, 0);
     goto after;
   }
-  /* Clients mostly send fields in order: the next row (not the other
-   * spelling of this field) is the likely next key. */
+  /* Clients mostly send fields in order: the next row is the likely
+   * next key (after a name with a second spelling, a miss: those fields
+   * are rare). */
   next = row + 1;
-  if (next < end && next->field == row->field)
-    next++;
   bit = (uint64_t)1 << row->field;
   if (seen & bit)
     return NULL;
