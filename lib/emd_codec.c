@@ -14,6 +14,10 @@
  * the text into the structs, for lines as clients send them; wherever it
  * is not sure (every error, some rare forms) the two passes start over
  * and have the last word, so verdicts and messages are theirs alone.
+ * For emitd-bench's ~420-byte events the one pass and the rules take
+ * about 4,100 instructions an event, the two passes about 10,300; a line
+ * that fails pays for the part of the one pass before its first problem
+ * on top of the two passes.
  *
  * Why not jsmn: it was the plan, and it is fast, but it is lax where it
  * matters here. Even in strict mode it accepts missing or doubled
@@ -27,8 +31,8 @@
  * second pass over every token and string, while jsmn alone already took
  * about 0.53 us for a 491-byte event on this project's machine. lex() takes
  * about 0.35 us for the same line and is strict by construction: one pass,
- * a state machine over an explicit stack, strings scanned 8 bytes at a
- * time. The whole decode of a 412-byte event takes about 0.8 us.
+ * a state machine over an explicit stack, strings scanned 16 bytes at a
+ * time.
  *
  * Where bad_json ends and invalid begins: bad_json is anything a strict
  * RFC 8259 parser refuses to read (syntax, number and literal grammar,

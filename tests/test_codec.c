@@ -1062,6 +1062,18 @@ static void one_pass_leaves_errors_and_rare_forms_to_the_exact_way(
   assert_string_equal(f->msg, "control character in a string at byte 19");
   /* Envelope or bare is the whole object's affair, not its first key's. */
   f->opts.ignore_unknown = true;
+  /* An unknown value nested deeper than the one pass goes (but within
+   * JSON_MAX_DEPTH). */
+  sfmt(f->line, sizeof(f->line), "{\"x\":%s", rep(f, "[", 90));
+  sfmt(f->line + strlen(f->line), sizeof(f->line) - strlen(f->line),
+       "%s,\"context\":[" CTX0 "]}", rep(f, "]", 90));
+  assert_false(one_pass(f, f->line));
+  expect_ok(f, f->line);
+  sfmt(f->line, sizeof(f->line), "{\"x\":%s", rep(f, "[", 50));
+  sfmt(f->line + strlen(f->line), sizeof(f->line) - strlen(f->line),
+       "%s,\"context\":[" CTX0 "]}", rep(f, "]", 50));
+  assert_true(one_pass(f, f->line));
+  expect_ok(f, f->line);
   expect_ok(f, "{\"collection\":\"abc\",\"context\":[" CTX0 "]}");
   assert_string_equal(f->ev->collection, "");
   expect_ok(f, "{\"context\":[],\"event\":{\"context\":[" CTX0 "]}}");
