@@ -45,6 +45,21 @@ int emd_codec_decode_json(const char *line, size_t len,
                           struct emd_arena *arena, emd_event **out,
                           char *msg, size_t msglen);
 
+/* For tests: emd_codec_decode_json() taking one of its two ways only.
+ * It decodes a line in one pass and, wherever that pass is not sure
+ * (every error and a few rare forms), again with the two passes of lex
+ * and walk, which decide every verdict and message. EMD__JSON_EXACT takes
+ * the two passes alone; EMD__JSON_ONEPASS the one pass alone, returning
+ * EMD__JSON_NO_VERDICT (with *out NULL, msg untouched) where the other
+ * way would be taken. EMD__JSON_BOTH is emd_codec_decode_json(). */
+enum emd__json_way { EMD__JSON_BOTH, EMD__JSON_EXACT, EMD__JSON_ONEPASS };
+#define EMD__JSON_NO_VERDICT 1
+int emd__codec_decode_json_way(const char *line, size_t len,
+                               const struct emd_codec_opts *opts,
+                               struct emd_arena *arena, emd_event **out,
+                               char *msg, size_t msglen,
+                               enum emd__json_way way);
+
 /* Decodes one binary-mode frame payload (a serialized Event, SPEC 2):
  * protobuf-c unpack into arena; unknown fields refused (or dropped with
  * ignore_unknown); strings checked for UTF-8; then, unless opts->upstream,

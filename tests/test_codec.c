@@ -21,6 +21,7 @@
 
 struct fx {
   struct emd_arena arena;
+  struct emd_arena exact;   /* for the exact way alone (decode_n()) */
   struct emd_codec_opts opts;
   emd_event *ev;
   char msg[512];
@@ -64,16 +65,53 @@ static int teardown(void **state)
   struct fx *f = *state;
 
   emd_arena_free(&f->arena);
+  emd_arena_free(&f->exact);
   free(f);
   return 0;
 }
 
+static void assert_same_event(const emd_event *a, const emd_event *b);
+
+/* Every line of these tests is decoded twice: as emitd does, into f, and
+ * the exact way alone (see emd__codec_decode_json_way()), which must give
+ * the same code, message and event. */
 static int decode_n(struct fx *f, const char *line, size_t len)
 {
+  char msg[sizeof(f->msg)];
+  emd_event *ev;
+  int rc, want;
+
+  msg[0] = '\0';
+  emd_arena_reset(&f->exact);
+  want = emd__codec_decode_json_way(line, len, &f->opts, &f->exact, &ev, msg,
+                                    sizeof(msg), EMD__JSON_EXACT);
   f->msg[0] = '\0';
   emd_arena_reset(&f->arena);
-  return emd_codec_decode_json(line, len, &f->opts, &f->arena, &f->ev,
-                               f->msg, sizeof(f->msg));
+  rc = emd_codec_decode_json(line, len, &f->opts, &f->arena, &f->ev, f->msg,
+                             sizeof(f->msg));
+  if (rc != want || strcmp(f->msg, msg) != 0)
+    fail_msg("%.*s\n  -> %d %s\n  the exact way: %d %s", (int)len, line, rc,
+             f->msg, want, msg);
+  if (rc == 0)
+    assert_same_event(f->ev, ev);
+  return rc;
+}
+
+/* Whether the one pass alone gives line a verdict. */
+static bool one_pass_n(struct fx *f, const char *line, size_t len)
+{
+  emd_event *ev;
+  char msg[256];
+
+  emd_arena_reset(&f->exact);
+  return emd__codec_decode_json_way(line, len, &f->opts, &f->exact, &ev, msg,
+                                    sizeof(msg), EMD__JSON_ONEPASS) !=
+         EMD__JSON_NO_VERDICT;
+}
+
+static bool one_pass(struct fx *f, const char *line)
+{
+  return one_pass_n(f, line, strlen(line));
 }
 
 static int decode(struct fx *f, const char *line)
@@ -898,6 +936,151 @@ static void data_type_url_needs_a_slash(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* The one pass and the exact way (decode_n() compares them on every line) */
+
+/* Lines as clients send them: the one pass decodes each alone. */
+static void one_pass_decodes_lines_as_clients_send_them(void **state)
+{
+  static const char *const lines[] = {
+    /* emitd-bench's kind of event */
+    "{\"collection\":\"Test\",\"scope\":\"gha-5753357822\",\"event\":{\"id\":"
+    "\"gGR0pilgRItjbE3XO3uRdIn5Ay\",\"context\":[{\"type\":\"type.googleapis"
+    ".com/buildless.context.Test\",\"resource\":\"task::link37\",\"event\":"
+    "\"finished\"}],\"detail\":{\"client\":{\"tool\":[{\"name\":\"npm\","
+    "\"version\":{\"major\":10,\"minor\":2,\"micro\":4}}],\"os\":{\"name\":"
+    "\"Windows\",\"family\":\"WINDOWS\",\"arch\":\"X86\"}}},\"timing\":{"
+    "\"occurred\":\"1795845624777\"},\"location\":{\"point\":{\"lat\":"
+    "40.7128,\"lon\":-74.006},\"country\":\"US\"}}}",
+    /* bare, blanks everywhere */
+    " \t{ \"context\" : [ {\"type\":\"type.googleapis.com/buildless.context."
+    "Build\" ,\r\n\"event\":\"started\"} , " CTX0 " ] , \"ordinal\" : 7 }\n",
+    /* every type: escapes and UTF-8 in strings, integers bare and quoted,
+     * enums by name and number, bytes, an address to hash, doubles for
+     * strtod, Any by "@type", null, empty objects and lists */
+    "{\"collection\":\"abc\",\"fin\":false,\"index\":\"4294967295\",\"event\":"
+    "{\"context\":[" CTX0 ",{\"type\":\"type.googleapis.com/buildless."
+    "context.X\",\"resource\":\"ab\\u0063::\\u0078\",\"action\":\"\\\"q\\\"\","
+    "\"event\":\"\xc3\xa9t\xc3\xa9 \xf0\x9f\x8e\x89\"}],\"tenant\":"
+    "\"org_abc\",\"user\":\"\\ud83c\\udf89\",\"detail\":{\"tenant\":{\"oid\":"
+    "0,\"name\":\"acme\"},\"user\":{\"uid\":\"u\",\"email\":"
+    "\" Alice@Example.com \",\"username\":null},\"repository\":{"
+    "\"provider\":1,\"link\":\"https://x.test/a\"},\"client\":{\"tool\":[],"
+    "\"os\":{\"family\":\"DARWIN\",\"arch\":2,\"version\":{\"release\":"
+    "9223372036854775807}},\"agent\":{}}},\"timing\":{\"occurred\":0},"
+    "\"location\":{\"timezone\":\"UTC\",\"point\":{\"lat\":"
+    "-12.3456789012345678,\"lon\":1e2}},\"timer\":\"AQID\",\"ordinal\":"
+    "4294967295,\"data\":{\"@type\":\"a/b\",\"value\":\"AQI\"}}}",
+  };
+  struct fx *f = *state;
+
+  for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+    if (!one_pass(f, lines[i]))
+      fail_msg("no verdict: %s", lines[i]);
+    expect_ok(f, lines[i]);
+  }
+  assert_memory_equal(f->ev->event->detail->user->email.data, alice_sha, 32);
+  assert_string_equal(f->ev->event->context[1]->event,
+                      "\xc3\xa9t\xc3\xa9 \xf0\x9f\x8e\x89");
+  assert_string_equal(f->ev->event->context[1]->action, "\"q\"");
+  assert_int_equal(f->ev->event->timer.len, 3);
+  /* A broken rule is the one pass's verdict too. */
+  assert_true(one_pass(f, "{\"collection\":\"ab\",\"event\":{}}"));
+  expect_invalid(f, "{\"collection\":\"ab\",\"event\":{}}",
+                 "collection: does not match ^[a-zA-Z]{3,32}$");
+  /* Unknown fields of every kind, ignored. */
+  f->opts.ignore_unknown = true;
+  assert_true(one_pass(f, with(f, "\"x\":{\"a\":[1,-2.5e3,\"s\\n\",true,"
+                                  "false,null,{},[[]]]},\"y\":\"\xc3\xa9\","
+                                  "\"a_very_long_unknown_key\":0")));
+  expect_ok(f, f->line);
+}
+
+/* Every error, and the forms the one pass does not take, go the exact
+ * way: the same verdicts, in the same order, as without the one pass. */
+static void one_pass_leaves_errors_and_rare_forms_to_the_exact_way(
+  void **state)
+{
+  static const struct {
+    const char *line;
+    int rc;
+    const char *msg;
+  } cases[] = {
+    /* A wrong type before a syntax error: the syntax error is first. */
+    { "{\"collection\":1,\"event\":{}", EMD_EBADJSON,
+      "unexpected end at byte 27" },
+    { "{\"ordinal\":\"x\",\"context\":[],}", EMD_EBADJSON,
+      "syntax error at byte 29" },
+    { "{\"context\":[" CTX0 "],\"ordinal\":1.0}", 0, NULL },
+    { "{\"context\":[" CTX0 "],\"ordinal\":-0}", 0, NULL },
+    { "{\"context\":[" CTX0 "],\"ordinal\":\"1e1\"}", 0, NULL },
+    { "{\"context\":[" CTX0 "],\"ordinal\":1.5}", EMD_EINVALID,
+      "event.ordinal: not an integer" },
+    { "{\"\\u0063ontext\":[" CTX0 "]}", 0, NULL },
+    { "{\"context\":[" CTX0 "],\"location\":{\"point\":{\"lat\":\"NaN\"}}}",
+      EMD_EINVALID, "event.location.point.lat: not a number from -90 to 90" },
+    { "{\"context\":[" CTX0 "],\"detail\":{\"client\":{\"os\":{\"family\":"
+      "-1}}}}", EMD_EINVALID, "event.detail.client.os.family: not a defined "
+      "OSFamily: -1" },
+    { "{\"context\":[" CTX0 "," CTX0 "," CTX0 "," CTX0 "," CTX0 "," CTX0 ","
+      CTX0 "," CTX0 "," CTX0 "," CTX0 "," CTX0 "," CTX0 "," CTX0 "," CTX0 ","
+      CTX0 "," CTX0 "," CTX0 "]}", EMD_EINVALID,
+      "event.context: more than 10 items" },
+    { "{\"context\":[" CTX0 "],\"user\":\"a\\u0000b\"}", EMD_EINVALID,
+      "event.user: contains U+0000" },
+    { "{\"context\":[" CTX0 "],\"ordinal\":1,\"ordinal\":1}", EMD_EINVALID,
+      "event.ordinal: duplicate field" },
+    { "[]", EMD_EINVALID, "not a JSON object" },
+  };
+  struct fx *f = *state;
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    size_t n = strlen(cases[i].line);
+    emd_event *ev;
+    char msg[64];
+    int rc;
+
+    emd_arena_reset(&f->exact);
+    rc = emd__codec_decode_json_way(cases[i].line, n, &f->opts, &f->exact,
+                                    &ev, msg, sizeof(msg),
+                                    EMD__JSON_ONEPASS);
+    if (rc != EMD__JSON_NO_VERDICT)
+      fail_msg("one pass, %d: %s", rc, cases[i].line);
+    rc = decode_n(f, cases[i].line, n);
+    if (rc != cases[i].rc ||
+        (cases[i].msg != NULL && strcmp(f->msg, cases[i].msg) != 0))
+      fail_msg("%s\n  -> %d %s", cases[i].line, rc, f->msg);
+  }
+  /* A NUL after the object (the one pass's own scans stop at one). */
+  sfmt(f->line, sizeof(f->line), "{\"context\":[" CTX0 "]}");
+  assert_true(one_pass_n(f, f->line, strlen(f->line)));
+  assert_false(one_pass_n(f, f->line, strlen(f->line) + 1));
+  assert_int_equal(decode_n(f, f->line, strlen(f->line) + 1), EMD_EBADJSON);
+  assert_string_equal(f->msg, "syntax error at byte 87");
+  /* ... and in a key, where it is not the padding of a shorter name. */
+  memcpy(f->line, "{\"context\":[{\"type\0\0\":\"t\"}]}", 28);
+  assert_int_equal(decode_n(f, f->line, 28), EMD_EBADJSON);
+  assert_string_equal(f->msg, "control character in a string at byte 19");
+  /* Envelope or bare is the whole object's affair, not its first key's. */
+  f->opts.ignore_unknown = true;
+  /* An unknown value nested deeper than the one pass goes (but within
+   * JSON_MAX_DEPTH). */
+  sfmt(f->line, sizeof(f->line), "{\"x\":%s", rep(f, "[", 90));
+  sfmt(f->line + strlen(f->line), sizeof(f->line) - strlen(f->line),
+       "%s,\"context\":[" CTX0 "]}", rep(f, "]", 90));
+  assert_false(one_pass(f, f->line));
+  expect_ok(f, f->line);
+  sfmt(f->line, sizeof(f->line), "{\"x\":%s", rep(f, "[", 50));
+  sfmt(f->line + strlen(f->line), sizeof(f->line) - strlen(f->line),
+       "%s,\"context\":[" CTX0 "]}", rep(f, "]", 50));
+  assert_true(one_pass(f, f->line));
+  expect_ok(f, f->line);
+  expect_ok(f, "{\"collection\":\"abc\",\"context\":[" CTX0 "]}");
+  assert_string_equal(f->ev->collection, "");
+  expect_ok(f, "{\"context\":[],\"event\":{\"context\":[" CTX0 "]}}");
+  assert_int_equal(f->ev->event->n_context, 1);
+}
+
+/* ------------------------------------------------------------------ */
 /* The proto3 JSON mapping */
 
 static void both_field_name_spellings_are_accepted(void **state)
@@ -980,6 +1163,12 @@ static void check_field_names(struct fx *f,
       names[n++] = "@type";
     sfmt(want, sizeof(want), "%s%s%s: duplicate field", path,
          path[0] != '\0' ? "." : "", cm);
+    for (a = 0; a < n && strstr(pre, names[a]) == NULL; a++) {
+      /* the one pass's tables know it too */
+      sfmt(line, sizeof(line), "%s\"%s\":null%s", pre, names[a], post);
+      if (!one_pass(f, line))
+        fail_msg("no verdict: %s", line);
+    }
     for (a = 0; a < n; a++)
       for (b = 0; b < n; b++) {
         sfmt(line, sizeof(line), "%s\"%s\":null,\"%s\":null%s", pre,
@@ -2036,6 +2225,8 @@ int main(void)
     T(wrong_json_types_are_invalid),
     T(null_means_the_default),
     T(unknown_fields_are_rejected_or_ignored),
+    T(one_pass_decodes_lines_as_clients_send_them),
+    T(one_pass_leaves_errors_and_rare_forms_to_the_exact_way),
     T(quoted_client_text_is_cut_at_a_character_boundary),
     T(email_address_is_trimmed_lowercased_and_hashed),
     T(long_email_address_is_hashed_in_blocks),
