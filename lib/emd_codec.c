@@ -65,9 +65,10 @@
  *  - Patterns follow RE2 (see the rules below); empty optional strings
  *    skip them, and so do an empty id and collection (emitd fills the id;
  *    SPEC's smallest valid line has no collection).
- *  - Frames: protobuf-c keeps unknown fields and does not check UTF-8, so
- *    tree_check() refuses (or, with ignore_unknown, drops) the first and
- *    checks the second.
+ *  - Frames: emd_unpack decodes as protobuf-c's unpack would, in one pass,
+ *    keeping unknown fields and noting them and strings that are not
+ *    UTF-8; only then does tree_check() walk the tree, to refuse (or,
+ *    with ignore_unknown, drop) the first and name the second.
  */
 #include "emd_codec.h"
 

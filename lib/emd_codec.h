@@ -61,7 +61,8 @@ int emd__codec_decode_json_way(const char *line, size_t len,
                                enum emd__json_way way);
 
 /* Decodes one binary-mode frame payload (a serialized Event, SPEC 2):
- * protobuf-c unpack into arena; unknown fields refused (or dropped with
+ * emd_unpack into arena (protobuf-c's unpack, in one pass); unknown
+ * fields refused (or dropped with
  * ignore_unknown); strings checked for UTF-8; then, unless opts->upstream,
  * fin cleared, the email rule (bytes containing '@' and not 32 long are an
  * address) and the client rules. Returns 0, EMD_EINVALID (garbage protobuf
