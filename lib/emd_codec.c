@@ -92,6 +92,7 @@
 
 #include "emd_err.h"
 #include "emd_unpack.h"
+#include "emd_utf8.h"
 
 /* emitd's deepest path is 7 objects; protobuf's own JSON parser stops at
  * 100 levels too. */
@@ -182,54 +183,6 @@ static int hex_val(char c)
   if (c >= 'A' && c <= 'F')
     return c - 'A' + 10;
   return -1;
-}
-
-/* Length of the well-formed UTF-8 sequence at s[0..n) (Unicode 15, table
- * 3-7: no overlong forms, no surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-  unsigned char c = s[0];
-
-  if (c < 0x80)
-    return 1;
-  if (c < 0xc2)
-    return 0;
-  if (c < 0xe0)
-    return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
-  if (c < 0xf0) {
-    if (n < 3 || (s[2] & 0xc0) != 0x80)
-      return 0;
-    if (c == 0xe0)
-      return s[1] >= 0xa0 && s[1] <= 0xbf ? 3 : 0;
-    if (c == 0xed)
-      return s[1] >= 0x80 && s[1] <= 0x9f ? 3 : 0;
-    return (s[1] & 0xc0) == 0x80 ? 3 : 0;
-  }
-  if (c > 0xf4 || n < 4 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-    return 0;
-  if (c == 0xf0)
-    return s[1] >= 0x90 && s[1] <= 0xbf ? 4 : 0;
-  if (c == 0xf4)
-    return s[1] >= 0x80 && s[1] <= 0x8f ? 4 : 0;
-  return (s[1] & 0xc0) == 0x80 ? 4 : 0;
-}
-
-static bool utf8_valid(const char *s, size_t n)
-{
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0, k;
-
-  while (i < n) {
-    if (p[i] < 0x80) {
-      i++;
-      continue;
-    }
-    k = utf8_seq(p + i, n - i);
-    if (k == 0)
-      return false;
-    i += k;
-  }
-  return true;
 }
 
 /* Code points in a valid UTF-8 string: every byte but continuations. */
@@ -503,7 +456,7 @@ static const char *lex_string(const char *js, size_t len, size_t i,
     if (p[i] < 0x20)
       return "control character in a string";
     if (p[i] >= 0x80) {
-      k = utf8_seq(p + i, len - i);
+      k = emd_utf8_seq(p + i, len - i);
       if (k == 0)
         return "invalid UTF-8";
       i += k;
@@ -2566,7 +2519,7 @@ static int tree_value(struct tree *c, const ProtobufCFieldDescriptor *f,
   if (f->type != PROTOBUF_C_TYPE_STRING)
     return 0;
   s = *(char **)v;
-  if (s != NULL && !utf8_valid(s, strlen(s)))
+  if (s != NULL && !emd_utf8_valid(s, strlen(s)))
     return tree_fail(c, "not valid UTF-8");
   return 0;
 }
@@ -2662,7 +2615,7 @@ static bool match_any(const char **s)
 
   if (**s == '\0' || **s == '\n')
     return false;
-  k = utf8_seq((const unsigned char *)*s, strlen(*s));
+  k = emd_utf8_seq((const unsigned char *)*s, strlen(*s));
   *s += k > 0 ? k : 1;
   return true;
 }

@@ -22,6 +22,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "emd_utf8.h"
+
 #define WT_VARINT PROTOBUF_C_WIRE_TYPE_VARINT
 #define WT_64BIT PROTOBUF_C_WIRE_TYPE_64BIT
 #define WT_LEN PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED
@@ -328,51 +330,6 @@ static inline uint8_t *pool_take(struct up *u, size_t n)
 /* ------------------------------------------------------------------ */
 /* Strings */
 
-/* Length of the well-formed UTF-8 sequence at s[0..n) (Unicode 15, table
- * 3-7: no overlong forms, no surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_seq(const uint8_t *s, size_t n)
-{
-  uint8_t c = s[0];
-
-  if (c < 0xc2)
-    return 0;
-  if (c < 0xe0)
-    return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
-  if (c < 0xf0) {
-    if (n < 3 || (s[2] & 0xc0) != 0x80)
-      return 0;
-    if (c == 0xe0)
-      return s[1] >= 0xa0 && s[1] <= 0xbf ? 3 : 0;
-    if (c == 0xed)
-      return s[1] >= 0x80 && s[1] <= 0x9f ? 3 : 0;
-    return (s[1] & 0xc0) == 0x80 ? 3 : 0;
-  }
-  if (c > 0xf4 || n < 4 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-    return 0;
-  if (c == 0xf0)
-    return s[1] >= 0x90 && s[1] <= 0xbf ? 4 : 0;
-  if (c == 0xf4)
-    return s[1] >= 0x80 && s[1] <= 0x8f ? 4 : 0;
-  return (s[1] & 0xc0) == 0x80 ? 4 : 0;
-}
-
-static bool utf8_valid(const uint8_t *s, size_t n)
-{
-  size_t i = 0, k;
-
-  while (i < n) {
-    if (s[i] < 0x80) {
-      i++;
-      continue;
-    }
-    k = utf8_seq(s + i, n - i);
-    if (k == 0)
-      return false;
-    i += k;
-  }
-  return true;
-}
-
 #define HIGH64 UINT64_C(0x8080808080808080)
 
 /* Copies n bytes and says whether they were all ASCII: eight at a time,
@@ -418,7 +375,7 @@ copy_string(struct up *u, const uint8_t *s, size_t n)
 
   if (p == NULL)
     return NULL;
-  if (!copy_ascii(p, s, n) && !utf8_valid(p, n))
+  if (!copy_ascii(p, s, n) && !emd_utf8_valid(p, n))
     u->saw |= EMD_UNPACK_SAW_BAD_UTF8;
   p[n] = '\0';
   return (char *)p;
