@@ -622,14 +622,14 @@ static int first_row(struct txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v)
   return rc;
 }
 
-/* The event at seq no longer carries id for the duplicate check. */
-static int forget_id(struct txn *t, const void *id, size_t idlen,
-                     uint64_t seq)
+/* The event at seq no longer carries id for the duplicate check. Only
+ * the hash is kept, so id may point into the map. */
+static void forget_id(struct txn *t, const void *id, size_t idlen,
+                      uint64_t seq)
 {
   struct emd_idtab *tab = t->sp->w.ids;
 
   emd_idtab_remove(tab, emd_idtab_hash(tab, id, idlen), seq);
-  return 0;
 }
 
 /* Copies the id of a packed record (in the map) into buf. */
@@ -719,37 +719,48 @@ static int id_known(struct txn *t, uint64_t h, const char *id, size_t len,
   return 0;
 }
 
+/* Deletes the oldest dead letter and forgets its id; MDB_NOTFOUND when
+ * there is none. */
+static int drop_first_dead(struct txn *t)
+{
+  uint8_t key[8];
+  const uint8_t *id;
+  size_t idlen;
+  struct deadrec d;
+  struct rec r;
+  MDB_val k, v;
+  int rc;
+
+  rc = first_row(t, t->sp->db_dead, &k, &v);
+  if (rc != 0)
+    return rc;
+  memcpy(key, k.mv_data, 8);
+  if (dead_parse(v.mv_data, v.mv_size, &d) == 0 &&
+      rec_parse(d.rec, d.rec_len, &r) == 0 &&
+      event_id(r.event, r.event_len, &id, &idlen) == 0)
+    forget_id(t, id, idlen, get_be64(key));   /* before the delete moves it */
+  k.mv_data = key;
+  rc = mdb_del(t->txn, t->sp->db_dead, &k, NULL);
+  if (rc == 0)
+    t->dirty = true;
+  return rc;
+}
+
 /* Deletes the oldest dead letters while there are more than dead_max. */
 static int trim_dead(struct txn *t)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[8], id[KEY_MAX];
-  size_t idlen;
-  struct deadrec d;
-  MDB_val k, v;
   int rc;
 
   while (w->c.dead > w->k.dead_max) {
-    rc = first_row(t, t->sp->db_dead, &k, &v);
+    rc = drop_first_dead(t);
     if (rc == MDB_NOTFOUND) {
       w->c.dead = 0;              /* the count had drifted */
       break;
     }
     if (rc != 0)
       return rc;
-    memcpy(key, k.mv_data, 8);
-    idlen = 0;
-    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
-        rec_id_copy(d.rec, d.rec_len, id, &idlen) != 0)
-      idlen = 0;
-    k.mv_data = key;
-    rc = mdb_del(t->txn, t->sp->db_dead, &k, NULL);
-    if (rc == 0 && idlen > 0)
-      rc = forget_id(t, id, idlen, get_be64(key));
-    if (rc != 0)
-      return rc;
     w->c.dead--;
-    t->dirty = true;
   }
   return 0;
 }
@@ -1251,27 +1262,10 @@ static int apply_retry(struct txn *t, struct op *op)
 
 static int apply_purge(struct txn *t, struct op *op)
 {
-  uint8_t key[8], id[KEY_MAX];
-  size_t idlen;
-  struct deadrec d;
-  MDB_val k, v;
   int rc;
 
-  while ((rc = first_row(t, t->sp->db_dead, &k, &v)) == 0) {
-    memcpy(key, k.mv_data, 8);
-    idlen = 0;
-    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
-        rec_id_copy(d.rec, d.rec_len, id, &idlen) != 0)
-      idlen = 0;
-    k.mv_data = key;
-    rc = mdb_del(t->txn, t->sp->db_dead, &k, NULL);
-    if (rc == 0 && idlen > 0)
-      rc = forget_id(t, id, idlen, get_be64(key));
-    if (rc != 0)
-      return rc;
+  while ((rc = drop_first_dead(t)) == 0)
     op->u.count.n++;
-    t->dirty = true;
-  }
   t->sp->w.c.dead = 0;
   return rc == MDB_NOTFOUND ? 0 : rc;
 }
@@ -1342,8 +1336,7 @@ static int expire_pending(struct txn *t)
 static int expire_ids(struct txn *t)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[KEY_MAX], id[KEY_MAX];
-  size_t idlen;
+  uint8_t key[KEY_MAX];
   bool bad;
   MDB_val k, v;
   int rc;
@@ -1357,13 +1350,11 @@ static int expire_ids(struct txn *t)
     if (!bad && !older(get_be64(v.mv_data), w->k.dedup_window_ms, t->now_ms))
       return 0;
     memcpy(key, k.mv_data, k.mv_size);
-    idlen = bad ? 0 : v.mv_size - 8;
-    if (idlen > 0)
-      memcpy(id, (const uint8_t *)v.mv_data + 8, idlen);
+    if (!bad && v.mv_size > 8)     /* before the delete moves it */
+      forget_id(t, (const uint8_t *)v.mv_data + 8, v.mv_size - 8,
+                get_be64(key));
     k.mv_data = key;
     rc = mdb_del(t->txn, t->sp->db_ids, &k, NULL);
-    if (rc == 0 && idlen > 0)
-      rc = forget_id(t, id, idlen, get_be64(key));
     if (rc != 0)
       return rc;
     t->dirty = true;

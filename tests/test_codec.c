@@ -15,6 +15,7 @@
 
 #include "emd_codec.h"
 #include "emd_err.h"
+#include "utf8_ref.h"
 
 #define CTX0 "{\"type\":\"type.googleapis.com/buildless.context.Build\"," \
              "\"event\":\"started\"}"
@@ -1821,44 +1822,6 @@ static void wire_sub(struct wire *w, uint32_t num, const struct wire *sub)
 static int frame_wire(struct fx *f, const struct wire *w)
 {
   return frame(f, w->p, w->n);
-}
-
-/* UTF-8 by the book (Unicode table 3-7), up to the NUL. */
-static bool ref_utf8(const char *s)
-{
-  const unsigned char *p = (const unsigned char *)s;
-  uint32_t cp, min;
-  int more;
-
-  while (*p != 0) {
-    if (*p < 0x80) {
-      p++;
-      continue;
-    }
-    if ((*p & 0xe0) == 0xc0) {
-      cp = *p & 0x1f;
-      more = 1;
-      min = 0x80;
-    } else if ((*p & 0xf0) == 0xe0) {
-      cp = *p & 0x0f;
-      more = 2;
-      min = 0x800;
-    } else if ((*p & 0xf8) == 0xf0) {
-      cp = *p & 0x07;
-      more = 3;
-      min = 0x10000;
-    } else {
-      return false;
-    }
-    for (p++; more > 0; more--, p++) {
-      if ((*p & 0xc0) != 0x80)
-        return false;
-      cp = cp << 6 | (*p & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      return false;
-  }
-  return true;
 }
 
 /* path + "." + name in lowerCamelCase, into out. */

@@ -27,6 +27,7 @@
 #include "emd_event.h"
 #include "emd_unpack.h"
 #include "pb_events.h"
+#include "utf8_ref.h"
 
 /* Fewer rounds under the sanitizers, which are about ten times slower. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -570,44 +571,6 @@ static bool same_msg(const ProtobufCMessage *a, const ProtobufCMessage *b,
   return true;
 }
 
-/* UTF-8 by the book, one code point at a time. */
-static bool is_utf8(const char *s)
-{
-  const unsigned char *p = (const unsigned char *)s;
-  uint32_t cp, min;
-  int more;
-
-  while (*p != 0) {
-    if (*p < 0x80) {
-      p++;
-      continue;
-    }
-    if ((*p & 0xe0) == 0xc0) {
-      cp = *p & 0x1f;
-      more = 1;
-      min = 0x80;
-    } else if ((*p & 0xf0) == 0xe0) {
-      cp = *p & 0x0f;
-      more = 2;
-      min = 0x800;
-    } else if ((*p & 0xf8) == 0xf0) {
-      cp = *p & 0x07;
-      more = 3;
-      min = 0x10000;
-    } else {
-      return false;
-    }
-    for (p++; more > 0; more--, p++) {
-      if ((*p & 0xc0) != 0x80)
-        return false;
-      cp = cp << 6 | (*p & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      return false;
-  }
-  return true;
-}
-
 /* Whether m's tree has an unknown field, or a string (as C sees it) that
  * is not UTF-8. */
 static void tree_props(const ProtobufCMessage *m, bool *unknown, bool *bad)
@@ -639,7 +602,7 @@ static void tree_props(const ProtobufCMessage *m, bool *unknown, bool *bad)
       if (v == NULL)
         continue;
       if (f->type == PROTOBUF_C_TYPE_STRING)
-        *bad = *bad || !is_utf8(v);
+        *bad = *bad || !ref_utf8(v);
       else
         tree_props(v, unknown, bad);
     }
