@@ -59,11 +59,18 @@ uint64_t emd_idtab_hash(const struct emd_idtab *t, const void *id,
 bool emd_idtab_next(const struct emd_idtab *t, uint64_t h, size_t *pos,
                     uint64_t *seq);
 
-/* Adds (h, seq); nothing if it is there already. At 70 % full the table
- * starts growing into a file twice the size, a few slots per insert (see
- * emd_idtab_step). h must not be 0, seq not UINT64_MAX. Returns 0 or an
- * errno value. */
+/* Starts loading the slot where a walk for h begins (a hint only). */
+void emd_idtab_prefetch(const struct emd_idtab *t, uint64_t h);
+
+/* Adds (h, seq); nothing if it is there already. Past half full the
+ * table starts growing into a file twice the size, a few slots per insert
+ * (see emd_idtab_step). h must not be 0, seq not UINT64_MAX. Returns 0 or
+ * an errno value. */
 int emd_idtab_insert(struct emd_idtab *t, uint64_t h, uint64_t seq);
+
+/* The same for a seq the table has never held (a new event's), without
+ * the walk that looks for (h, seq) first. */
+int emd_idtab_insert_new(struct emd_idtab *t, uint64_t h, uint64_t seq);
 
 /* Moves up to budget slots of a growth in progress; returns whether any
  * are left. For idle time; inserts move some too, and a clean close all. */

@@ -69,6 +69,7 @@
 #define WALK_MAX 65536          /* expiry rows per transaction */
 #define REBUILD_STEP 16384      /* rows per id table rebuild step */
 #define GROW_STEP 65536         /* id table slots moved per idle step */
+#define PREFETCH_AHEAD 8        /* appends whose id slot is fetched ahead */
 #define IDTAB_FILE "ids.tab"
 #define MAP_HEADROOM ((uint64_t)4 << 30)  /* ids, timers, dead, free pages */
 #define MIB ((uint64_t)1 << 20)
@@ -91,6 +92,7 @@ struct op {
       emd_spool_cb cb;
       void *data;
       uint32_t ordinal0, index0;  /* as given, restored if refused */
+      uint64_t h;                 /* the id's hash, 0 if no id to check */
       struct emd_spool_result res;
     } app;
     struct {
@@ -1018,11 +1020,11 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     return 0;
   }
   idlen = te->id ? strlen(te->id) : 0;
-  if (idlen == 0 || idlen > KEY_MAX || te->timer.len > EMD_TIMER_MAX) {
+  h = op->u.app.h;                 /* hashed by group_apply */
+  if (h == 0 || te->timer.len > EMD_TIMER_MAX) {
     res->rc = EMD_EINVALID;
     return 0;
   }
-  h = emd_idtab_hash(w->ids, te->id, idlen);
   rc = id_known(t, h, te->id, idlen, &known, &seq);
   if (rc != 0)
     return rc;
@@ -1055,7 +1057,7 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   }
   rc = put_record(t, w->c.next_seq, evp, evlen, size);
   if (rc == 0)
-    rc = emd_idtab_insert(w->ids, h, w->c.next_seq);
+    rc = emd_idtab_insert_new(w->ids, h, w->c.next_seq);
   if (rc != 0)
     return rc;
   if (slot != NULL) {
@@ -1448,6 +1450,25 @@ static void ids_rollback(struct writer *w)
 /* One write transaction for group g; appends false refuses every append
  * (the retry after the map filled up). Returns an MDB or emd error; on
  * error nothing was committed. */
+/* Hashes an append's id and asks for its slot in the id table, ahead of
+ * the op: with a big table that slot is a cache miss (and a TLB miss),
+ * and a few of them overlap instead of each stalling the writer. */
+static void append_ahead(struct writer *w, struct op *op)
+{
+  const char *id;
+  size_t len;
+
+  if (op->kind != OP_APPEND)
+    return;
+  id = op->u.app.ev->event->id;
+  len = id != NULL ? strlen(id) : 0;
+  op->u.app.h = 0;
+  if (len == 0 || len > KEY_MAX)
+    return;
+  op->u.app.h = emd_idtab_hash(w->ids, id, len);
+  emd_idtab_prefetch(w->ids, op->u.app.h);
+}
+
 static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
 {
   struct writer *w = &sp->w;
@@ -1465,8 +1486,13 @@ static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
   if (rc != 0)
     return rc;
   emd_idtab_begin(w->ids);
-  for (size_t i = 0; i < g->nops && rc == 0; i++)
+  for (size_t i = 0; i < g->nops && i < PREFETCH_AHEAD; i++)
+    append_ahead(w, &g->ops[i]);
+  for (size_t i = 0; i < g->nops && rc == 0; i++) {
+    if (i + PREFETCH_AHEAD < g->nops)
+      append_ahead(w, &g->ops[i + PREFETCH_AHEAD]);
     rc = apply_op(&t, &g->ops[i], appends);
+  }
   if (rc == 0)
     rc = timers_flush(&t);
   if (rc == 0)
