@@ -233,12 +233,12 @@ static inline uint8_t *enc_sub(const ProtobufCMessage *sub,
 {
   uint8_t *end = p;
 
-  if (sub != NULL) {
+  if (sub != NULL)
     p = enc_msg(sub, lo, p);
-    /* the prefix and tag, and the reserve sub may have used */
-    if (p == NULL || !room(lo, p, k, MAX_SCALAR))
-      return NULL;
-  }
+  /* the prefix and tag, and the reserve sub may have used (a NULL item of
+   * a repeated field too: many of them would eat the reserve) */
+  if (p == NULL || !room(lo, p, k, MAX_SCALAR))
+    return NULL;
   return prepend_varint(p, (size_t)(end - p));
 }
 
@@ -500,6 +500,28 @@ static uint8_t *enc_repeated(const ProtobufCFieldDescriptor *f, size_t count,
   return p;
 }
 
+/* Field f of m with its tag, or nothing; k fields of m still to come. */
+static inline uint8_t *enc_field(const ProtobufCFieldDescriptor *f,
+                                 const ProtobufCMessage *m,
+                                 const uint8_t *lo, uint8_t *p, size_t k)
+{
+  const void *member = (const char *)m + f->offset;
+
+  if (is_plain_proto3(f))
+    return enc_proto3(f, member, lo, p, k);
+  if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+    size_t count = MEMBER(size_t, m, f->quantifier_offset);
+
+    if (count == 0)
+      return p;
+    return enc_repeated(f, count, *(const void *const *)member, lo, p, k);
+  }
+  if (!field_present(f, m, member))
+    return p;
+  p = enc_value(f->type, member, lo, p, k);
+  return p != NULL ? prepend_tag(p, f->id, wire_type[f->type]) : NULL;
+}
+
 static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
                         uint8_t *p)
 {
@@ -524,24 +546,8 @@ static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
     return p;
   /* field i written, fields 0 .. i - 1 still to come: i keeps the reserve */
   for (i = n, f = d->fields + n; i-- > 0;) {
-    const void *member;
-
     f--;
-    member = (const char *)m + f->offset;
-
-    if (is_plain_proto3(f)) {
-      p = enc_proto3(f, member, lo, p, i);
-    } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t count = MEMBER(size_t, m, f->quantifier_offset);
-
-      if (count == 0)
-        continue;
-      p = enc_repeated(f, count, *(const void *const *)member, lo, p, i);
-    } else if (field_present(f, m, member)) {
-      p = enc_value(f->type, member, lo, p, i);
-      if (p != NULL)
-        p = prepend_tag(p, f->id, wire_type[f->type]);
-    }
+    p = enc_field(f, m, lo, p, i);
     if (p == NULL)
       return NULL;
   }
@@ -549,17 +555,335 @@ static uint8_t *enc_msg(const ProtobufCMessage *m, const uint8_t *lo,
 }
 
 /* ------------------------------------------------------------------ */
+/* plans: a descriptor read once
+ *
+ * enc_msg() reads each field's descriptor (72 bytes) and works out from
+ * its label, flags and type what to do, for every field of every message
+ * packed: some 50 instructions a field, most of a packed Event. A plan is
+ * that work done once per message type, into a row per field with what is
+ * needed and nothing else: the member's offset, one kind that says how to
+ * test and write it, the tag, and the sub-message's plan. Plain proto3
+ * scalars, strings, bytes and sub-messages, and repeated sub-messages,
+ * get a kind of their own; any other field (required, optional, oneof,
+ * other repeated fields) keeps the descriptor's way (enc_field), as does
+ * a message with unknown fields. The plans live with the buffer, so a
+ * thread's plans are its own. */
+
+enum pk {
+  PK_FIELD,      /* enc_field() */
+  PK_STRING,
+  PK_BYTES,
+  PK_MSG,
+  PK_REP_MSG,
+  PK_BOOL,
+  PK_INT32,      /* and enum: negative ones as 10 bytes */
+  PK_SINT32,
+  PK_UINT32,
+  PK_UINT64,     /* and int64 */
+  PK_SINT64,
+  PK_FIXED32,    /* and sfixed32, float: the bits */
+  PK_FIXED64,    /* and sfixed64, double */
+};
+
+struct plan;
+
+struct pfield {
+  uint32_t offset;               /* of the member */
+  uint32_t qoffset;              /* of the count, PK_REP_MSG */
+  uint32_t id;
+  uint8_t kind;                  /* enum pk */
+  const ProtobufCFieldDescriptor *f;
+  struct plan *sub;              /* PK_MSG, PK_REP_MSG: found at first use */
+};
+
+struct plan {
+  const ProtobufCMessageDescriptor *d;
+  size_t n;
+  struct pfield f[];
+};
+
+struct emd_pack_plans {
+  size_t n, cap;
+  struct plan **v;
+};
+
+static uint8_t plain_kind(ProtobufCType type)
+{
+  switch (type) {
+  case PROTOBUF_C_TYPE_STRING:
+    return PK_STRING;
+  case PROTOBUF_C_TYPE_BYTES:
+    return PK_BYTES;
+  case PROTOBUF_C_TYPE_MESSAGE:
+    return PK_MSG;
+  case PROTOBUF_C_TYPE_BOOL:
+    return PK_BOOL;
+  case PROTOBUF_C_TYPE_INT32:
+  case PROTOBUF_C_TYPE_ENUM:
+    return PK_INT32;
+  case PROTOBUF_C_TYPE_SINT32:
+    return PK_SINT32;
+  case PROTOBUF_C_TYPE_UINT32:
+    return PK_UINT32;
+  case PROTOBUF_C_TYPE_INT64:
+  case PROTOBUF_C_TYPE_UINT64:
+    return PK_UINT64;
+  case PROTOBUF_C_TYPE_SINT64:
+    return PK_SINT64;
+  case PROTOBUF_C_TYPE_SFIXED32:
+  case PROTOBUF_C_TYPE_FIXED32:
+    return PK_FIXED32;
+  case PROTOBUF_C_TYPE_SFIXED64:
+  case PROTOBUF_C_TYPE_FIXED64:
+    return PK_FIXED64;
+  default:   /* float and double: 0 is tested as a float, so -0.0 too */
+    return PK_FIELD;
+  }
+}
+
+/* d's plan from the buffer's, made the first time; NULL without memory
+ * (the caller then packs by the descriptor). */
+static struct plan *plan_for(struct emd_pack_buf *b,
+                             const ProtobufCMessageDescriptor *d)
+{
+  struct emd_pack_plans *ps = b->plans;
+  struct plan *pl;
+
+  if (ps == NULL) {
+    ps = b->plans = calloc(1, sizeof(*ps));
+    if (ps == NULL)
+      return NULL;
+  }
+  for (size_t i = 0; i < ps->n; i++)
+    if (ps->v[i]->d == d)
+      return ps->v[i];
+  if (ps->n == ps->cap) {
+    size_t cap = ps->cap ? 2 * ps->cap : 16;
+    struct plan **v = realloc(ps->v, cap * sizeof(*v));
+
+    if (v == NULL)
+      return NULL;
+    ps->v = v;
+    ps->cap = cap;
+  }
+  pl = malloc(sizeof(*pl) + d->n_fields * sizeof(pl->f[0]));
+  if (pl == NULL)
+    return NULL;
+  pl->d = d;
+  pl->n = d->n_fields;
+  for (size_t i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    struct pfield *pf = &pl->f[i];
+
+    pf->offset = f->offset;
+    pf->qoffset = f->quantifier_offset;
+    pf->id = f->id;
+    pf->f = f;
+    pf->sub = NULL;
+    if (is_plain_proto3(f))
+      pf->kind = plain_kind(f->type);
+    else if (f->label == PROTOBUF_C_LABEL_REPEATED &&
+             f->type == PROTOBUF_C_TYPE_MESSAGE)
+      pf->kind = PK_REP_MSG;
+    else
+      pf->kind = PK_FIELD;
+  }
+  ps->v[ps->n++] = pl;
+  return pl;
+}
+
+static uint8_t *enc_planned(struct emd_pack_buf *b, struct plan *pl,
+                            const ProtobufCMessage *m, const uint8_t *lo,
+                            uint8_t *p);
+
+/* A sub-message by its plan, with its length prefix (no tag). */
+static inline uint8_t *enc_sub_planned(struct emd_pack_buf *b,
+                                       struct pfield *pf,
+                                       const ProtobufCMessage *sub,
+                                       const uint8_t *lo, uint8_t *p,
+                                       size_t k)
+{
+  uint8_t *end = p;
+
+  if (sub != NULL) {
+    if (pf->sub == NULL || pf->sub->d != sub->descriptor)
+      pf->sub = plan_for(b, sub->descriptor);
+    p = pf->sub != NULL ? enc_planned(b, pf->sub, sub, lo, p)
+                        : enc_msg(sub, lo, p);
+  }
+  if (p == NULL || !room(lo, p, k, MAX_SCALAR))
+    return NULL;
+  return prepend_varint(p, (size_t)(end - p));
+}
+
+/* What enc_msg() writes, by the plan. */
+static uint8_t *enc_planned(struct emd_pack_buf *b, struct plan *pl,
+                            const ProtobufCMessage *m, const uint8_t *lo,
+                            uint8_t *p)
+{
+  unsigned wire;
+
+  if (m->n_unknown_fields != 0)
+    return enc_msg(m, lo, p);
+  if (!room(lo, p, pl->n, 0))
+    return NULL;
+  for (size_t i = pl->n; i-- > 0;) {
+    struct pfield *pf = &pl->f[i];
+    const char *member = (const char *)m + pf->offset;
+
+    switch (pf->kind) {
+    case PK_STRING: {
+      const char *s = *(const char *const *)member;
+      size_t len;
+
+      if (s == NULL || s[0] == '\0')
+        continue;
+      len = strlen(s);
+      if (!room(lo, p, i, len + MAX_SCALAR))
+        return NULL;
+      p = prepend_bytes(p, s, len);
+      wire = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+      break;
+    }
+    case PK_MSG: {
+      const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)member;
+
+      if (sub == NULL)
+        continue;
+      p = enc_sub_planned(b, pf, sub, lo, p, i);
+      if (p == NULL)
+        return NULL;
+      wire = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+      break;
+    }
+    case PK_REP_MSG: {
+      size_t count = MEMBER(size_t, m, pf->qoffset);
+      const ProtobufCMessage *const *items =
+          *(const ProtobufCMessage *const *const *)member;
+
+      while (count-- > 0) {
+        p = enc_sub_planned(b, pf, items[count], lo, p, i);
+        if (p == NULL)
+          return NULL;
+        p = prepend_tag(p, pf->id, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
+      }
+      continue;
+    }
+    case PK_BYTES: {
+      const ProtobufCBinaryData *bd = (const ProtobufCBinaryData *)member;
+
+      if (bd->len == 0)
+        continue;
+      if (!room(lo, p, i, bd->len + MAX_SCALAR))
+        return NULL;
+      p = prepend_bytes(p, bd->data, bd->len);
+      wire = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+      break;
+    }
+    case PK_BOOL:
+      if (*(const protobuf_c_boolean *)member == 0)
+        continue;
+      *--p = 1;
+      wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+      break;
+    case PK_INT32: {
+      int32_t v = *(const int32_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_varint(p, int32_wire(v));
+      wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+      break;
+    }
+    case PK_SINT32: {
+      int32_t v = *(const int32_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_varint(p, zigzag32(v));
+      wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+      break;
+    }
+    case PK_UINT32: {
+      uint32_t v = *(const uint32_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_varint(p, v);
+      wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+      break;
+    }
+    case PK_UINT64: {
+      uint64_t v = *(const uint64_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_varint(p, v);
+      wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+      break;
+    }
+    case PK_SINT64: {
+      int64_t v = *(const int64_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_varint(p, zigzag64(v));
+      wire = PROTOBUF_C_WIRE_TYPE_VARINT;
+      break;
+    }
+    case PK_FIXED32: {
+      uint32_t v = *(const uint32_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_le32(p, v);
+      wire = PROTOBUF_C_WIRE_TYPE_32BIT;
+      break;
+    }
+    case PK_FIXED64: {
+      uint64_t v = *(const uint64_t *)member;
+
+      if (v == 0)
+        continue;
+      p = prepend_le64(p, v);
+      wire = PROTOBUF_C_WIRE_TYPE_64BIT;
+      break;
+    }
+    default:
+      p = enc_field(pf->f, m, lo, p, i);
+      if (p == NULL)
+        return NULL;
+      continue;
+    }
+    p = prepend_tag(p, pf->id, wire);
+  }
+  return p;
+}
+
+static void plans_free(struct emd_pack_plans *ps)
+{
+  if (ps == NULL)
+    return;
+  for (size_t i = 0; i < ps->n; i++)
+    free(ps->v[i]);
+  free(ps->v);
+  free(ps);
+}
+
+/* ------------------------------------------------------------------ */
 
 int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
              const uint8_t **out, size_t *len)
 {
+  struct plan *pl = plan_for(b, m->descriptor);
   uint8_t *end, *p;
   size_t cap;
 
   for (;;) {
     if (b->buf != NULL) {
       end = b->buf + b->cap;
-      p = enc_msg(m, b->buf, end);
+      p = pl != NULL ? enc_planned(b, pl, m, b->buf, end)
+                     : enc_msg(m, b->buf, end);
       if (p != NULL) {
         *out = p;
         *len = (size_t)(end - p);
@@ -579,6 +903,8 @@ int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
 void emd_pack_buf_free(struct emd_pack_buf *b)
 {
   free(b->buf);
+  plans_free(b->plans);
   b->buf = NULL;
   b->cap = 0;
+  b->plans = NULL;
 }

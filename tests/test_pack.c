@@ -775,6 +775,26 @@ static void null_items_pack_as_protobuf_c_packs_them(void **state)
   assert_int_equal(len, n);
   assert_memory_equal(ours, theirs, n);
   emd_pack_buf_free(&c);
+
+  /* More of them than the first buffer holds: each takes room of its own
+   * (under ASan, a write below the buffer would stop the test), and the
+   * buffer grows instead. */
+  kitchen **nulls = calloc(3000, sizeof(*nulls));
+  uint8_t *big = malloc(65536);
+
+  assert_non_null(nulls);
+  assert_non_null(big);
+  k->n_rep_str = 0;
+  k->n_rep_msg = 3000;
+  k->rep_msg = nulls;
+  n = protobuf_c_message_pack(&k->base, big);
+  assert_true(n >= 6000);   /* past the first buffer, 4 KiB */
+  assert_int_equal(emd_pack(&k->base, &c, &ours, &len), 0);
+  assert_int_equal(len, n);
+  assert_memory_equal(ours, big, n);
+  emd_pack_buf_free(&c);
+  free(big);
+  free(nulls);
   emd_arena_free(&a);
 }
 
