@@ -507,6 +507,28 @@ static int wire_find(const uint8_t *buf, size_t n, uint32_t want,
   uint64_t v;
   int rc;
 
+  /* The fields before it have one-byte tags and are varints or strings:
+   * stepped over here; anything else goes to wire_next() from where this
+   * stopped. */
+  while (p < end && p[0] >= 8 && p[0] < 0x80 &&
+         ((p[0] & 7) == 0 || (p[0] & 7) == 2)) {
+    const uint8_t *q = p + 1;
+
+    if (get_varint(&q, end, &v) != 0)
+      return -1;
+    if ((p[0] & 7) == 0) {
+      p = q;
+      continue;
+    }
+    if (v > (uint64_t)(end - q))
+      return -1;
+    if (p[0] >> 3 == want) {
+      *out = q;
+      *outlen = (size_t)v;
+      return 0;
+    }
+    p = q + v;
+  }
   while ((rc = wire_next(&p, end, &f, &v, &b)) == 1)
     if (f == want && b != NULL) {
       *out = b;
