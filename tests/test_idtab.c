@@ -9,7 +9,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -388,6 +390,50 @@ static void open_reports_a_path_it_cannot_use(void **state)
   assert_non_null(strstr(err, "No such file"));
 }
 
+/* A growth that cannot make its file (here the file size limit, as a
+ * full disk would) fails the insert that needed it with the error, and
+ * leaves the table as it was and usable: everything found, the journal
+ * able to roll back; once the file can be made, the next insert grows. */
+static void a_growth_that_cannot_make_its_file_fails_cleanly(void **state)
+{
+  struct fix *f = *state;
+  bool trusted;
+  struct emd_idtab *t = open_tab(f, &stamp_a, &trusted);
+  uint64_t cap = emd_idtab_capacity(t), n = cap / 2;
+  struct rlimit old, lim;
+  void (*was)(int);
+#define H(i) ((uint64_t)(i) * 0x9E3779B97F4A7C15ull | 1)
+
+  for (uint64_t i = 1; i <= n; i++)
+    assert_int_equal(emd_idtab_insert_new(t, H(i), i), 0);
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+  was = signal(SIGXFSZ, SIG_IGN);
+  lim = old;
+  /* room for a file of cap slots (16 bytes and a page), not of 2 cap */
+  lim.rlim_cur = (rlim_t)(cap * 16 + 4096) + cap * 8;
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+  emd_idtab_begin(t);
+  assert_int_equal(emd_idtab_insert(t, H(n + 1), n + 1), EFBIG);
+  assert_int_equal(emd_idtab_insert_new(t, H(n + 2), n + 2), EFBIG);
+  assert_int_equal(emd_idtab_capacity(t), cap);
+  assert_int_equal(emd_idtab_count(t), n);
+  assert_false(has(t, H(n + 1), n + 1) || has(t, H(n + 2), n + 2));
+  assert_true(emd_idtab_remove(t, H(7), 7));   /* still usable */
+  assert_int_equal(emd_idtab_rollback(t), 0);  /* undoes the removal only */
+  assert_int_equal(emd_idtab_count(t), n);
+  for (uint64_t i = 1; i <= n; i++)
+    assert_true(has(t, H(i), i));
+
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+  signal(SIGXFSZ, was);
+  assert_int_equal(emd_idtab_insert_new(t, H(n + 1), n + 1), 0);
+  assert_int_equal(emd_idtab_capacity(t), cap * 2);
+  assert_true(has(t, H(n + 1), n + 1) && has(t, H(1), 1));
+#undef H
+  emd_idtab_close(t, NULL);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -401,6 +447,7 @@ int main(void)
     T(rollback_undoes_inserts_and_removes_commit_keeps_them),
     T(only_a_clean_close_with_the_same_stamp_is_trusted),
     T(a_garbled_or_short_file_is_emptied_not_trusted),
+    T(a_growth_that_cannot_make_its_file_fails_cleanly),
     cmocka_unit_test(open_reports_a_path_it_cannot_use),
   };
 
