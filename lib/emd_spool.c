@@ -247,6 +247,7 @@ struct txn {
   uint64_t now_ms;
   bool dirty;
   uint64_t dropped;          /* evicted for room, for one log line */
+  MDB_cursor *app;           /* pending's end, for a run of appends */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -873,6 +874,14 @@ static int evict_first(struct txn *t, const char *reason, bool *none)
                  strlen(reason), 0, NULL, 0);
 }
 
+/* Forgets the append cursor: before anything else changes pending. */
+static void app_cursor_drop(struct txn *t)
+{
+  if (t->app != NULL)
+    mdb_cursor_close(t->app);
+  t->app = NULL;
+}
+
 /* Makes room for a record of size bytes per on_full. Sets *refused when
  * it cannot go in. */
 static int make_room(struct txn *t, size_t size, bool *refused)
@@ -895,6 +904,7 @@ static int make_room(struct txn *t, size_t size, bool *refused)
       *refused = true;
       return 0;
     }
+    app_cursor_drop(t);
     while (w->c.pending_bytes + size > w->k.max_bytes && !none) {
       rc = evict_first(t, "dropped", &none);
       if (rc != 0)
@@ -1012,8 +1022,15 @@ static int put_record(struct txn *t, uint64_t seq, const uint8_t *evp,
 
   put_be64(key, seq);
   /* Seqs only grow, so MDB_APPEND skips the search; MDB_RESERVE lets the
-   * record be written straight into the page. */
-  rc = mdb_put(t->txn, t->sp->db_pending, &k, &v, MDB_APPEND | MDB_RESERVE);
+   * record be written straight into the page. One cursor for a run of
+   * appends (as mdb_load does) stays at the end of the tree, where
+   * mdb_put would walk down from the root for each (some 500 instructions
+   * an event); it is dropped whenever anything else touches pending, so
+   * only appends ever move it. */
+  rc = t->app != NULL ? 0 : mdb_cursor_open(t->txn, t->sp->db_pending,
+                                            &t->app);
+  if (rc == 0)
+    rc = mdb_cursor_put(t->app, &k, &v, MDB_APPEND | MDB_RESERVE);
   if (rc != 0)
     return rc;
   p = rec_head(v.mv_data, evlen);
@@ -1494,7 +1511,7 @@ static void append_ahead(struct writer *w, struct op *op)
 static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
 {
   struct writer *w = &sp->w;
-  struct txn t = { sp, NULL, wall_ms(), false, 0 };
+  struct txn t = { sp, NULL, wall_ms(), false, 0, NULL };
   size_t nappends = 0;
   uint64_t oldest;
   int rc;
@@ -1513,8 +1530,11 @@ static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
   for (size_t i = 0; i < g->nops && rc == 0; i++) {
     if (i + PREFETCH_AHEAD < g->nops)
       append_ahead(w, &g->ops[i + PREFETCH_AHEAD]);
+    if (g->ops[i].kind != OP_APPEND)
+      app_cursor_drop(&t);
     rc = apply_op(&t, &g->ops[i], appends);
   }
+  app_cursor_drop(&t);
   if (rc == 0)
     rc = timers_flush(&t);
   if (rc == 0)

@@ -785,6 +785,65 @@ static void on_full_drop_oldest_evicts_and_counts(void **state)
   free(s);
 }
 
+/* One group that mixes runs of appends with everything else that changes
+ * pending: deletes, attempts, dead letters, and evictions for room (the
+ * writer keeps a cursor at the end of pending for a run of appends). Each
+ * event lands once, in seq order, and reads back as itself. */
+static void appends_mixed_with_other_changes_in_one_group(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  uint64_t one = one_record(f), last = 0;
+  struct got *g;
+  char id[32];
+  int rc, n = 0;
+
+  assert_non_null(s);
+  f->cfg.spool.max_bytes = 400 * one;
+  f->cfg.spool.on_full = EMD_FULL_DROP_OLDEST;
+  open_spool(f);
+  for (; n < 300; n++) {
+    idn(id, sizeof(id), n);
+    append(f, s, n, id, n % 2 ? "A" : "B", 0, 0, 100);
+  }
+  drain(f);
+  /* one loop turn, so one group */
+  for (int round = 0; round < 40; round++) {
+    uint64_t base = (uint64_t)round * 7;
+
+    for (int j = 0; j < 50; j++, n++) {
+      idn(id, sizeof(id), n);
+      append(f, s, n, id, n % 2 ? "A" : "B", 0, 0, 100);
+    }
+    assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ base + 1,
+                                                           base + 2 }, 2), 0);
+    assert_int_equal(emd_spool_attempted(f->sp, (uint64_t[]){ base + 3 },
+                                         1), 0);
+    assert_int_equal(emd_spool_dead(f->sp, base + 4, "rejected", 400, NULL,
+                                    0), 0);
+  }
+  drain(f);
+  assert_int_equal(s->calls, n);
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(s->rc[i], 0);
+    assert_false(s->dup[i]);
+    assert_int_equal(s->seq[i], (uint64_t)i + 1);
+  }
+  assert_true(stats(f).dropped > 0);            /* evictions came between */
+  assert_true(stats(f).pending_bytes <= f->cfg.spool.max_bytes);
+  g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+  assert_int_equal(rc, (int)stats(f).pending);
+  for (int i = 0; i < g->n; i++) {
+    assert_true(g->seq[i] > last);
+    last = g->seq[i];
+    idn(id, sizeof(id), (int)g->seq[i] - 1);
+    assert_string_equal(g->id[i], id);
+  }
+  assert_int_equal(last, (uint64_t)n);         /* the newest is there */
+  free(g);
+  free(s);
+}
+
 static void on_changed(void *data)
 {
   (*(int *)data)++;
@@ -1455,6 +1514,7 @@ int main(void)
     T(dead_retry_and_purge_work_on_dead_letters),
     T(on_full_reject_refuses_what_does_not_fit),
     T(on_full_drop_oldest_evicts_and_counts),
+    T(appends_mixed_with_other_changes_in_one_group),
     T(on_full_block_accepts_and_stops_reading_until_room),
     T(a_writer_far_behind_stops_the_ingest_until_it_catches_up),
     T(max_age_moves_old_events_to_dead_letters),
