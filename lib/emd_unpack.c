@@ -1,25 +1,28 @@
 /* emd_unpack.c: see emd_unpack.h.
  *
  * One recursive walk: a message is read field by field as its bytes come;
- * a sub-message is decoded where it stands. The loop tries the field
- * after the last one first (fields come in their order, with gaps where
- * proto3 leaves zeros out), and stores a proto3 field outside a oneof
- * (nearly all of them) straight into its member; every other case goes
- * through put_*(). Repeated arrays grow as elements come (capacity 4,
- * then powers of two: rep_cap() derives it from the count, so nothing
- * more is stored), which leaves some slack behind protobuf-c's exact
- * arrays but reads the input once. Messages and arrays come from blocks
- * of the arena (obj_take()); strings, bytes and unknown fields take their
- * bytes from one block of len bytes (struct up's pool): each copy is at
- * most the bytes its field takes on the wire minus one (a string's NUL
- * fits in its tag's byte), and fields never overlap, so the block always
- * suffices. The check a string gets on the way (ASCII, eight bytes at a
- * time, else UTF-8) is what emd_codec's tree check needs, so that check
- * can be skipped for an event with no flag raised. */
+ * a sub-message is decoded where it stands. Most fields (proto3 fields
+ * outside a oneof and repeated sub-messages, numbered 1 to 15) are read
+ * by their message type's plan (see Plans): the tag's first byte says
+ * how, and the value goes straight to its member. Every other field goes
+ * the descriptor's way, through put_field() and put_*(). Repeated arrays
+ * grow as elements come (capacity 4, then powers of two: rep_cap()
+ * derives it from the count, so nothing more is stored), which leaves
+ * some slack behind protobuf-c's exact arrays but reads the input once.
+ * Messages and arrays come from blocks of the arena (obj_take()); strings,
+ * bytes and unknown fields take their bytes from a pool of len bytes
+ * after the first block: each copy is at most the bytes its field takes
+ * on the wire minus one (a string's NUL fits in its tag's byte), and
+ * fields never overlap, so the pool always suffices. The check a string
+ * gets on the way (ASCII, eight bytes at a time, else UTF-8) is what
+ * emd_codec's tree check needs, so that check can be skipped for an event
+ * with no flag raised. */
 #include "emd_unpack.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "emd_utf8.h"
@@ -40,7 +43,16 @@ struct up {
   size_t obj_block;              /* bytes to take for the next block */
   unsigned opts;                 /* EMD_UNPACK_* */
   unsigned saw;                  /* EMD_UNPACK_SAW_* */
+  bool track;                    /* required fields are checked */
+  int rc;                        /* why a function returned NULL */
 };
+
+/* Fails with rc: returns NULL, for the functions that say why in u. */
+static inline void *fail(struct up *u, int rc)
+{
+  u->rc = rc;
+  return NULL;
+}
 
 /* ------------------------------------------------------------------ */
 /* Reading the wire as protobuf-c 1.4 reads it */
@@ -254,9 +266,10 @@ static void init_generic(const ProtobufCMessageDescriptor *d,
 
 /* n bytes for a message or an array, 8-aligned. They come from blocks
  * of the arena: the first of four times the input plus 256 bytes (a
- * decoded Event takes about four times its wire size), later ones of
- * 4 KiB, so that a frame costs one or two calls into the arena and leaves
- * at most one partly used block behind. Larger objects get their own. */
+ * decoded Event takes about four times its wire size; emd_unpack() takes
+ * it together with the pool), later ones of 4 KiB, so that a frame costs
+ * one or two calls into the arena and leaves at most one partly used
+ * block behind. Larger objects get their own. */
 static void *obj_slow(struct up *u, size_t n)
 {
   char *b;
@@ -272,15 +285,20 @@ static void *obj_slow(struct up *u, size_t n)
   return b;
 }
 
-static inline void *obj_take(struct up *u, size_t n)
+/* n a multiple of 8 */
+static inline void *obj_take8(struct up *u, size_t n)
 {
   char *p = u->obj;
 
-  n = (n + 7) & ~(size_t)7;
   if ((size_t)(u->obj_end - p) < n)
     return obj_slow(u, n);
   u->obj = p + n;
   return p;
+}
+
+static inline void *obj_take(struct up *u, size_t n)
+{
+  return obj_take8(u, (n + 7) & ~(size_t)7);
 }
 
 /* The capacity an array of n elements was given: 4, then powers of 2. */
@@ -314,6 +332,22 @@ static void *rep_room(struct up *u, void *arr, size_t n, size_t k,
     memcpy(a, *(char **)arr, n * elt);
   *(char **)arr = a;
   return a + n * elt;
+}
+
+/* rep_room() for one element: the first ones inline. */
+static inline void *rep_push(struct up *u, void *arr, size_t n, size_t elt)
+{
+  char *a;
+
+  if (n == 0) {
+    a = obj_take(u, 4 * elt);
+    if (a != NULL)
+      *(char **)arr = a;
+    return a;
+  }
+  if (n < 4 || (n & (n - 1)) != 0)   /* not full: see rep_cap() */
+    return *(char **)arr + n * elt;
+  return rep_room(u, arr, n, 1, elt);
 }
 
 /* n bytes for a copy; the pool always has them (see the top). */
@@ -506,14 +540,228 @@ static int merge(struct up *u, ProtobufCMessage *e, ProtobufCMessage *l)
 }
 
 /* ------------------------------------------------------------------ */
+/* Plans: a descriptor read once
+ *
+ * Read by the descriptor, a field costs its 72-byte field descriptor, a
+ * lookup and the tests of label, flags and type that say what to do.
+ * A plan is that work done once per message type for what most fields
+ * are: a proto3 field outside a oneof (string, bytes, sub-message or
+ * scalar) or a repeated sub-message, numbered 1 to 15, so that its tag
+ * is one byte. kind[] maps that byte (the number and the wire type) to
+ * how to store the value (enum kind), or to K_FIELD: the descriptor's
+ * way (put_field()) for everything else. That covers other numbers and
+ * labels, oneofs, packed runs, wrong wire types (a bool's too), unknown
+ * fields and tags in more bytes than they need. row[] has, by number,
+ * the member's offset, the count's and the sub-message's plan. A message
+ * type with a required field that has no default is read the
+ * descriptor's way throughout, unless the caller said there are none
+ * (EMD_UNPACK_NO_REQUIRED), so the planned loop has no checks to make.
+ *
+ * Plans are made at a type's first use and kept for the life of the
+ * process, in one table for every thread: emd_unpack() has no state of
+ * its own for them to live in, and the upstream decodes on several
+ * threads at once (thread-local plans would be made again, and leaked,
+ * per thread). A slot is filled once, by compare-and-swap of a finished
+ * plan (a thread that loses the race frees its own and takes the
+ * winner's), and never changes after; the only other write is a row's
+ * sub-plan, an atomic pointer set to the same value by whoever finds it
+ * first. So plans are read without a lock. What a plan holds comes from
+ * the descriptor alone, and plans are keyed by the descriptor's address:
+ * that assumes that a descriptor's fields, ranges and size stay as they
+ * are while it is in use, as generated ones do (message_init is read
+ * from the descriptor each time). A type that finds no free slot among
+ * the PLAN_PROBES after its hash (the table is nearly full), or no memory
+ * for its plan, is read the descriptor's way. */
+
+enum kind {
+  K_FIELD,       /* put_field() */
+  K_STRING,      /* length-delimited */
+  K_BYTES,
+  K_MSG,
+  K_REP_MSG,
+  K_BOOL,        /* varint */
+  K_V32,         /* int32, uint32, enum: the low 32 bits */
+  K_V64,         /* int64, uint64 */
+  K_S32,
+  K_S64,
+  K_F32,         /* 32-bit: fixed32, sfixed32, float */
+  K_F64,         /* 64-bit: fixed64, sfixed64, double */
+};
+
+struct plan;
+
+struct prow {
+  uint32_t offset;               /* of the member */
+  uint32_t qoffset;              /* of the count, K_REP_MSG */
+  const ProtobufCFieldDescriptor *f;
+  _Atomic(struct plan *) sub;    /* K_MSG, K_REP_MSG: found at first use */
+};
+
+/* for put_planned()'s way to a row from a tag byte */
+_Static_assert(sizeof(struct prow) % 8 == 0, "a row is 8-byte words");
+
+struct plan {
+  const ProtobufCMessageDescriptor *d;
+  size_t size;                   /* sizeof_message rounded up to 8 */
+  bool required;                 /* some required field has no default */
+  uint8_t kind[256];             /* enum kind by the tag's first byte
+                                  * (K_FIELD from 0x80: longer tags) */
+  struct prow row[16];           /* by field number */
+};
+
+#define PLAN_SLOTS EMD_UNPACK_PLANS   /* a power of two */
+#define PLAN_PROBES 32           /* slots a type looks at, from its hash */
+
+static _Atomic(struct plan *) plans[PLAN_SLOTS];
+
+/* A proto3 field outside a oneof (and without a has_ flag, which protoc-c
+ * never gives one): its value simply goes to its member, as most do. */
+static inline bool is_plain(const ProtobufCFieldDescriptor *f)
+{
+  return f->label == PROTOBUF_C_LABEL_NONE &&
+         (f->quantifier_offset | (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) == 0;
+}
+
+/* f's kind and the wire type it takes, or K_FIELD. */
+static enum kind kind_of(const ProtobufCFieldDescriptor *f, unsigned *wt)
+{
+  static const uint8_t plain[][2] = {
+    [PROTOBUF_C_TYPE_INT32] = { K_V32, WT_VARINT },
+    [PROTOBUF_C_TYPE_SINT32] = { K_S32, WT_VARINT },
+    [PROTOBUF_C_TYPE_SFIXED32] = { K_F32, WT_32BIT },
+    [PROTOBUF_C_TYPE_INT64] = { K_V64, WT_VARINT },
+    [PROTOBUF_C_TYPE_SINT64] = { K_S64, WT_VARINT },
+    [PROTOBUF_C_TYPE_SFIXED64] = { K_F64, WT_64BIT },
+    [PROTOBUF_C_TYPE_UINT32] = { K_V32, WT_VARINT },
+    [PROTOBUF_C_TYPE_FIXED32] = { K_F32, WT_32BIT },
+    [PROTOBUF_C_TYPE_UINT64] = { K_V64, WT_VARINT },
+    [PROTOBUF_C_TYPE_FIXED64] = { K_F64, WT_64BIT },
+    [PROTOBUF_C_TYPE_FLOAT] = { K_F32, WT_32BIT },
+    [PROTOBUF_C_TYPE_DOUBLE] = { K_F64, WT_64BIT },
+    [PROTOBUF_C_TYPE_BOOL] = { K_BOOL, WT_VARINT },
+    [PROTOBUF_C_TYPE_ENUM] = { K_V32, WT_VARINT },
+    [PROTOBUF_C_TYPE_STRING] = { K_STRING, WT_LEN },
+    [PROTOBUF_C_TYPE_BYTES] = { K_BYTES, WT_LEN },
+    [PROTOBUF_C_TYPE_MESSAGE] = { K_MSG, WT_LEN },
+  };
+
+  if ((unsigned)f->type >= sizeof(plain) / sizeof(plain[0]))
+    return K_FIELD;
+  if (is_plain(f)) {
+    *wt = plain[f->type][1];
+    return (enum kind)plain[f->type][0];
+  }
+  /* a message marked packed fails as a packed run (put_packed) */
+  if (f->label == PROTOBUF_C_LABEL_REPEATED &&
+      f->type == PROTOBUF_C_TYPE_MESSAGE &&
+      !(f->flags & PROTOBUF_C_FIELD_FLAG_PACKED)) {
+    *wt = WT_LEN;
+    return K_REP_MSG;
+  }
+  return K_FIELD;
+}
+
+/* d's plan, or NULL without memory. The rows are those of the fields
+ * that field_of() finds for the numbers 1 to 15, so that the plan and the
+ * descriptor's way never disagree about a number. */
+static struct plan *plan_make(const ProtobufCMessageDescriptor *d)
+{
+  const ProtobufCFieldDescriptor *f;
+  struct plan *pl = calloc(1, sizeof(*pl));
+  enum kind k;
+  unsigned i, wt;
+
+  if (pl == NULL)
+    return NULL;
+  pl->d = d;
+  pl->size = (d->sizeof_message + 7) & ~(size_t)7;
+  for (i = 0; i < d->n_fields; i++)
+    if (d->fields[i].label == PROTOBUF_C_LABEL_REQUIRED &&
+        d->fields[i].default_value == NULL)
+      pl->required = true;
+  for (i = 0; i < 16; i++) {
+    atomic_init(&pl->row[i].sub, NULL);
+    f = i > 0 ? field_of(d, i) : NULL;
+    if (f == NULL || (k = kind_of(f, &wt)) == K_FIELD)
+      continue;
+    pl->kind[i << 3 | wt] = (uint8_t)k;
+    pl->row[i].offset = f->offset;
+    pl->row[i].qoffset = f->quantifier_offset;
+    pl->row[i].f = f;
+  }
+  return pl;
+}
+
+static inline size_t plan_slot(const ProtobufCMessageDescriptor *d)
+{
+  uint64_t h = (uint64_t)((uintptr_t)d >> 3) * UINT64_C(0x9e3779b97f4a7c15);
+
+  return (size_t)(h >> 32) & (PLAN_SLOTS - 1);
+}
+
+/* d's plan from the table, made the first time; NULL when the slots d
+ * may take are full (the table nearly so), or there is no memory. */
+static __attribute__((noinline)) struct plan *
+plan_get(const ProtobufCMessageDescriptor *d)
+{
+  size_t i = plan_slot(d), k;
+  struct plan *pl, *mine = NULL;
+
+  for (k = 0; k < PLAN_PROBES; k++, i = (i + 1) & (PLAN_SLOTS - 1)) {
+    pl = atomic_load_explicit(&plans[i], memory_order_acquire);
+    if (pl == NULL) {
+      if (mine == NULL && (mine = plan_make(d)) == NULL)
+        return NULL;
+      if (atomic_compare_exchange_strong_explicit(
+              &plans[i], &pl, mine, memory_order_acq_rel,
+              memory_order_acquire))
+        return mine;
+      /* another thread filled the slot first: pl is what it put there */
+    }
+    if (pl->d == d) {
+      free(mine);
+      return pl;
+    }
+  }
+  free(mine);
+  return NULL;
+}
+
+/* plan_get(), in one look when d has its own slot */
+static inline struct plan *plan_find(const ProtobufCMessageDescriptor *d)
+{
+  struct plan *pl = atomic_load_explicit(&plans[plan_slot(d)],
+                                         memory_order_acquire);
+
+  return pl != NULL && pl->d == d ? pl : plan_get(d);
+}
+
+/* The plan of row r's sub-message type (or NULL), found once and kept in
+ * the row (NULL is not kept, so that a later message tries again). */
+static __attribute__((noinline)) struct plan *sub_slow(struct prow *r)
+{
+  struct plan *pl = plan_get(r->f->descriptor);
+
+  if (pl != NULL)
+    atomic_store_explicit(&r->sub, pl, memory_order_release);
+  return pl;
+}
+
+static inline struct plan *sub_plan(struct prow *r)
+{
+  struct plan *pl = atomic_load_explicit(&r->sub, memory_order_acquire);
+
+  return pl != NULL ? pl : sub_slow(r);
+}
+
+/* ------------------------------------------------------------------ */
 /* Fields */
 
-static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
-                          const uint8_t *p, const uint8_t *end,
-                          ProtobufCMessage **out);
-static inline int put_message(struct up *u,
-                              const ProtobufCFieldDescriptor *f, void *p,
-                              const uint8_t *s, size_t n);
+static ProtobufCMessage *unpack_message(struct up *u,
+                                        const ProtobufCMessageDescriptor *d,
+                                        const uint8_t *p, const uint8_t *end);
+static int put_message(struct up *u, const ProtobufCFieldDescriptor *f,
+                       void *p, ProtobufCMessage *sub);
 
 /* A oneof's member at p, before another member goes there. */
 static void clear_oneof(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
@@ -758,15 +1006,16 @@ put_len(struct up *u, ProtobufCMessage *m, const ProtobufCFieldDescriptor *f,
     }
     return 0;
   case PROTOBUF_C_TYPE_MESSAGE:
+    slot = cnt == NULL ? member(m, f) : NULL;
+    sub = unpack_message(u, f->descriptor, s, end);
+    if (sub == NULL)
+      return u->rc;
     if (cnt == NULL) {
-      rc = put_message(u, f, member(m, f), s, n);
+      rc = put_message(u, f, slot, sub);
       if (rc == 0)
         mark(m, f);
       return rc;
     }
-    rc = unpack_message(u, f->descriptor, s, end, &sub);
-    if (rc != 0)
-      return rc;
     slot = rep_room(u, (char *)m + f->offset, *cnt, 1, sizeof(sub));
     if (slot == NULL)
       return -ENOMEM;
@@ -822,14 +1071,6 @@ static bool required_seen(const ProtobufCMessageDescriptor *d,
   return true;
 }
 
-/* A proto3 field outside a oneof (and without a has_ flag, which protoc-c
- * never gives one): its value simply goes to its member, as most do. */
-static inline bool is_plain(const ProtobufCFieldDescriptor *f)
-{
-  return f->label == PROTOBUF_C_LABEL_NONE &&
-         (f->quantifier_offset | (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) == 0;
-}
-
 /* A plain field's varint value (v, its bytes raw[0..n)) into member p;
  * false for types that take no varint. */
 static inline bool plain_varint(const ProtobufCFieldDescriptor *f, void *p,
@@ -856,19 +1097,14 @@ static inline bool plain_varint(const ProtobufCFieldDescriptor *f, void *p,
   }
 }
 
-/* A sub-message s[0..n) for field f, whose member is at p: decoded, and
- * merged into an earlier copy there (parse_required_member). */
-static inline int put_message(struct up *u,
-                              const ProtobufCFieldDescriptor *f, void *p,
-                              const uint8_t *s, size_t n)
+/* Sub-message sub of field f goes to its member at p: merged into an
+ * earlier copy there (parse_required_member). */
+static int put_message(struct up *u, const ProtobufCFieldDescriptor *f,
+                       void *p, ProtobufCMessage *sub)
 {
-  ProtobufCMessage *sub, *old;
+  ProtobufCMessage *old = *(ProtobufCMessage **)p;
   int rc;
 
-  rc = unpack_message(u, f->descriptor, s, s + n, &sub);
-  if (rc != 0)
-    return rc;
-  old = *(ProtobufCMessage **)p;
   if (old != NULL && old != f->default_value) {
     rc = merge(u, old, sub);
     if (rc != 0)
@@ -878,143 +1114,443 @@ static inline int put_message(struct up *u,
   return 0;
 }
 
-static int unpack_message(struct up *u, const ProtobufCMessageDescriptor *d,
-                          const uint8_t *p, const uint8_t *end,
-                          ProtobufCMessage **out)
+/* A plain field's length-delimited value s[0..n) (its prefix at p, hdr
+ * bytes, the field's end at end) into m. */
+static int plain_len(struct up *u, ProtobufCMessage *m,
+                     const ProtobufCFieldDescriptor *f, const uint8_t *p,
+                     unsigned hdr, const uint8_t *end)
 {
-  const ProtobufCFieldDescriptor *f, *next = d->fields;
-  const ProtobufCFieldDescriptor *fend = next + d->n_fields;
-  bool track = !(u->opts & EMD_UNPACK_NO_REQUIRED);
-  ProtobufCMessage *m;
-  uint64_t seen_stack[2], *seen = seen_stack, v;
-  const uint8_t *start;
-  uint32_t tag;
-  unsigned wt, hdr;
-  size_t i, size;
+  ProtobufCMessage *sub;
   char *str;
+
+  switch (f->type) {
+  case PROTOBUF_C_TYPE_STRING:
+    str = copy_string(u, p + hdr, (size_t)(end - p) - hdr);
+    if (str == NULL)
+      return -ENOMEM;
+    *(char **)((char *)m + f->offset) = str;
+    return 0;
+  case PROTOBUF_C_TYPE_MESSAGE:
+    sub = unpack_message(u, f->descriptor, p + hdr, end);
+    if (sub == NULL)
+      return u->rc;
+    return put_message(u, f, (char *)m + f->offset, sub);
+  default:
+    return put_len(u, m, f, p, hdr, end);
+  }
+}
+
+/* One field of m (type d) the descriptor's way: its tag at p. Returns
+ * where the next one starts, or NULL (u->rc says why). seen (NULL: not
+ * wanted) gets a bit per required field that came. */
+static __attribute__((noinline)) const uint8_t *
+put_field(struct up *u, ProtobufCMessage *m,
+          const ProtobufCMessageDescriptor *d, uint64_t *seen,
+          const uint8_t *p, const uint8_t *end)
+{
+  const ProtobufCFieldDescriptor *f;
+  const uint8_t *start;
+  unsigned wt, hdr;
+  uint32_t tag;
+  size_t i, size;
+  uint64_t v;
   int rc;
 
-  m = obj_take(u, d->sizeof_message);
+  if (p[0] < 0x80) {
+    if (p[0] < 8)
+      return fail(u, -EINVAL);   /* field number 0 */
+    tag = p[0] >> 3;
+    wt = p[0] & 7;
+    p++;
+  } else if (!tag_slow(&p, end, &tag, &wt)) {
+    return fail(u, -EINVAL);
+  }
+  f = field_of(d, tag);
+  if (f != NULL && seen != NULL && f->label == PROTOBUF_C_LABEL_REQUIRED) {
+    i = (size_t)(f - d->fields);
+    seen[i / 64] |= (uint64_t)1 << (i % 64);
+  }
+  start = p;
+  switch (wt) {
+  case WT_VARINT:
+    if (!get_varint(&p, end, &v))
+      return fail(u, -EINVAL);
+    if (f == NULL)
+      rc = put_unknown(u, m, tag, wt, start, (size_t)(p - start));
+    else if (is_plain(f) && plain_varint(f, (char *)m + f->offset, v, start,
+                                         (size_t)(p - start)))
+      rc = 0;
+    else
+      rc = put_varint(u, m, f, v, start, (size_t)(p - start));
+    break;
+  case WT_64BIT:
+  case WT_32BIT:
+    i = wt == WT_64BIT ? 8 : 4;
+    if ((size_t)(end - p) < i)
+      return fail(u, -EINVAL);
+    p += i;
+    if (f == NULL)
+      rc = put_unknown(u, m, tag, wt, start, i);
+    else
+      rc = put_fixed(u, m, f, start, i);
+    break;
+  case WT_LEN:
+    size = get_len(p, (size_t)(end - p), &hdr);
+    if (size == 0)
+      return fail(u, -EINVAL);
+    p += size;
+    if (f == NULL)
+      rc = put_unknown(u, m, tag, wt, start, size);
+    else if (is_plain(f))
+      rc = plain_len(u, m, f, start, hdr, p);
+    else
+      rc = put_len(u, m, f, start, hdr, p);
+    break;
+  default:
+    return fail(u, -EINVAL);
+  }
+  return rc == 0 ? p : fail(u, rc);
+}
+
+/* A new message of type d, initialised, of size bytes (a multiple of 8). */
+static inline ProtobufCMessage *
+new_message(struct up *u, const ProtobufCMessageDescriptor *d, size_t size)
+{
+  ProtobufCMessage *m = obj_take8(u, size);
+
   if (m == NULL)
-    return -ENOMEM;
+    return fail(u, -ENOMEM);
   if (d->message_init != NULL)
     d->message_init(m);
   else
     init_generic(d, m);
-  if (track) {
+  return m;
+}
+
+/* A message of type d from p[0..end), the descriptor's way (every field
+ * by put_field()). Returns it, or NULL (u->rc says why). */
+static __attribute__((noinline)) ProtobufCMessage *
+unpack_by_desc(struct up *u, const ProtobufCMessageDescriptor *d,
+               const uint8_t *p, const uint8_t *end)
+{
+  uint64_t seen_stack[2], *seen = NULL;
+  ProtobufCMessage *m;
+
+  m = new_message(u, d, (d->sizeof_message + 7) & ~(size_t)7);
+  if (m == NULL)
+    return NULL;
+  if (u->track) {
+    seen = seen_stack;
     seen_stack[0] = seen_stack[1] = 0;
     if (d->n_fields > 128) {
       seen = emd_arena_calloc(u->arena, (d->n_fields + 63) / 64 * 8);
       if (seen == NULL)
-        return -ENOMEM;
+        return fail(u, -ENOMEM);
     }
   }
   while (p < end) {
-    if (p[0] < 0x80) {
-      if (p[0] < 8)
-        return -EINVAL;            /* field number 0 */
-      tag = p[0] >> 3;
-      wt = p[0] & 7;
-      p++;
-    } else if (!tag_slow(&p, end, &tag, &wt)) {
-      return -EINVAL;
-    }
-    /* fields come in their order, mostly, with gaps (proto3 leaves out
-     * zeros): look a few past the last one first */
-    while (next < fend && next->id < tag && next->id + 4 > tag)
-      next++;
-    if (next < fend && next->id == tag)
-      f = next;
-    else
-      f = field_of(d, tag);
-    if (f != NULL) {
-      next = f + 1;
-      if (track && f->label == PROTOBUF_C_LABEL_REQUIRED) {
-        i = (size_t)(f - d->fields);
-        seen[i / 64] |= (uint64_t)1 << (i % 64);
-      }
-    }
-    start = p;
-    switch (wt) {
-    case WT_VARINT:
-      if (p < end && p[0] < 0x80)
-        v = *p++;
-      else if (!varint_slow(&p, end, &v))
-        return -EINVAL;
-      if (f == NULL)
-        rc = put_unknown(u, m, tag, wt, start, (size_t)(p - start));
-      else if (is_plain(f) && plain_varint(f, (char *)m + f->offset, v, start,
-                                           (size_t)(p - start)))
-        rc = 0;
-      else
-        rc = put_varint(u, m, f, v, start, (size_t)(p - start));
-      break;
-    case WT_64BIT:
-    case WT_32BIT:
-      i = wt == WT_64BIT ? 8 : 4;
-      if ((size_t)(end - p) < i)
-        return -EINVAL;
-      p += i;
-      if (f == NULL)
-        rc = put_unknown(u, m, tag, wt, start, i);
-      else
-        rc = put_fixed(u, m, f, start, i);
-      break;
-    case WT_LEN:
-      size = get_len(p, (size_t)(end - p), &hdr);
-      if (size == 0)
-        return -EINVAL;
-      p += size;
-      if (f == NULL) {
-        rc = put_unknown(u, m, tag, wt, start, size);
-      } else if (!is_plain(f)) {
-        rc = put_len(u, m, f, start, hdr, p);
-      } else if (f->type == PROTOBUF_C_TYPE_STRING) {
-        str = copy_string(u, start + hdr, size - hdr);
-        if (str == NULL)
-          return -ENOMEM;
-        *(char **)((char *)m + f->offset) = str;
-        rc = 0;
-      } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
-        rc = put_message(u, f, (char *)m + f->offset, start + hdr,
-                         size - hdr);
-      } else {
-        rc = put_len(u, m, f, start, hdr, p);
-      }
-      break;
-    default:
-      return -EINVAL;
-    }
-    if (rc != 0)
-      return rc;
+    p = put_field(u, m, d, seen, p, end);
+    if (p == NULL)
+      return NULL;
   }
-  if (track && !required_seen(d, seen))
-    return -EINVAL;
-  *out = m;
-  return 0;
+  if (seen != NULL && !required_seen(d, seen))
+    return fail(u, -EINVAL);
+  return m;
+}
+
+/* A varint at p: returns where it ends, or NULL. */
+static inline const uint8_t *read_varint(const uint8_t *p,
+                                         const uint8_t *end, uint64_t *v)
+{
+  if (p < end && p[0] < 0x80) {
+    *v = p[0];
+    return p + 1;
+  }
+  return varint_slow(&p, end, v) ? p : NULL;
+}
+
+/* A length-delimited value at p: *s and *n get its contents; returns
+ * where it ends, or NULL (get_len()'s checks). */
+static inline const uint8_t *read_len(const uint8_t *p, const uint8_t *end,
+                                      const uint8_t **s, size_t *n)
+{
+  unsigned hdr;
+  size_t size;
+
+  if (p < end && p[0] < 0x80) {
+    *n = p[0];
+    *s = p + 1;
+    return *n < (size_t)(end - p) ? p + 1 + *n : NULL;
+  }
+  size = get_len(p, (size_t)(end - p), &hdr);
+  if (size == 0)
+    return NULL;
+  *s = p + hdr;
+  *n = size - hdr;
+  return p + size;
+}
+
+static ProtobufCMessage *unpack_planned(struct up *u, struct plan *pl,
+                                        const uint8_t *p, const uint8_t *end);
+
+/* Row r's sub-message s[0..end), by its plan if it has one. */
+static inline ProtobufCMessage *unpack_row(struct up *u, struct prow *r,
+                                           const uint8_t *s,
+                                           const uint8_t *end)
+{
+  struct plan *pl = sub_plan(r);
+
+  return pl != NULL ? unpack_planned(u, pl, s, end)
+                    : unpack_by_desc(u, r->f->descriptor, s, end);
+}
+
+/* The fields by kind (put_planned()): each reads its value at p, after
+ * the tag, up to end, and stores it at dst, the member; each returns
+ * where the next field starts, or NULL (u->rc says why). Inlined into
+ * the one loop that reads a message by its plan. */
+
+static inline __attribute__((always_inline)) const uint8_t *
+plan_string(struct up *u, void *dst, const uint8_t *p,
+            const uint8_t *end)
+{
+  const uint8_t *s;
+  size_t n;
+  char *str;
+
+  p = read_len(p, end, &s, &n);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  str = copy_string(u, s, n);
+  if (str == NULL)
+    return fail(u, -ENOMEM);
+  *(char **)dst = str;
+  return p;
+}
+
+static inline __attribute__((always_inline)) const uint8_t *
+plan_bytes(struct up *u, void *dst, const uint8_t *p,
+           const uint8_t *end)
+{
+  ProtobufCBinaryData *bd = dst;
+  const uint8_t *s;
+  size_t n;
+
+  p = read_len(p, end, &s, &n);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  bd->len = n;
+  bd->data = NULL;
+  if (n == 0)
+    return p;
+  bd->data = pool_take(u, n);
+  if (bd->data == NULL)
+    return fail(u, -ENOMEM);
+  memcpy(bd->data, s, n);
+  return p;
+}
+
+/* row r's sub-message, merged into an earlier one at dst */
+static inline __attribute__((always_inline)) const uint8_t *
+plan_msg(struct up *u, void *dst, struct prow *r, const uint8_t *p,
+         const uint8_t *end)
+{
+  ProtobufCMessage *sub;
+  const uint8_t *s;
+  size_t n;
+  int rc;
+
+  p = read_len(p, end, &s, &n);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  sub = unpack_row(u, r, s, p);
+  if (sub == NULL)
+    return NULL;
+  if (*(ProtobufCMessage **)dst == NULL) {
+    *(ProtobufCMessage **)dst = sub;
+    return p;
+  }
+  rc = put_message(u, r->f, dst, sub);
+  return rc == 0 ? p : fail(u, rc);
+}
+
+/* row r's sub-message, appended to m's array */
+static inline __attribute__((always_inline)) const uint8_t *
+plan_rep_msg(struct up *u, char *m, struct prow *r, const uint8_t *p,
+             const uint8_t *end)
+{
+  size_t *cnt = (size_t *)(m + r->qoffset), n;
+  ProtobufCMessage *sub, **slot;
+  const uint8_t *s;
+
+  p = read_len(p, end, &s, &n);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  sub = unpack_row(u, r, s, p);
+  if (sub == NULL)
+    return NULL;
+  slot = rep_push(u, m + r->offset, *cnt, sizeof(sub));
+  if (slot == NULL)
+    return fail(u, -ENOMEM);
+  (*cnt)++;
+  *slot = sub;
+  return p;
+}
+
+/* n (4 or 8) bytes as they are */
+static inline __attribute__((always_inline)) const uint8_t *
+plan_fixed(struct up *u, void *dst, const uint8_t *p,
+           const uint8_t *end, size_t n)
+{
+  if ((size_t)(end - p) < n)
+    return fail(u, -EINVAL);
+  memcpy(dst, p, n);
+  return p + n;
+}
+
+static inline __attribute__((always_inline)) const uint8_t *
+plan_bool(struct up *u, void *dst, const uint8_t *p,
+          const uint8_t *end)
+{
+  const uint8_t *s = p;
+  uint64_t v;
+
+  p = read_varint(p, end, &v);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  *(protobuf_c_boolean *)dst = v != 0 || any_bits(s, (size_t)(p - s));
+  return p;
+}
+
+static inline __attribute__((always_inline)) const uint8_t *
+plan_v32(struct up *u, void *dst, const uint8_t *p,
+         const uint8_t *end, bool zigzag)
+{
+  uint64_t v;
+  uint32_t w;
+
+  p = read_varint(p, end, &v);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  w = (uint32_t)v;
+  if (zigzag)
+    w = (uint32_t)unzigzag32(w);
+  memcpy(dst, &w, 4);
+  return p;
+}
+
+static inline __attribute__((always_inline)) const uint8_t *
+plan_v64(struct up *u, void *dst, const uint8_t *p,
+         const uint8_t *end, bool zigzag)
+{
+  uint64_t v;
+
+  p = read_varint(p, end, &v);
+  if (p == NULL)
+    return fail(u, -EINVAL);
+  if (zigzag)
+    v = (uint64_t)unzigzag64(v);
+  memcpy(dst, &v, 8);
+  return p;
+}
+
+/* The field at p (its tag's first byte there) of m, by plan pl. Returns
+ * where the next one starts, or NULL (u->rc says why). */
+static inline __attribute__((always_inline)) const uint8_t *
+put_planned(struct up *u, ProtobufCMessage *m, struct plan *pl,
+            const uint8_t *p, const uint8_t *end)
+{
+  /* &pl->row[p[0] >> 3], in one instruction less */
+  struct prow *r = (struct prow *)((char *)pl->row + (size_t)(p[0] & 0xf8) *
+                                   (sizeof(struct prow) / 8));
+  char *mp = (char *)m;
+
+  /* the member's address in each case: K_FIELD has no row */
+  switch ((enum kind)pl->kind[p[0]]) {
+  case K_FIELD:
+    return put_field(u, m, pl->d, NULL, p, end);
+  case K_STRING:
+    return plan_string(u, mp + r->offset, p + 1, end);
+  case K_BYTES:
+    return plan_bytes(u, mp + r->offset, p + 1, end);
+  case K_MSG:
+    return plan_msg(u, mp + r->offset, r, p + 1, end);
+  case K_REP_MSG:
+    return plan_rep_msg(u, mp, r, p + 1, end);
+  case K_BOOL:
+    return plan_bool(u, mp + r->offset, p + 1, end);
+  case K_V32:
+    return plan_v32(u, mp + r->offset, p + 1, end, false);
+  case K_S32:
+    return plan_v32(u, mp + r->offset, p + 1, end, true);
+  case K_V64:
+    return plan_v64(u, mp + r->offset, p + 1, end, false);
+  case K_S64:
+    return plan_v64(u, mp + r->offset, p + 1, end, true);
+  case K_F32:
+    return plan_fixed(u, mp + r->offset, p + 1, end, 4);
+  case K_F64:
+    return plan_fixed(u, mp + r->offset, p + 1, end, 8);
+  }
+  __builtin_unreachable();   /* kind[] holds nothing else */
+}
+
+/* A message by its plan pl from p[0..end). Returns it, or NULL (u->rc
+ * says why). */
+static ProtobufCMessage *unpack_planned(struct up *u, struct plan *pl,
+                                        const uint8_t *p, const uint8_t *end)
+{
+  ProtobufCMessage *m;
+
+  if (pl->required && u->track)
+    return unpack_by_desc(u, pl->d, p, end);
+  m = new_message(u, pl->d, pl->size);
+  if (m == NULL)
+    return NULL;
+  while (p < end) {
+    p = put_planned(u, m, pl, p, end);
+    if (p == NULL)
+      return NULL;
+  }
+  return m;
+}
+
+/* A message of type d from p[0..end), by its plan if it has one. Returns
+ * it, or NULL (u->rc says why). */
+static ProtobufCMessage *unpack_message(struct up *u,
+                                        const ProtobufCMessageDescriptor *d,
+                                        const uint8_t *p, const uint8_t *end)
+{
+  struct plan *pl = plan_find(d);
+
+  return pl != NULL ? unpack_planned(u, pl, p, end)
+                    : unpack_by_desc(u, d, p, end);
 }
 
 int emd_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                size_t len, struct emd_arena *arena, unsigned opts,
                ProtobufCMessage **out, unsigned *saw)
 {
-  struct up u = { arena, NULL, NULL, NULL, NULL, 0, opts, 0 };
-  int rc;
+  struct up u = { .arena = arena, .opts = opts };
+  char *b;
 
   *out = NULL;
-  u.obj_block = len < (OBJ_BLOCK - 256) / 4 ? 4 * len + 256 : OBJ_BLOCK;
-  if (len > 0) {
-    u.pool = emd_arena_alloc(arena, len);
-    if (u.pool == NULL)
-      return -ENOMEM;
-    u.pool_end = u.pool + len;
-  } else {
+  u.track = !(opts & EMD_UNPACK_NO_REQUIRED);
+  if (len == 0)
     data = (const uint8_t *)"";   /* data may be NULL: no NULL + 0 */
+  /* the first block for messages and arrays, and the pool after it */
+  u.obj_block = len < (OBJ_BLOCK - 256) / 4 ? 4 * len + 256 : OBJ_BLOCK;
+  b = emd_arena_alloc(arena, u.obj_block + len);
+  if (b != NULL) {
+    u.obj = b;
+    u.obj_end = b + u.obj_block;
+    u.obj_block = OBJ_BLOCK;
+    u.pool = (uint8_t *)u.obj_end;
+    u.pool_end = u.pool + len;
+    *out = unpack_message(&u, desc, data, data + len);
+  } else {
+    u.rc = -ENOMEM;
   }
-  rc = unpack_message(&u, desc, data, data + len, out);
-  if (rc != 0)
-    *out = NULL;
   if (saw != NULL)
     *saw = u.saw;
-  return rc;
+  return *out != NULL ? 0 : u.rc;
 }

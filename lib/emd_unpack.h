@@ -45,7 +45,13 @@
  * Messages nest as deep as the input does, by recursion, as in
  * protobuf-c.
  *
- * No state of its own: any thread, each with its own arena. */
+ * Any thread, each with its own arena. The one state it keeps is a plan
+ * per message type, what its descriptor says about each field, made at
+ * the type's first use and kept for the life of the process in a table
+ * that every thread reads without a lock (made by whichever thread comes
+ * first). Plans are found by the descriptor's address, so a descriptor
+ * must keep its fields, ranges and size once used, and its address must
+ * not go to another descriptor later (generated ones are constant). */
 #ifndef EMD_UNPACK_H
 #define EMD_UNPACK_H
 
@@ -63,6 +69,11 @@
                                      * of proto3): skip the check that
                                      * every one came (protobuf-c looks at
                                      * each field of each message) */
+
+/* At most this many message types get a plan (see the top); any other
+ * (or any type, when there is no memory for its plan) is read by its
+ * descriptor alone, with the same results, only slower. */
+#define EMD_UNPACK_PLANS 512
 
 /* What emd_unpack() saw (*saw); a hint that errs on the safe side only. */
 #define EMD_UNPACK_SAW_UNKNOWN 1u   /* some message had an unknown field */

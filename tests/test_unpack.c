@@ -12,6 +12,7 @@
  * quirks one by one, each with the value protobuf-c gives. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdbool.h>
 #include <stdarg.h>
@@ -237,6 +238,118 @@ static kitchen *new_kitchen(struct emd_arena *a)
   return k;
 }
 
+/* ------------------------------------------------------------------ */
+/* hand-made descriptors for the plans: every kind a plan reads by its
+ * one-byte tag (numbers 1 to 15: strings, bytes, messages, a repeated
+ * message, bool, zigzag and fixed scalars), fields among them that it
+ * leaves to the descriptor (proto2 optional, repeated and packable
+ * fields; oneofs in odd, where merges fail), a gap, a sub-message type
+ * with required fields, and numbers past 15 (a sparse range) */
+
+typedef struct sparse sparse;
+struct sparse {
+  ProtobufCMessage base;
+  char *str;                       /* 1 */
+  ProtobufCBinaryData by;          /* 2 */
+  sparse *child;                   /* 3 */
+  kitchen *k;                      /* 4: required fields */
+  size_t n_kids;                   /* 5 */
+  sparse **kids;
+  protobuf_c_boolean b;            /* 6 */
+  int32_t s32;                     /* 7 */
+  int64_t s64;                     /* 8 */
+  protobuf_c_boolean has_o_u64;    /* 9: proto2 optional */
+  uint64_t o_u64;
+  char *o_str;                     /* 10: proto2 optional, a default */
+  size_t n_rep_by;                 /* 11 */
+  ProtobufCBinaryData *rep_by;
+  double db;                       /* 13 (no 12) */
+  float fl;                        /* 14 */
+  size_t n_rep_u32;                /* 15 */
+  uint32_t *rep_u32;
+  char *t16;                       /* 16 */
+  size_t n_rep_str;                /* 17 */
+  char **rep_str;
+  sparse *t2048;                   /* 2048 */
+};
+
+static const ProtobufCMessageDescriptor sparse_descriptor;
+
+#define S(name, id, label, type, q, off, desc, dflt, flags)             \
+  { name, id, PROTOBUF_C_LABEL_##label, PROTOBUF_C_TYPE_##type, q,      \
+    offsetof(sparse, off), desc, dflt, flags, 0, NULL, NULL }
+#define SQ(m) offsetof(sparse, m)
+#define SPARSE_FIELDS 17
+
+static const ProtobufCFieldDescriptor sparse_f[SPARSE_FIELDS] = {
+  S("str", 1, NONE, STRING, 0, str, NULL, &protobuf_c_empty_string, 0),
+  S("by", 2, NONE, BYTES, 0, by, NULL, NULL, 0),
+  S("child", 3, NONE, MESSAGE, 0, child, &sparse_descriptor, NULL, 0),
+  S("k", 4, NONE, MESSAGE, 0, k, &kitchen_descriptor, NULL, 0),
+  S("kids", 5, REPEATED, MESSAGE, SQ(n_kids), kids, &sparse_descriptor,
+    NULL, 0),
+  S("b", 6, NONE, BOOL, 0, b, NULL, NULL, 0),
+  S("s32", 7, NONE, SINT32, 0, s32, NULL, NULL, 0),
+  S("s64", 8, NONE, SINT64, 0, s64, NULL, NULL, 0),
+  S("o_u64", 9, OPTIONAL, UINT64, SQ(has_o_u64), o_u64, NULL, NULL, 0),
+  S("o_str", 10, OPTIONAL, STRING, 0, o_str, NULL, kitchen_dflt, 0),
+  S("rep_by", 11, REPEATED, BYTES, SQ(n_rep_by), rep_by, NULL, NULL, 0),
+  S("db", 13, NONE, DOUBLE, 0, db, NULL, NULL, 0),
+  S("fl", 14, NONE, FLOAT, 0, fl, NULL, NULL, 0),
+  S("rep_u32", 15, REPEATED, UINT32, SQ(n_rep_u32), rep_u32, NULL, NULL, 0),
+  S("t16", 16, NONE, STRING, 0, t16, NULL, &protobuf_c_empty_string, 0),
+  S("rep_str", 17, REPEATED, STRING, SQ(n_rep_str), rep_str, NULL, NULL, 0),
+  S("t2048", 2048, NONE, MESSAGE, 0, t2048, &sparse_descriptor, NULL, 0),
+};
+
+static const ProtobufCIntRange sparse_ranges[] = {
+  { 1, 0 }, { 13, 11 }, { 2048, 16 }, { 0, SPARSE_FIELDS },
+};
+
+/* no message_init: defaults from the fields */
+static const ProtobufCMessageDescriptor sparse_descriptor = {
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC, "test.Sparse", "Sparse", "Sparse",
+  "test", sizeof(sparse), SPARSE_FIELDS, sparse_f, NULL, 3, sparse_ranges,
+  NULL, NULL, NULL, NULL,
+};
+
+/* A repeated message marked packed (protobuf-c reads a length-delimited
+ * one as a packed run, and fails), a plain string and a oneof. */
+typedef struct odd odd;
+struct odd {
+  ProtobufCMessage base;
+  size_t n_pk;                     /* 1 */
+  odd **pk;
+  char *str;                       /* 2 */
+  uint32_t pick_case;              /* 3, 4 */
+  union {
+    int32_t p_i32;
+    odd *p_msg;
+  };
+};
+
+static const ProtobufCMessageDescriptor odd_descriptor;
+
+#define O(name, id, label, type, q, off, desc, flags)                   \
+  { name, id, PROTOBUF_C_LABEL_##label, PROTOBUF_C_TYPE_##type, q,      \
+    offsetof(odd, off), desc, NULL, flags, 0, NULL, NULL }
+
+static const ProtobufCFieldDescriptor odd_f[4] = {
+  O("pk", 1, REPEATED, MESSAGE, offsetof(odd, n_pk), pk, &odd_descriptor,
+    PROTOBUF_C_FIELD_FLAG_PACKED),
+  O("str", 2, NONE, STRING, 0, str, NULL, 0),
+  O("p_i32", 3, NONE, INT32, offsetof(odd, pick_case), p_i32, NULL, ONEOF),
+  O("p_msg", 4, NONE, MESSAGE, offsetof(odd, pick_case), p_msg,
+    &odd_descriptor, ONEOF),
+};
+
+static const ProtobufCIntRange odd_ranges[] = { { 1, 0 }, { 0, 4 } };
+
+static const ProtobufCMessageDescriptor odd_descriptor = {
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC, "test.Odd", "Odd", "Odd", "test",
+  sizeof(odd), 4, odd_f, NULL, 1, odd_ranges, NULL, NULL, NULL, NULL,
+};
+
 static void rnd_scalar(struct rng *r, ProtobufCType type, void *p)
 {
   uint64_t v = chance(r, 3) ? 0 : rnd64(r);
@@ -416,6 +529,51 @@ static kitchen *rnd_kitchen(struct rng *r, struct emd_arena *a, int depth)
   k->tmax = rnd_str(r, a, true);
   rnd_unknowns(r, a, &k->base);
   return k;
+}
+
+static sparse *rnd_sparse(struct rng *r, struct emd_arena *a, int depth)
+{
+  sparse *sp = emd_arena_alloc(a, sizeof(*sp));
+  size_t i;
+
+  assert_non_null(sp);
+  /* what both unpackers' generic initialisation gives it */
+  memset(sp, 0, sizeof(*sp));
+  sp->base.descriptor = &sparse_descriptor;
+  sp->str = sp->t16 = (char *)protobuf_c_empty_string;
+  sp->o_str = (char *)kitchen_dflt;
+  sp->str = rnd_str(r, a, true);
+  rnd_bytes(r, a, &sp->by);
+  if (depth < 3 && chance(r, 2))
+    sp->child = rnd_sparse(r, a, depth + 1);
+  if (depth == 0 && chance(r, 3))
+    sp->k = rnd_kitchen(r, a, 2);   /* 2: no repeated fields */
+  sp->n_kids = depth < 2 ? rnd(r) % 7 : 0;   /* past 4 now and then */
+  sp->kids = emd_arena_alloc(a, (sp->n_kids + 1) * sizeof(*sp->kids));
+  assert_non_null(sp->kids);
+  for (i = 0; i < sp->n_kids; i++)
+    sp->kids[i] = rnd_sparse(r, a, depth + 1);
+  rnd_scalar(r, PROTOBUF_C_TYPE_BOOL, &sp->b);
+  rnd_scalar(r, PROTOBUF_C_TYPE_SINT32, &sp->s32);
+  rnd_scalar(r, PROTOBUF_C_TYPE_SINT64, &sp->s64);
+  sp->has_o_u64 = chance(r, 2);
+  rnd_scalar(r, PROTOBUF_C_TYPE_UINT64, &sp->o_u64);
+  if (!chance(r, 3))
+    sp->o_str = rnd_str(r, a, true);   /* else the default */
+  sp->n_rep_by = rnd(r) % 3;
+  sp->rep_by = rnd_array(r, a, PROTOBUF_C_TYPE_BYTES, sp->n_rep_by, depth);
+  rnd_scalar(r, PROTOBUF_C_TYPE_DOUBLE, &sp->db);
+  rnd_scalar(r, PROTOBUF_C_TYPE_FLOAT, &sp->fl);
+  sp->n_rep_u32 = rnd_count(r);
+  sp->rep_u32 = rnd_array(r, a, PROTOBUF_C_TYPE_UINT32, sp->n_rep_u32, depth);
+  sp->t16 = rnd_str(r, a, true);
+  sp->n_rep_str = rnd(r) % 3;
+  sp->rep_str = rnd_array(r, a, PROTOBUF_C_TYPE_STRING, sp->n_rep_str, depth);
+  if (depth < 3 && chance(r, 4))
+    sp->t2048 = rnd_sparse(r, a, depth + 1);
+  if (depth == 0)   /* often not a valid field: once a tree is enough */
+    rnd_unknowns(r, a, &sp->base);
+  return sp;
 }
 
 /* ------------------------------------------------------------------ */
@@ -673,10 +831,11 @@ static bool has_required(const ProtobufCMessageDescriptor *d)
 }
 
 /* Both unpackers on data[0..len): the same outcome, and on success the
- * same message, also with the unknown fields dropped; the flags cover
- * the result. A tree without required fields is unpacked both with and
- * without EMD_UNPACK_NO_REQUIRED. Returns 1 when it unpacked, 0 when
- * both failed. *out (if not NULL) gets ours, in a. */
+ * same message, also with the unknown fields dropped and with
+ * EMD_UNPACK_NO_REQUIRED; the flags cover the result. A tree without
+ * required fields is unpacked both with and without
+ * EMD_UNPACK_NO_REQUIRED whatever the outcome. Returns 1 when it
+ * unpacked, 0 when both failed. *out (if not NULL) gets ours, in a. */
 static int unpack_both(const ProtobufCMessageDescriptor *d,
                        const uint8_t *data, size_t len, struct emd_arena *a,
                        struct tally *t, ProtobufCMessage **out)
@@ -727,6 +886,13 @@ static int unpack_both(const ProtobufCMessageDescriptor *d,
   free(pb);
   if (!same_msg(theirs, ours, false)) {
     snprintf(what, sizeof(what), "the results differ: %s", why);
+    fail_with(data, len, what);
+  }
+  /* protobuf-c found every required field, so skipping the check
+   * changes nothing */
+  rc = emd_unpack(d, data, len, a, EMD_UNPACK_NO_REQUIRED, &dropped, NULL);
+  if (rc != 0 || !same_msg(theirs, dropped, false)) {
+    snprintf(what, sizeof(what), "with NO_REQUIRED: %d %s", rc, why);
     fail_with(data, len, what);
   }
   tree_props(theirs, &unknown, &bad);
@@ -1208,6 +1374,25 @@ static void every_type_and_label_unpacks_as_protobuf_c_does(void **state)
   rounds(&kitchen_descriptor, make_kitchen, n / 2, 8, &g);
   assert_mixed(&g, n / 2);
   kitchen_setup(true);
+}
+
+static ProtobufCMessage *make_sparse(struct rng *r, struct emd_arena *a)
+{
+  return &rnd_sparse(r, a, 0)->base;
+}
+
+/* The plans' kinds, and what they leave to the descriptor. */
+static void sparse_types_unpack_as_protobuf_c_does(void **state)
+{
+  struct tally t = { 0 }, o = { 0 };
+  unsigned long n = ROUNDS(20000);
+
+  (void)state;
+  rounds(&sparse_descriptor, make_sparse, n, 11, &t);
+  assert_mixed(&t, n);
+  /* most fail: the message marked packed, whenever it comes */
+  rounds(&odd_descriptor, NULL, n / 4, 12, &o);
+  assert_true(o.ok > n / 100);
 }
 
 static ProtobufCMessage *make_ack(struct rng *r, struct emd_arena *a)
@@ -2051,6 +2236,243 @@ static void arrays_grow_and_messages_nest_deep(void **state)
   free(out.p);
 }
 
+static void plans_read_what_they_can_and_leave_the_rest(void **state)
+{
+  struct fx *f = *state;
+  struct wbuf c = { 0 }, k = { 0 };
+  ProtobufCMessage *m;
+  sparse *sp;
+  odd *o;
+  int i;
+
+  /* a planned number in a two-byte tag, a gap, numbers past 15 */
+  w_varint(&f->w, 1 << 3 | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED, 1);
+  w_varint(&f->w, 3, 0);
+  w_put(&f->w, "abc", 3);
+  w_uint(&f->w, 12, 5);
+  w_str(&f->w, 16, "t16");
+  w_str(&f->w, 17, "r1");
+  w_str(&c, 1, "in 2048");
+  w_msg(&f->w, 2048, &c);
+  sp = ok(f, &sparse_descriptor, &f->w);
+  assert_string_equal(sp->str, "abc");
+  assert_int_equal(sp->base.n_unknown_fields, 1);
+  assert_int_equal(sp->base.unknown_fields[0].tag, 12);
+  assert_string_equal(sp->t16, "t16");
+  assert_int_equal(sp->n_rep_str, 1);
+  assert_string_equal(sp->t2048->str, "in 2048");
+  assert_ptr_equal(sp->t2048->t16, protobuf_c_empty_string);
+
+  /* other wire types: a bool takes any, the rest fail */
+  f->w.len = 0;
+  w_len(&f->w, 6, "\0\2", 2);
+  w_tag(&f->w, 13, PROTOBUF_C_WIRE_TYPE_64BIT);
+  w_put(&f->w, "\0\0\0\0\0\0\xf0\x3f", 8);
+  sp = ok(f, &sparse_descriptor, &f->w);
+  assert_true(sp->b);
+  assert_true(sp->db == 1.0);
+  f->w.len = 0;
+  w_tag(&f->w, 7, PROTOBUF_C_WIRE_TYPE_32BIT);
+  w_put(&f->w, "\1\0\0\0", 4);
+  bad(f, &sparse_descriptor, &f->w);
+  f->w.len = 0;
+  w_uint(&f->w, 1, 5);
+  bad(f, &sparse_descriptor, &f->w);
+  f->w.len = 0;
+  w_uint(&f->w, 3, 5);
+  bad(f, &sparse_descriptor, &f->w);
+  f->w.len = 0;
+  w_tag(&f->w, 14, PROTOBUF_C_WIRE_TYPE_64BIT);
+  w_put(&f->w, "\0\0\0\0\0\0\xf0\x3f", 8);
+  bad(f, &sparse_descriptor, &f->w);
+
+  /* zigzag, cut short */
+  f->w.len = 0;
+  w_uint(&f->w, 7, 3);
+  w_uint(&f->w, 8, 4);
+  sp = ok(f, &sparse_descriptor, &f->w);
+  assert_int_equal(sp->s32, -2);
+  assert_int_equal(sp->s64, 2);
+  f->w.len--;
+  w_byte(&f->w, 0x84);
+  bad(f, &sparse_descriptor, &f->w);
+
+  /* a sub-message twice is merged; a repeated one grows past 4 and 8 */
+  f->w.len = c.len = 0;
+  w_str(&c, 1, "first");
+  w_uint(&c, 7, 1);
+  w_msg(&f->w, 3, &c);
+  c.len = 0;
+  w_uint(&c, 6, 1);
+  w_msg(&f->w, 3, &c);
+  for (i = 0; i < 9; i++) {
+    c.len = 0;
+    w_uint(&c, 7, (uint64_t)i * 2);
+    w_msg(&f->w, 5, &c);
+  }
+  sp = ok(f, &sparse_descriptor, &f->w);
+  assert_string_equal(sp->child->str, "first");
+  assert_true(sp->child->b);
+  assert_int_equal(sp->child->s32, 0);   /* proto3: the later 0 wins */
+  assert_int_equal(sp->n_kids, 9);
+  assert_int_equal(sp->kids[8]->s32, 8);
+
+  /* optional, repeated and packable fields among the planned numbers */
+  f->w.len = 0;
+  w_uint(&f->w, 9, 0);
+  w_len(&f->w, 11, "", 0);
+  w_len(&f->w, 15, "\1\2\3", 3);
+  w_uint(&f->w, 15, 4);
+  sp = ok(f, &sparse_descriptor, &f->w);
+  assert_true(sp->has_o_u64);
+  assert_ptr_equal(sp->o_str, kitchen_dflt);
+  assert_int_equal(sp->n_rep_by, 1);
+  assert_int_equal(sp->n_rep_u32, 4);
+  assert_int_equal(sp->rep_u32[3], 4);
+
+  /* below a planned message, a type with required fields */
+  f->w.len = 0;
+  w_str(&k, 15, "no required");
+  w_msg(&f->w, 4, &k);
+  bad(f, &sparse_descriptor, &f->w);
+  assert_int_equal(emd_unpack(&sparse_descriptor, f->w.p, f->w.len, &f->a,
+                              EMD_UNPACK_NO_REQUIRED, &m, NULL), 0);
+  assert_string_equal(((sparse *)m)->k->str, "no required");
+  required(&k);
+  f->w.len = 0;
+  w_msg(&f->w, 4, &k);
+  sp = ok(f, &sparse_descriptor, &f->w);
+  assert_int_equal(sp->k->r_i32, 1);
+
+  /* oneof members replace each other; a message marked packed fails as
+   * a packed run */
+  f->w.len = c.len = 0;
+  w_str(&f->w, 2, "s");
+  w_str(&c, 2, "x");
+  w_msg(&f->w, 4, &c);
+  w_uint(&f->w, 3, 7);
+  o = ok(f, &odd_descriptor, &f->w);
+  assert_string_equal(o->str, "s");
+  assert_int_equal(o->pick_case, 3);
+  assert_int_equal(o->p_i32, 7);
+  w_msg(&f->w, 1, &c);
+  bad(f, &odd_descriptor, &f->w);
+  free(c.p);
+  free(k.p);
+}
+
+/* ------------------------------------------------------------------ */
+/* plans from several threads */
+
+#define THREADS 4
+#define COPIES 8
+#define INPUTS 300
+
+/* Descriptors no other test uses, so that their plans are made here. */
+static ProtobufCMessageDescriptor sparse_copies[COPIES];
+
+struct job {
+  pthread_barrier_t *go;
+  const struct wbuf *in;         /* INPUTS of them */
+  uint8_t *const *want;          /* protobuf-c's result, packed, or NULL */
+  const size_t *want_len;
+  unsigned long wrong;
+};
+
+/* Each input with each copy, in the same order in every thread, so that
+ * they ask for the same new plans at once. */
+static void *decode_all(void *arg)
+{
+  struct job *j = arg;
+  struct emd_arena a = { 0 };
+  ProtobufCMessage *m;
+  size_t i, k, len;
+  uint8_t *p;
+
+  pthread_barrier_wait(j->go);
+  for (k = 0; k < COPIES; k++) {
+    for (i = 0; i < INPUTS; i++) {
+      emd_arena_reset(&a);
+      if (emd_unpack(&sparse_copies[k], j->in[i].p, j->in[i].len, &a, 0, &m,
+                     NULL) != 0) {
+        j->wrong += j->want[i] != NULL;
+        continue;
+      }
+      len = protobuf_c_message_get_packed_size(m);
+      p = malloc(len + 1);
+      if (j->want[i] == NULL || m->descriptor != &sparse_copies[k] ||
+          p == NULL || protobuf_c_message_pack(m, p) != len ||
+          len != j->want_len[i] || memcmp(p, j->want[i], len) != 0)
+        j->wrong++;
+      free(p);
+    }
+  }
+  emd_arena_free(&a);
+  return NULL;
+}
+
+static void plans_are_made_once_by_threads_at_once(void **state)
+{
+  static struct wbuf in[INPUTS];
+  static uint8_t *want[INPUTS];
+  static size_t want_len[INPUTS];
+  struct job jobs[THREADS];
+  pthread_t th[THREADS];
+  pthread_barrier_t go;
+  struct rng r = { 21 };
+  ProtobufCMessage *m;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < COPIES; i++)
+    sparse_copies[i] = sparse_descriptor;
+  for (i = 0; i < INPUTS; i++) {
+    gen_message(&r, &in[i], &sparse_descriptor, 0);
+    w_put(&in[i], "", 0);   /* never NULL */
+    m = protobuf_c_message_unpack(&sparse_descriptor, NULL, in[i].len,
+                                  in[i].p);
+    want[i] = m != NULL ? packed_by_protobuf_c(m, &want_len[i]) : NULL;
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  assert_int_equal(pthread_barrier_init(&go, NULL, THREADS), 0);
+  for (i = 0; i < THREADS; i++) {
+    jobs[i] = (struct job){ &go, in, want, want_len, 0 };
+    assert_int_equal(pthread_create(&th[i], NULL, decode_all, &jobs[i]), 0);
+  }
+  for (i = 0; i < THREADS; i++) {
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(jobs[i].wrong, 0);
+  }
+  pthread_barrier_destroy(&go);
+  for (i = 0; i < INPUTS; i++) {
+    free(in[i].p);
+    free(want[i]);
+  }
+}
+
+/* More message types than the table has plans for: the types past it are
+ * read by their descriptors, with the same results. Run last: it leaves
+ * the table full. */
+static ProtobufCMessageDescriptor sparse_many[EMD_UNPACK_PLANS + 100];
+
+static void more_types_than_plans_unpack_the_same(void **state)
+{
+  struct fx *f = *state;
+  struct rng r = { 31 };
+  size_t i, k, n = sizeof(sparse_many) / sizeof(sparse_many[0]);
+
+  for (i = 0; i < n; i++) {
+    sparse_many[i] = sparse_descriptor;
+    for (k = 0; k < 4; k++) {
+      f->w.len = 0;
+      gen_message(&r, &f->w, &sparse_many[i], 0);
+      w_put(&f->w, "", 0);
+      emd_arena_reset(&f->a);
+      unpack_both(&sparse_many[i], f->w.p, f->w.len, &f->a, NULL, NULL);
+    }
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -2073,6 +2495,10 @@ int main(void)
     T(random_events_unpack_as_protobuf_c_does),
     T(every_type_and_label_unpacks_as_protobuf_c_does),
     T(emitd_records_unpack_as_protobuf_c_does),
+    T(sparse_types_unpack_as_protobuf_c_does),
+    T(plans_read_what_they_can_and_leave_the_rest),
+    T(plans_are_made_once_by_threads_at_once),
+    T(more_types_than_plans_unpack_the_same),   /* last: fills the table */
 #undef T
   };
 
