@@ -1459,8 +1459,10 @@ static inline __attribute__((always_inline)) const uint8_t *
 put_planned(struct up *u, ProtobufCMessage *m, struct plan *pl,
             const uint8_t *p, const uint8_t *end)
 {
-  /* &pl->row[p[0] >> 3], in one instruction less */
-  struct prow *r = (struct prow *)((char *)pl->row + (size_t)(p[0] & 0xf8) *
+  /* &pl->row[(p[0] >> 3) & 15], in fewer instructions; masked, so that
+   * the first byte of a longer tag (K_FIELD, which has no row) still
+   * names a row inside the plan */
+  struct prow *r = (struct prow *)((char *)pl->row + (size_t)(p[0] & 0x78) *
                                    (sizeof(struct prow) / 8));
   char *mp = (char *)m;
 
