@@ -11,7 +11,8 @@
 #
 # On the 2-core machine of the README the whole run takes 4 to 8 minutes.
 # The backlog test fills a spool with 5 000 000 events (--backlog): about
-# 2.5 GB in /tmp. With random ids (the default; --ids ulid sends
+# 2.5 GB in /tmp, and about 5 GB while it runs (it keeps each of its
+# spools until it ends). With random ids (the default; --ids ulid sends
 # time-sorted ones) emitd writes some 20 KB to disk per event, about
 # 100 GB over the run.
 set -eu
