@@ -877,7 +877,6 @@ int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
 {
   struct plan *pl = plan_for(b, m->descriptor);
   uint8_t *end, *p;
-  size_t cap;
 
   for (;;) {
     if (b->buf != NULL) {
@@ -891,13 +890,19 @@ int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
       }
     }
     /* too small (or none yet): start over in one twice the size */
-    cap = b->cap < FIRST_CAP / 2 ? FIRST_CAP : b->cap * 2;
-    free(b->buf);
-    b->buf = malloc(cap);
-    b->cap = b->buf != NULL ? cap : 0;
-    if (b->buf == NULL)
+    if (emd_pack_buf_grow(b) != 0)
       return -ENOMEM;
   }
+}
+
+int emd_pack_buf_grow(struct emd_pack_buf *b)
+{
+  size_t cap = b->cap < FIRST_CAP / 2 ? FIRST_CAP : b->cap * 2;
+
+  free(b->buf);
+  b->buf = malloc(cap);
+  b->cap = b->buf != NULL ? cap : 0;
+  return b->buf != NULL ? 0 : -ENOMEM;
 }
 
 void emd_pack_buf_free(struct emd_pack_buf *b)

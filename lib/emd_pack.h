@@ -55,6 +55,11 @@ struct emd_pack_buf {
 int emd_pack(const ProtobufCMessage *m, struct emd_pack_buf *b,
              const uint8_t **out, size_t *len);
 
+/* Gives b a buffer twice the size (4 KiB the first time), for a packer
+ * that ran out of room and starts over; the bytes are not kept. Returns
+ * 0 or -ENOMEM (b is then empty). */
+int emd_pack_buf_grow(struct emd_pack_buf *b);
+
 /* Releases b's memory; b is empty and valid again. */
 void emd_pack_buf_free(struct emd_pack_buf *b);
 
