@@ -30,6 +30,9 @@ struct w {
   const uint8_t *lo;
   uint8_t *p;
   bool other;                    /* something this walk does not handle */
+  /* where Event.index, Event.event and TelemetryEvent.ordinal go (see
+   * emd_pack_event_open) */
+  uint8_t *index_at, *te_at, *te_body_at, *ordinal_at;
 };
 
 #define WT_VARINT 0
@@ -283,6 +286,7 @@ static bool telemetry(struct w *w, const emd_tevent *m)
   if (!plain(w, &m->base))
     return false;
   MSG(w, 11, m->data, any);
+  w->ordinal_at = w->p;
   if (!u64(w, 10, m->ordinal) || !bin(w, 9, &m->timer))
     return false;
   MSG(w, 8, m->location, location);
@@ -301,11 +305,23 @@ static bool telemetry(struct w *w, const emd_tevent *m)
 
 static bool event(struct w *w, const emd_event *m)
 {
+  uint8_t *end = w->p;
+
   if (!plain(w, &m->base))
     return false;
-  MSG(w, 5, m->event, telemetry);
-  return str(w, 4, m->scope) && u64(w, 3, m->index) &&
-         boolean(w, 2, m->fin) && str(w, 1, m->collection);
+  if (m->event != NULL) {
+    if (!telemetry(w, m->event))
+      return false;
+    w->te_body_at = w->p;
+    if (!close_len(w, TAG(5, WT_LEN), end))
+      return false;
+    w->te_at = w->p;
+  }
+  if (!str(w, 4, m->scope))
+    return false;
+  w->index_at = w->p;
+  return u64(w, 3, m->index) && boolean(w, 2, m->fin) &&
+         str(w, 1, m->collection);
 }
 
 /* ---- the schema check -------------------------------------------------- */
@@ -355,27 +371,121 @@ bool emd_pack_event_specialised(void)
   return k == 1;
 }
 
-int emd_pack_event(const emd_event *ev, struct emd_pack_buf *b,
-                   const uint8_t **out, size_t *len)
+/* The walk, in b, starting over in a bigger buffer when it runs out of
+ * room: 0, 1 when it cannot take ev (emd_pack() can), or -ENOMEM. */
+static int walk(const emd_event *ev, struct emd_pack_buf *b, struct w *w)
 {
-  struct w w;
-
   if (!emd_pack_event_specialised())
-    return emd_pack(&ev->base, b, out, len);
+    return 1;
   for (;;) {
     if (b->buf != NULL) {
-      w.lo = b->buf;
-      w.p = b->buf + b->cap;
-      w.other = false;
-      if (event(&w, ev)) {
-        *out = w.p;
-        *len = (size_t)(b->buf + b->cap - w.p);
+      memset(w, 0, sizeof(*w));
+      w->lo = b->buf;
+      w->p = b->buf + b->cap;
+      if (event(w, ev))
         return 0;
-      }
-      if (w.other)
-        return emd_pack(&ev->base, b, out, len);
+      if (w->other)
+        return 1;
     }
     if (emd_pack_buf_grow(b) != 0)
       return -ENOMEM;
   }
+}
+
+int emd_pack_event(const emd_event *ev, struct emd_pack_buf *b,
+                   const uint8_t **out, size_t *len)
+{
+  struct w w;
+  int rc = walk(ev, b, &w);
+
+  if (rc == 1)
+    return emd_pack(&ev->base, b, out, len);
+  if (rc != 0)
+    return rc;
+  *out = w.p;
+  *len = (size_t)(b->buf + b->cap - w.p);
+  return 0;
+}
+
+int emd_pack_event_open(const emd_event *ev, struct emd_pack_buf *b,
+                        const uint8_t **out, size_t *len,
+                        struct emd_pack_splice *sp)
+{
+  struct w w;
+  int rc;
+
+  if (ev->event == NULL)
+    return 1;
+  rc = walk(ev, b, &w);
+  if (rc != 0)
+    return rc;
+  *out = w.p;
+  *len = (size_t)(b->buf + b->cap - w.p);
+  sp->index_at = (uint32_t)(w.index_at - w.p);
+  sp->te_at = (uint32_t)(w.te_at - w.p);
+  sp->te_body_at = (uint32_t)(w.te_body_at - w.p);
+  sp->ordinal_at = (uint32_t)(w.ordinal_at - w.p);
+  return 0;
+}
+
+static size_t varint_len(uint64_t v)
+{
+  size_t n = 1;
+
+  while (v >= 0x80) {
+    v >>= 7;
+    n++;
+  }
+  return n;
+}
+
+static uint8_t *put_varint(uint8_t *d, uint64_t v)
+{
+  while (v >= 0x80) {
+    *d++ = (uint8_t)(v | 0x80);
+    v >>= 7;
+  }
+  *d++ = (uint8_t)v;
+  return d;
+}
+
+/* The TelemetryEvent's length once ordinal goes in. */
+static size_t te_len(size_t len, const struct emd_pack_splice *sp,
+                     uint32_t ordinal)
+{
+  return len - sp->te_body_at + (ordinal != 0 ? 1 + varint_len(ordinal) : 0);
+}
+
+size_t emd_pack_splice_size(size_t len, const struct emd_pack_splice *sp,
+                            uint32_t index, uint32_t ordinal)
+{
+  size_t tl = te_len(len, sp, ordinal);
+
+  return sp->te_at + 1 + varint_len(tl) + tl +
+         (index != 0 ? 1 + varint_len(index) : 0);
+}
+
+void emd_pack_splice_write(uint8_t *dst, const uint8_t *p, size_t len,
+                           const struct emd_pack_splice *sp, uint32_t index,
+                           uint32_t ordinal)
+{
+  size_t tl = te_len(len, sp, ordinal);
+
+  memcpy(dst, p, sp->index_at);                 /* collection, fin */
+  dst += sp->index_at;
+  if (index != 0) {
+    *dst++ = TAG(3, WT_VARINT);
+    dst = put_varint(dst, index);
+  }
+  memcpy(dst, p + sp->index_at, sp->te_at - sp->index_at);   /* scope */
+  dst += sp->te_at - sp->index_at;
+  *dst++ = TAG(5, WT_LEN);
+  dst = put_varint(dst, tl);
+  memcpy(dst, p + sp->te_body_at, sp->ordinal_at - sp->te_body_at);
+  dst += sp->ordinal_at - sp->te_body_at;
+  if (ordinal != 0) {
+    *dst++ = TAG(10, WT_VARINT);
+    dst = put_varint(dst, ordinal);
+  }
+  memcpy(dst, p + sp->ordinal_at, len - sp->ordinal_at);   /* data */
 }

@@ -1170,6 +1170,72 @@ static void event_edges_pack_as_protobuf_c_does(void **state)
   free(x);
 }
 
+
+/* An Event packed with index and ordinal 0 and completed later (the spool
+ * packs on the loop thread, and its writer settles the two): the same
+ * bytes as packing it with them, for every pair of lengths. */
+static void spliced_events_pack_as_protobuf_c_does(void **state)
+{
+  static const uint32_t vals[] = { 0, 1, 127, 128, 16383, 16384,
+                                   2097152, UINT32_MAX };
+  struct emd_pack_buf c = { 0 }, d = { 0 };
+  struct emd_arena a = { 0 };
+  struct rng r = { 77 };
+  struct full *x = malloc(sizeof(*x));
+  struct emd_pack_splice sp;
+  const uint8_t *open, *want;
+  uint8_t *got = malloc(1 << 16);
+  size_t open_len, want_len, n;
+  int rc, spliced = 0;
+
+  (void)state;
+  assert_non_null(x);
+  assert_non_null(got);
+  full_event(x);
+  for (int i = 0; i < 600; i++) {
+    emd_event *ev = i == 0 ? &x->ev : rnd_event(&r, &a);
+
+    if (ev->event == NULL)
+      continue;                      /* left to emd_pack_event, below */
+    ev->index = 0;
+    ev->event->ordinal = 0;
+    rc = emd_pack_event_open(ev, &c, &open, &open_len, &sp);
+    if (rc == 1)
+      continue;                      /* unknown fields: emd_pack's */
+    assert_int_equal(rc, 0);
+    spliced++;
+    for (size_t j = 0; j < sizeof(vals) / sizeof(vals[0]); j++)
+      for (size_t k = 0; k < sizeof(vals) / sizeof(vals[0]); k++) {
+        ev->index = vals[j];
+        ev->event->ordinal = vals[k];
+        same_as_protobuf_c(&ev->base, &d);
+        assert_int_equal(emd_pack(&ev->base, &d, &want, &want_len), 0);
+        n = emd_pack_splice_size(open_len, &sp, vals[j], vals[k]);
+        assert_int_equal(n, want_len);
+        assert_true(n <= 1 << 16);
+        memset(got, 0xee, n + 1);
+        emd_pack_splice_write(got, open, open_len, &sp, vals[j], vals[k]);
+        assert_memory_equal(got, want, n);
+        assert_int_equal(got[n], 0xee);          /* nothing past it */
+      }
+    emd_arena_reset(&a);
+  }
+  assert_true(spliced > 100);
+  /* what it leaves to emd_pack_event: no TelemetryEvent, unknown fields */
+  x->ev.event = NULL;
+  assert_int_equal(emd_pack_event_open(&x->ev, &c, &open, &open_len, &sp),
+                   1);
+  full_event(x);
+  add_unknowns(&x->point.base, 1);
+  assert_int_equal(emd_pack_event_open(&x->ev, &c, &open, &open_len, &sp),
+                   1);
+  emd_arena_free(&a);
+  emd_pack_buf_free(&c);
+  emd_pack_buf_free(&d);
+  free(got);
+  free(x);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1188,6 +1254,7 @@ int main(void)
     cmocka_unit_test(deep_nesting_packs_as_protobuf_c_does),
     cmocka_unit_test(the_schema_is_the_one_written_out),
     cmocka_unit_test(event_edges_pack_as_protobuf_c_does),
+    cmocka_unit_test(spliced_events_pack_as_protobuf_c_does),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -257,6 +257,98 @@ static struct emd_spool_stats stats(struct fx *f)
   return st;
 }
 
+/* What the writer stores for an event the loop packed (the ordinal and
+ * index it settles put in) and for one the loop leaves to the writer
+ * (here: unknown fields): the Event with its final ordinal and index, in
+ * protobuf-c's own bytes. */
+static int on_stored(void *data, const struct emd_spool_entry *e)
+{
+  struct got *g = data;
+  emd_event *ev;
+  uint8_t *again;
+  size_t n;
+
+  ev = buildless__service__v1__event__unpack(NULL, e->event_len, e->event);
+  assert_non_null(ev);
+  n = buildless__service__v1__event__get_packed_size(ev);
+  again = malloc(n + 1);
+  assert_non_null(again);
+  assert_int_equal(buildless__service__v1__event__pack(ev, again), n);
+  assert_int_equal(n, e->event_len);
+  assert_memory_equal(again, e->event, n);
+  free(again);
+  g->seq[g->n] = e->seq;
+  g->ordinal[g->n] = ev->event->ordinal;
+  g->attempts[g->n] = ev->index;             /* (index, in a spare slot) */
+  g->len[g->n] = ev->event->base.n_unknown_fields;
+  buildless__service__v1__event__free_unpacked(ev, NULL);
+  g->n++;
+  return 0;
+}
+
+static void stored_events_carry_their_final_ordinal_and_index(void **state)
+{
+  static const uint8_t unk[] = { 0x96, 0x01 };
+  static ProtobufCMessageUnknownField u = {
+    1000, PROTOBUF_C_WIRE_TYPE_VARINT, 2, (uint8_t *)unk
+  };
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct got *g = calloc(1, sizeof(*g));
+  struct app *a;
+  char id[32];
+  int n = 0;
+
+  open_spool(f);
+  idn(id, sizeof(id), n);
+  append(f, s, n++, id, "A", 0, 0, 0);       /* 1: ordinal 1, index 1 */
+  idn(id, sizeof(id), n);
+  append(f, s, n++, id, "A", 0, 7, 0);       /* 2: ordinal 2, index 7 */
+  idn(id, sizeof(id), n);
+  append(f, s, n++, id, "A", 500, 0, 0);     /* 3: client's 500, index 500 */
+  idn(id, sizeof(id), n);
+  append(f, s, n++, id, NULL, 0, 0, 0);      /* 4: no timer: 0, 0 */
+  /* 5: unknown fields: packed by the writer; ordinal 3 */
+  idn(id, sizeof(id), n);
+  a = calloc(1, sizeof(*a));
+  assert_non_null(a);
+  a->s = s;
+  a->i = n++;
+  a->ev = mk_event(f->sp, id, "A", 0, 0, 30);
+  a->ev->event->base.n_unknown_fields = 1;
+  a->ev->event->base.unknown_fields = &u;
+  assert_int_equal(emd_spool_append(f->sp, a->ev, on_appended, a), 0);
+  /* then ordinals of one, two and three varint bytes */
+  for (int i = 0; i < 200; i++) {
+    idn(id, sizeof(id), n);
+    append(f, s, n++, id, "C", 0, i % 3 ? 0 : 20000 + (uint32_t)i, 0);
+  }
+  drain(f);
+  for (int i = 0; i < n; i++)
+    assert_int_equal(s->rc[i], 0);
+  assert_int_equal(emd_spool_read(f->sp, 0, MAXR, SIZE_MAX, on_stored, g),
+                   n);
+  assert_int_equal(g->ordinal[0], 1);
+  assert_int_equal(g->attempts[0], 1);
+  assert_int_equal(g->ordinal[1], 2);
+  assert_int_equal(g->attempts[1], 7);
+  assert_int_equal(g->ordinal[2], 500);
+  assert_int_equal(g->attempts[2], 500);
+  assert_int_equal(g->ordinal[3], 0);
+  assert_int_equal(g->attempts[3], 0);
+  assert_int_equal(g->ordinal[4], 3);
+  assert_int_equal(g->attempts[4], 3);
+  assert_int_equal(g->len[4], 1);            /* its unknown field kept */
+  for (int i = 0; i < 200; i++) {
+    assert_int_equal(g->ordinal[5 + i], (uint32_t)i + 1);
+    assert_int_equal(g->attempts[5 + i],
+                     i % 3 ? (uint32_t)i + 1 : 20000 + (uint32_t)i);
+    assert_int_equal(s->ordinal[5 + i], (uint32_t)i + 1);
+  }
+  free(g);
+  free(s);
+}
+
 /* ---- durability and numbering ---------------------------------------- */
 
 struct visible {
@@ -1505,6 +1597,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     T(append_replies_only_after_commit),
     T(seqs_grow_and_ordinals_count_per_timer),
+    T(stored_events_carry_their_final_ordinal_and_index),
     T(client_ordinal_is_kept_without_moving_the_counter),
     T(duplicate_id_answers_the_original_seq_and_is_stored_once),
     T(counters_and_instance_id_survive_reopen),
