@@ -284,12 +284,22 @@ int emd_idtab_clear(struct emd_idtab *t)
   return 0;
 }
 
+uint64_t emd_idtab_hash_seeded(uint64_t seed, const void *id, size_t len)
+{
+  uint64_t h = XXH3_64bits_withSeed(id, len, seed);
+
+  return h != 0 ? h : 1;
+}
+
 uint64_t emd_idtab_hash(const struct emd_idtab *t, const void *id,
                         size_t len)
 {
-  uint64_t h = XXH3_64bits_withSeed(id, len, t->hdr->seed);
+  return emd_idtab_hash_seeded(t->hdr->seed, id, len);
+}
 
-  return h != 0 ? h : 1;
+uint64_t emd_idtab_seed(const struct emd_idtab *t)
+{
+  return t->hdr->seed;
 }
 
 void emd_idtab_prefetch(const struct emd_idtab *t, uint64_t h)

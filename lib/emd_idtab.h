@@ -53,6 +53,13 @@ int emd_idtab_clear(struct emd_idtab *t);
 uint64_t emd_idtab_hash(const struct emd_idtab *t, const void *id,
                         size_t len);
 
+/* The table's seed, fixed from open (or emd_idtab_clear) on, and the
+ * hash with a given seed: emd_idtab_hash(t, ...) is
+ * emd_idtab_hash_seeded(emd_idtab_seed(t), ...), for a thread that hashes
+ * ids before handing them to the table's own. */
+uint64_t emd_idtab_seed(const struct emd_idtab *t);
+uint64_t emd_idtab_hash_seeded(uint64_t seed, const void *id, size_t len);
+
 /* Walks the seqs stored under hash h: start with *pos = 0, call until it
  * returns false. Removing the slot just returned is allowed only through
  * emd_idtab_remove, after which the walk must start again. */

@@ -91,8 +91,16 @@ struct op {
       emd_event *ev;
       emd_spool_cb cb;
       void *data;
+      emd_tevent *te;             /* ev->event */
       uint32_t ordinal0, index0;  /* as given, restored if refused */
-      uint64_t h;                 /* the id's hash, 0 if no id to check */
+      /* The id's hash (0: no id, or one the spool refuses) with the seed
+       * it was made with, and the timer: taken on append, so that the
+       * writer reads what it needs of a new event from the op alone (the
+       * event is in another core's cache). */
+      uint64_t h, seed;
+      size_t idlen;
+      uint8_t timer[EMD_TIMER_MAX];
+      uint8_t timer_len;
       /* packed on the loop thread with ordinal0 and index0 (a copy in
        * the group's arena), NULL when the writer packs it */
       const uint8_t *packed;
@@ -228,6 +236,7 @@ struct emd_spool {
   bool room_was;             /* emd_spool_has_room at the last check */
   struct emd_arena spare;    /* emd_spool_arena after close ran short */
   struct emd_pack_buf lpack; /* events are packed here on append */
+  uint64_t ids_seed;         /* the id table's, for hashing on append */
   bool closing;
 
   /* Shared, under mu. */
@@ -724,8 +733,8 @@ static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
 /* Whether the spool knows id (hash h): *seq is then the event carrying
  * it. Slots naming a seq that holds nothing any more are dropped on the
  * way; a seq holding another id is another id with the same hash. */
-static int id_known(struct txn *t, uint64_t h, const char *id, size_t len,
-                    bool *known, uint64_t *seq)
+static int id_known(struct txn *t, uint64_t h, const emd_tevent *te,
+                    size_t len, bool *known, uint64_t *seq)
 {
   struct emd_idtab *tab = t->sp->w.ids;
   const uint8_t *got;
@@ -739,7 +748,7 @@ static int id_known(struct txn *t, uint64_t h, const char *id, size_t len,
     rc = id_at(t, s, &got, &gotlen, &found);
     if (rc != 0)
       return rc;
-    if (found && gotlen == len && memcmp(got, id, len) == 0) {
+    if (found && gotlen == len && memcmp(got, te->id, len) == 0) {
       *known = true;
       *seq = s;
       return 0;
@@ -1052,29 +1061,30 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   struct writer *w = &t->sp->w;
   struct emd_spool_result *res = &op->u.app.res;
   emd_event *ev = op->u.app.ev;
-  emd_tevent *te = ev->event;
+  emd_tevent *te = op->u.app.te;
+  bool packed = op->u.app.packed != NULL;
   struct tslot *slot = NULL;
-  const uint8_t *evp;
+  const uint8_t *evp = NULL;
   uint8_t *dst;
-  size_t idlen, evlen, size;
-  uint32_t ins_index = 0, ins_ordinal = 0;
-  uint64_t h, seq;
+  size_t evlen, size;
+  uint32_t ordinal = op->u.app.ordinal0, index;
+  uint64_t h = op->u.app.h, seq;
   bool refused, known;
   int rc;
 
-  app_restore(op);
+  /* What follows reads the event itself (in the loop's core's cache) only
+   * to compare ids on a hash match, or to pack one the loop did not. */
   memset(res, 0, sizeof(*res));
   if (!allowed) {
+    app_restore(op);
     res->rc = EMD_ESPOOLFULL;
     return 0;
   }
-  idlen = te->id ? strlen(te->id) : 0;
-  h = op->u.app.h;                 /* hashed by group_apply */
-  if (h == 0 || te->timer.len > EMD_TIMER_MAX) {
+  if (h == 0) {                    /* no id, or one too long; timer too */
     res->rc = EMD_EINVALID;
     return 0;
   }
-  rc = id_known(t, h, te->id, idlen, &known, &seq);
+  rc = id_known(t, h, te, op->u.app.idlen, &known, &seq);
   if (rc != 0)
     return rc;
   if (known) {
@@ -1082,23 +1092,22 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     res->seq = seq;
     return 0;
   }
-  if (te->ordinal == 0 && te->timer.len > 0) {
-    rc = timer_get(t, te->timer.data, te->timer.len, &slot);
+  if (ordinal == 0 && op->u.app.timer_len > 0) {
+    rc = timer_get(t, op->u.app.timer, op->u.app.timer_len, &slot);
     if (rc != 0)
       return rc;
-    te->ordinal = slot->next;
+    ordinal = slot->next;
   }
-  if (ev->index == 0)
-    ev->index = te->ordinal;
-  if (op->u.app.packed != NULL) {
+  index = op->u.app.index0 != 0 ? op->u.app.index0 : ordinal;
+  if (packed) {
     /* packed by the loop with ordinal0 and index0: what was 0 then and
      * is not now goes in where it belongs */
-    ins_index = op->u.app.index0 == 0 ? ev->index : 0;
-    ins_ordinal = op->u.app.ordinal0 == 0 ? te->ordinal : 0;
-    evp = NULL;
     evlen = emd_pack_splice_size(op->u.app.packed_len, &op->u.app.splice,
-                                 ins_index, ins_ordinal);
+                                 op->u.app.index0 == 0 ? index : 0,
+                                 op->u.app.ordinal0 == 0 ? ordinal : 0);
   } else {
+    te->ordinal = ordinal;
+    ev->index = index;
     rc = emd_pack_event(ev, &w->pack, &evp, &evlen);
     if (rc != 0)
       return ENOMEM;
@@ -1115,11 +1124,13 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   rc = put_record(t, w->c.next_seq, evlen, size, &dst);
   if (rc != 0)
     return rc;
-  if (evp != NULL)
-    memcpy(dst, evp, evlen);
-  else
+  if (packed)
     emd_pack_splice_write(dst, op->u.app.packed, op->u.app.packed_len,
-                          &op->u.app.splice, ins_index, ins_ordinal);
+                          &op->u.app.splice,
+                          op->u.app.index0 == 0 ? index : 0,
+                          op->u.app.ordinal0 == 0 ? ordinal : 0);
+  else
+    memcpy(dst, evp, evlen);
   rc = emd_idtab_insert_new(w->ids, h, w->c.next_seq);
   if (rc != 0)
     return rc;
@@ -1127,8 +1138,12 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     slot->next = slot->next == UINT32_MAX ? 1 : slot->next + 1;
     slot->dirty = true;
   }
+  /* as emd_spool_append says: the event gets its ordinal and index (the
+   * stores cost the writer no wait; group_fail puts them back) */
+  te->ordinal = ordinal;
+  ev->index = index;
   res->seq = w->c.next_seq++;
-  res->ordinal = te->ordinal;
+  res->ordinal = ordinal;
   w->c.pending++;
   w->c.pending_bytes += size;
   t->dirty = true;
@@ -1518,17 +1533,16 @@ static void ids_rollback(struct writer *w)
  * and a few of them overlap instead of each stalling the writer. */
 static void append_ahead(struct writer *w, struct op *op)
 {
-  const char *id;
-  size_t len;
+  uint64_t seed;
 
-  if (op->kind != OP_APPEND)
+  if (op->kind != OP_APPEND || op->u.app.h == 0)
     return;
-  id = op->u.app.ev->event->id;
-  len = id != NULL ? strlen(id) : 0;
-  op->u.app.h = 0;
-  if (len == 0 || len > KEY_MAX)
-    return;
-  op->u.app.h = emd_idtab_hash(w->ids, id, len);
+  /* hashed on append; again only if the table has a new seed since */
+  seed = emd_idtab_seed(w->ids);
+  if (op->u.app.seed != seed) {
+    op->u.app.h = emd_idtab_hash(w->ids, op->u.app.te->id, op->u.app.idlen);
+    op->u.app.seed = seed;
+  }
   emd_idtab_prefetch(w->ids, op->u.app.h);
 }
 
@@ -2515,6 +2529,7 @@ static int ids_open(struct emd_spool *sp, const char *dir, char *err,
   rc = emd_idtab_open(path, &stamp, &sp->w.ids, &trusted, err, errlen);
   if (rc != 0)
     return -rc;
+  sp->ids_seed = emd_idtab_seed(sp->w.ids);   /* before the writer runs */
   if (!trusted && sp->loaded_version != 0) {
     sp->w.rb.active = true;
     sp->w.rb.start_ns = uv_hrtime();
@@ -2705,6 +2720,7 @@ static struct op *op_add(struct emd_spool *sp, enum op_kind kind)
 int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
                      void *data)
 {
+  emd_tevent *te;
   const uint8_t *p;
   uint8_t *copy;
   struct op *op;
@@ -2720,8 +2736,22 @@ int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
   op->u.app.ev = ev;
   op->u.app.cb = cb;
   op->u.app.data = data;
-  op->u.app.ordinal0 = ev->event->ordinal;
+  te = ev->event;
+  op->u.app.te = te;
+  op->u.app.ordinal0 = te->ordinal;
   op->u.app.index0 = ev->index;
+  op->u.app.idlen = te->id != NULL ? strnlen(te->id, KEY_MAX + 1) : 0;
+  op->u.app.seed = sp->ids_seed;
+  op->u.app.h = 0;
+  op->u.app.timer_len = 0;
+  if (op->u.app.idlen > 0 && op->u.app.idlen <= KEY_MAX &&
+      te->timer.len <= EMD_TIMER_MAX) {
+    op->u.app.h = emd_idtab_hash_seeded(sp->ids_seed, te->id,
+                                        op->u.app.idlen);
+    op->u.app.timer_len = (uint8_t)te->timer.len;
+    if (te->timer.len > 0)
+      memcpy(op->u.app.timer, te->timer.data, te->timer.len);
+  }
   op->u.app.packed = NULL;
   /* Packed here, where the event was just made and is in this core's
    * cache; the writer, on another core, would first fetch every part of
