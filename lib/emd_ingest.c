@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "emd_arena.h"
 #include "emd_codec.h"
 #include "emd_err.h"
 #include "emd_frame.h"
@@ -34,6 +35,7 @@
 #define MAX_OUT (1024 * 1024)         /* unwritten reply bytes, likewise */
 #define MSG_MAX 512                   /* longest error message */
 #define ACCEPT_BURST 64               /* accepts per loop turn, at most */
+#define SCRATCH_KEEP (256 * 1024)     /* an event's arena kept for the next */
 
 enum slot_state { SLOT_WAIT, SLOT_READY };
 
@@ -119,6 +121,9 @@ struct emd_ingest {
   void *idle_data;
   struct emd_ingest_stats st;
   struct emd_codec_opts opts;
+  struct emd_arena scratch;           /* the event at hand, decoded and
+                                       * enriched: the spool copies what
+                                       * it keeps, so one is reused */
   uint64_t now_ns;                    /* uv_hrtime() of the read at hand */
   char readbuf[READ_BUF];
   bool readbuf_busy;
@@ -715,8 +720,7 @@ static void submit(struct conn *c, emd_event *ev)
   struct slot *s;
   int rc;
 
-  rc = emd_enrich_apply(in->en, ev, &c->enrich, emd_spool_arena(in->sp),
-                        now_ms());
+  rc = emd_enrich_apply(in->en, ev, &c->enrich, &in->scratch, now_ms());
   if (rc != 0) {
     reply_error(c, rc, "out of memory");
     return;
@@ -770,13 +774,17 @@ static void handle_item(struct conn *c, const char *p, size_t n)
     return;
   }
   msg[0] = '\0';
+  /* the last event's memory: kept for this one, unless it was a big one */
+  if (in->scratch.total > SCRATCH_KEEP)
+    emd_arena_free(&in->scratch);
+  else
+    emd_arena_reset(&in->scratch);
   if (binary)
     rc = emd_codec_decode_frame((const uint8_t *)p, n, &in->opts,
-                                emd_spool_arena(in->sp), &ev, msg,
-                                sizeof(msg));
+                                &in->scratch, &ev, msg, sizeof(msg));
   else
-    rc = emd_codec_decode_json(p, n, &in->opts, emd_spool_arena(in->sp),
-                               &ev, msg, sizeof(msg));
+    rc = emd_codec_decode_json(p, n, &in->opts, &in->scratch, &ev, msg,
+                               sizeof(msg));
   if (rc != 0) {
     reply_error(c, rc, msg[0] ? msg : NULL);
     return;
@@ -1188,8 +1196,10 @@ void emd_ingest_reconfigure(struct emd_ingest *in,
 static void ingest_maybe_free(struct emd_ingest *in)
 {
   if (in->closing && !in->server_open && in->conns == NULL &&
-      in->extra_handles == 0)
+      in->extra_handles == 0) {
+    emd_arena_free(&in->scratch);
     free(in);
+  }
 }
 
 static void on_extra_closed(uv_handle_t *h)

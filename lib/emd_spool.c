@@ -88,21 +88,20 @@ struct op {
   enum op_kind kind;
   union {
     struct {
-      emd_event *ev;
       emd_spool_cb cb;
       void *data;
-      emd_tevent *te;             /* ev->event */
-      uint32_t ordinal0, index0;  /* as given, restored if refused */
+      uint32_t ordinal0, index0;  /* as given */
       /* The id's hash (0: no id, or one the spool refuses) with the seed
        * it was made with, and the timer: taken on append, so that the
        * writer reads what it needs of a new event from the op alone (the
        * event is in another core's cache). */
       uint64_t h, seed;
+      const char *id;             /* in the group's arena, after packed */
       size_t idlen;
       uint8_t timer[EMD_TIMER_MAX];
       uint8_t timer_len;
-      /* packed on the loop thread with ordinal0 and index0 (a copy in
-       * the group's arena), NULL when the writer packs it */
+      /* the event, packed on append with ordinal0 and index0 (in the
+       * group's arena): the writer puts in what it settles */
       const uint8_t *packed;
       size_t packed_len;
       struct emd_pack_splice splice;
@@ -202,7 +201,6 @@ struct writer {
   uint64_t next_sweep_ms;
   struct group_queue unsynced;  /* committed, waiting for mdb_env_sync */
   uint64_t last_sync_ns;
-  struct emd_pack_buf pack;  /* each event is packed here first */
   struct emd_idtab *ids;     /* see the top of this file */
   struct rebuild rb;
   bool ids_bad;              /* a rollback failed: not clean at close */
@@ -733,8 +731,8 @@ static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
 /* Whether the spool knows id (hash h): *seq is then the event carrying
  * it. Slots naming a seq that holds nothing any more are dropped on the
  * way; a seq holding another id is another id with the same hash. */
-static int id_known(struct txn *t, uint64_t h, const emd_tevent *te,
-                    size_t len, bool *known, uint64_t *seq)
+static int id_known(struct txn *t, uint64_t h, const char *id, size_t len,
+                    bool *known, uint64_t *seq)
 {
   struct emd_idtab *tab = t->sp->w.ids;
   const uint8_t *got;
@@ -748,7 +746,7 @@ static int id_known(struct txn *t, uint64_t h, const emd_tevent *te,
     rc = id_at(t, s, &got, &gotlen, &found);
     if (rc != 0)
       return rc;
-    if (found && gotlen == len && memcmp(got, te->id, len) == 0) {
+    if (found && gotlen == len && memcmp(got, id, len) == 0) {
       *known = true;
       *seq = s;
       return 0;
@@ -1021,12 +1019,6 @@ static int timers_flush(struct txn *t)
   return 0;
 }
 
-static void app_restore(struct op *op)
-{
-  op->u.app.ev->event->ordinal = op->u.app.ordinal0;
-  op->u.app.ev->index = op->u.app.index0;
-}
-
 /* Makes room for a SpoolRecord of size bytes whose event takes evlen in
  * pending[seq], and writes all of it but the event's bytes, which go
  * at *evdst. */
@@ -1060,11 +1052,7 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
 {
   struct writer *w = &t->sp->w;
   struct emd_spool_result *res = &op->u.app.res;
-  emd_event *ev = op->u.app.ev;
-  emd_tevent *te = op->u.app.te;
-  bool packed = op->u.app.packed != NULL;
   struct tslot *slot = NULL;
-  const uint8_t *evp = NULL;
   uint8_t *dst;
   size_t evlen, size;
   uint32_t ordinal = op->u.app.ordinal0, index;
@@ -1072,11 +1060,8 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   bool refused, known;
   int rc;
 
-  /* What follows reads the event itself (in the loop's core's cache) only
-   * to compare ids on a hash match, or to pack one the loop did not. */
   memset(res, 0, sizeof(*res));
   if (!allowed) {
-    app_restore(op);
     res->rc = EMD_ESPOOLFULL;
     return 0;
   }
@@ -1084,7 +1069,7 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     res->rc = EMD_EINVALID;
     return 0;
   }
-  rc = id_known(t, h, te, op->u.app.idlen, &known, &seq);
+  rc = id_known(t, h, op->u.app.id, op->u.app.idlen, &known, &seq);
   if (rc != 0)
     return rc;
   if (known) {
@@ -1099,38 +1084,25 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     ordinal = slot->next;
   }
   index = op->u.app.index0 != 0 ? op->u.app.index0 : ordinal;
-  if (packed) {
-    /* packed by the loop with ordinal0 and index0: what was 0 then and
-     * is not now goes in where it belongs */
-    evlen = emd_pack_splice_size(op->u.app.packed_len, &op->u.app.splice,
-                                 op->u.app.index0 == 0 ? index : 0,
-                                 op->u.app.ordinal0 == 0 ? ordinal : 0);
-  } else {
-    te->ordinal = ordinal;
-    ev->index = index;
-    rc = emd_pack_event(ev, &w->pack, &evp, &evlen);
-    if (rc != 0)
-      return ENOMEM;
-  }
+  /* packed on append with ordinal0 and index0: what was 0 then and is
+   * not now goes in where it belongs */
+  evlen = emd_pack_splice_size(op->u.app.packed_len, &op->u.app.splice,
+                               op->u.app.index0 == 0 ? index : 0,
+                               op->u.app.ordinal0 == 0 ? ordinal : 0);
   size = rec_size(evlen, t->now_ms, 0);
   rc = make_room(t, size, &refused);
   if (rc != 0)
     return rc;
   if (refused) {
-    app_restore(op);
     res->rc = EMD_ESPOOLFULL;
     return 0;
   }
   rc = put_record(t, w->c.next_seq, evlen, size, &dst);
   if (rc != 0)
     return rc;
-  if (packed)
-    emd_pack_splice_write(dst, op->u.app.packed, op->u.app.packed_len,
-                          &op->u.app.splice,
-                          op->u.app.index0 == 0 ? index : 0,
-                          op->u.app.ordinal0 == 0 ? ordinal : 0);
-  else
-    memcpy(dst, evp, evlen);
+  emd_pack_splice_write(dst, op->u.app.packed, op->u.app.packed_len,
+                        &op->u.app.splice, op->u.app.index0 == 0 ? index : 0,
+                        op->u.app.ordinal0 == 0 ? ordinal : 0);
   rc = emd_idtab_insert_new(w->ids, h, w->c.next_seq);
   if (rc != 0)
     return rc;
@@ -1138,12 +1110,9 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     slot->next = slot->next == UINT32_MAX ? 1 : slot->next + 1;
     slot->dirty = true;
   }
-  /* as emd_spool_append says: the event gets its ordinal and index (the
-   * stores cost the writer no wait; group_fail puts them back) */
-  te->ordinal = ordinal;
-  ev->index = index;
   res->seq = w->c.next_seq++;
   res->ordinal = ordinal;
+  res->index = index;
   w->c.pending++;
   w->c.pending_bytes += size;
   t->dirty = true;
@@ -1540,7 +1509,7 @@ static void append_ahead(struct writer *w, struct op *op)
   /* hashed on append; again only if the table has a new seed since */
   seed = emd_idtab_seed(w->ids);
   if (op->u.app.seed != seed) {
-    op->u.app.h = emd_idtab_hash(w->ids, op->u.app.te->id, op->u.app.idlen);
+    op->u.app.h = emd_idtab_hash(w->ids, op->u.app.id, op->u.app.idlen);
     op->u.app.seed = seed;
   }
   emd_idtab_prefetch(w->ids, op->u.app.h);
@@ -1617,7 +1586,6 @@ static void group_fail(struct group *g, int rc)
     struct op *op = &g->ops[i];
 
     if (op->kind == OP_APPEND) {
-      app_restore(op);
       memset(&op->u.app.res, 0, sizeof(op->u.app.res));
       op->u.app.res.rc = rc;
     } else if (op->kind == OP_RETRY || op->kind == OP_PURGE) {
@@ -2045,7 +2013,6 @@ static void spool_free(struct emd_spool *sp)
   free(sp->w.slots);
   free(sp->w.touched);
   free(sp->w.scratch);
-  emd_pack_buf_free(&sp->w.pack);
   emd_pack_buf_free(&sp->lpack);
   free(sp);
 }
@@ -2717,53 +2684,58 @@ static struct op *op_add(struct emd_spool *sp, enum op_kind kind)
   return op;
 }
 
-int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
-                     void *data)
+int emd_spool_append(struct emd_spool *sp, const emd_event *ev,
+                     emd_spool_cb cb, void *data)
 {
-  emd_tevent *te;
+  const emd_tevent *te;
+  struct emd_pack_splice splice;
   const uint8_t *p;
   uint8_t *copy;
   struct op *op;
-  size_t n;
+  size_t n, idlen;
+  int rc;
 
   if (sp->closing)
     return EMD_ESHUTDOWN;
   if (ev == NULL || ev->event == NULL || cb == NULL)
     return EMD_EINVALID;
+  te = ev->event;
+  /* Packed here, where the event was just made and is in this core's
+   * cache (the writer, on another core, would first fetch every part of
+   * it: half the time its packing took), with the id next to it; the
+   * writer puts in only the ordinal and index it settles. */
+  rc = emd_pack_event_open(ev, &sp->lpack, &p, &n, &splice);
+  if (rc != 0)
+    return rc == 1 ? EMD_EINVALID : -ENOMEM;
+  idlen = te->id != NULL ? strnlen(te->id, KEY_MAX + 1) : 0;
+  copy = emd_arena_alloc(&sp->gather->arena, n + idlen);
+  if (copy == NULL)
+    return -ENOMEM;
+  memcpy(copy, p, n);
+  if (idlen > 0)
+    memcpy(copy + n, te->id, idlen);
   op = op_add(sp, OP_APPEND);
   if (op == NULL)
     return -ENOMEM;
-  op->u.app.ev = ev;
   op->u.app.cb = cb;
   op->u.app.data = data;
-  te = ev->event;
-  op->u.app.te = te;
   op->u.app.ordinal0 = te->ordinal;
   op->u.app.index0 = ev->index;
-  op->u.app.idlen = te->id != NULL ? strnlen(te->id, KEY_MAX + 1) : 0;
+  op->u.app.packed = copy;
+  op->u.app.packed_len = n;
+  op->u.app.splice = splice;
+  op->u.app.id = (const char *)copy + n;
+  op->u.app.idlen = idlen;
   op->u.app.seed = sp->ids_seed;
   op->u.app.h = 0;
   op->u.app.timer_len = 0;
-  if (op->u.app.idlen > 0 && op->u.app.idlen <= KEY_MAX &&
-      te->timer.len <= EMD_TIMER_MAX) {
-    op->u.app.h = emd_idtab_hash_seeded(sp->ids_seed, te->id,
-                                        op->u.app.idlen);
+  /* the hash too (the seed is the id table's, fixed from open), and the
+   * timer: the writer reads nothing of ev */
+  if (idlen > 0 && idlen <= KEY_MAX && te->timer.len <= EMD_TIMER_MAX) {
+    op->u.app.h = emd_idtab_hash_seeded(sp->ids_seed, te->id, idlen);
     op->u.app.timer_len = (uint8_t)te->timer.len;
     if (te->timer.len > 0)
       memcpy(op->u.app.timer, te->timer.data, te->timer.len);
-  }
-  op->u.app.packed = NULL;
-  /* Packed here, where the event was just made and is in this core's
-   * cache; the writer, on another core, would first fetch every part of
-   * it (half the time its packing took). It only puts in the ordinal and
-   * index it settles. Anything this cannot pack is packed there. */
-  if (emd_pack_event_open(ev, &sp->lpack, &p, &n, &op->u.app.splice) == 0) {
-    copy = emd_arena_alloc(&sp->gather->arena, n);
-    if (copy != NULL) {
-      memcpy(copy, p, n);
-      op->u.app.packed = copy;
-      op->u.app.packed_len = n;
-    }
   }
   return 0;
 }

@@ -31,6 +31,7 @@ struct emd_spool_result {
   uint64_t seq;        /* its seq, or the stored one's for a duplicate */
   uint32_t ordinal;    /* the event's ordinal (kept or assigned); 0 for a
                         * duplicate */
+  uint32_t index;      /* its index: as given, or the ordinal if 0 */
   bool duplicate;      /* the id was known: nothing stored */
 };
 
@@ -62,21 +63,25 @@ void emd_spool_close(struct emd_spool *sp);
  * cfg is borrowed until the next call or close. */
 void emd_spool_reconfigure(struct emd_spool *sp, const struct emd_config *cfg);
 
-/* The arena of the group being gathered. Events passed to
- * emd_spool_append must live in it (or outlive their callback); it is
- * reset after every callback of its group (and of the groups before it)
- * has run. The group changes between loop turns, so ask again for each
- * event rather than keeping the pointer. */
+/* The arena of the group being gathered: it is reset after every
+ * callback of its group (and of the groups before it) has run. The group
+ * changes between loop turns, so ask again rather than keeping the
+ * pointer. (emd_spool_append keeps its own copy of what it needs of an
+ * event; this is for memory a caller wants to live as long.) */
 struct emd_arena *emd_spool_arena(struct emd_spool *sp);
 
-/* Queues ev (enriched: id, timer set) for the next group commit. In that
- * transaction the spool de-duplicates on ev->event->id, assigns the
- * ordinal from the counter of ev->event->timer when ev->event->ordinal is
- * 0 (and then sets ev->index when it is 0), assigns the seq, stores the
- * record and the counter. cb runs exactly once. Returns 0, or <0 (e.g.
- * EMD_ESHUTDOWN after close began) and then cb never runs. */
-int emd_spool_append(struct emd_spool *sp, emd_event *ev, emd_spool_cb cb,
-                     void *data);
+/* Queues ev (enriched: id, timer set) for the next group commit: it is
+ * read during this call only (packed, with its id and timer copied), so
+ * the caller may reuse its memory at once. In that transaction the spool
+ * de-duplicates on ev->event->id, assigns the ordinal from the counter of
+ * ev->event->timer when ev->event->ordinal is 0 (and the index, when 0,
+ * is the ordinal), assigns the seq, stores the record and the counter;
+ * cb runs exactly once and gets the ordinal and index. Returns 0, or <0
+ * and then cb never runs: EMD_ESHUTDOWN after close began, EMD_EINVALID
+ * for an event with no TelemetryEvent or with unknown fields (the ingest
+ * drops or refuses those first), -ENOMEM. */
+int emd_spool_append(struct emd_spool *sp, const emd_event *ev,
+                     emd_spool_cb cb, void *data);
 
 /* True unless on_full = block and the spool is at max_bytes, or the
  * writer has fallen far behind (the group being gathered holds 65536
