@@ -1,7 +1,11 @@
 /* emd_spool.c: see emd_spool.h.
  *
  * Threads. The loop thread gathers appends and outcomes into a group
- * (struct group: an arena for the events and an array of ops). At the end
+ * (struct group: an arena for the packed events and copies of the ops'
+ * input, and an array of ops); an append is packed there and then, while
+ * the event is in the loop's core's cache, with the places where the
+ * ordinal and index go noted, so the writer settles those two and splices
+ * them in without reading the event itself. At the end
  * of a loop turn (uv_check) the group goes to the writer thread if the
  * writer has nothing left to commit; otherwise it keeps gathering. The
  * writer runs one write transaction per group and hands the group back
@@ -32,7 +36,7 @@
  * with it). A table not closed cleanly with this spool's last
  * transaction is rebuilt from the databases, in steps between groups.
  * SpoolRecord and DeadRecord are written and read on the wire level here,
- * so events are packed once, straight into LMDB's page, and never
+ * so events are packed once, spliced straight into LMDB's page, and never
  * unpacked. */
 #include "emd_spool.h"
 
