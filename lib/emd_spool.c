@@ -72,7 +72,9 @@
 #define KEY_MAX 511             /* LMDB's default maximum key size */
 #define WALK_MAX 65536          /* expiry rows per transaction */
 #define REBUILD_STEP 16384      /* rows per id table rebuild step */
-#define GROW_STEP 65536         /* id table slots moved per idle step */
+#define GROW_STEP 8192          /* id table slots moved per idle step:
+                                 * about half a millisecond, the longest
+                                 * a group that comes meanwhile waits */
 #define PREFETCH_AHEAD 8        /* appends whose id slot is fetched ahead */
 #define IDTAB_FILE "ids.tab"
 #define MAP_HEADROOM ((uint64_t)4 << 30)  /* ids, timers, dead, free pages */
