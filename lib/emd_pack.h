@@ -23,8 +23,11 @@
  * string or bytes of 4 GiB or more comes out differently: protobuf-c
  * truncates such a length prefix to 32 bits, emd_pack() does not.
  *
- * What it learns of each message type (a "plan" of its fields) is kept
- * in the buffer, so: any thread, one struct emd_pack_buf per thread. */
+ * The Event, packed for every event, has its walk written out in
+ * emd_pack_event.c; this packs everything else (and an Event that one
+ * leaves, with unknown fields).
+ *
+ * No state of its own: any thread, one struct emd_pack_buf per thread. */
 #ifndef EMD_PACK_H
 #define EMD_PACK_H
 
@@ -36,12 +39,9 @@
 /* Where emd_pack() writes. Embed it in its owner and reuse it: it grows
  * to fit the largest message seen (plus some slack) and then allocates no
  * more. Zero-initialised it is empty and valid. */
-struct emd_pack_plans;
-
 struct emd_pack_buf {
   uint8_t *buf;  /* cap bytes, filled from the end */
   size_t cap;
-  struct emd_pack_plans *plans;  /* each message type's fields, read once */
 };
 
 /* Packs m into b. On success returns 0 with *len set to the bytes
