@@ -28,6 +28,7 @@
 #include "emd_codec.h"
 #include "emd_err.h"
 #include "emd_log.h"
+#include "emd_varint.h"
 
 #define MOD "forward"
 #define REPLY_MAX (1u << 20)      /* reply bytes kept; more is unreadable */
@@ -176,29 +177,6 @@ static void buf_free(struct emd_codec_buf *b)
 {
   free(b->data);
   memset(b, 0, sizeof(*b));
-}
-
-static size_t varint_len(uint64_t v)
-{
-  size_t n = 1;
-
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
-static size_t varint_put(uint8_t *p, uint64_t v)
-{
-  size_t n = 0;
-
-  while (v >= 0x80) {
-    p[n++] = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  p[n++] = (uint8_t)v;
-  return n;
 }
 
 static bool varint_get_long(const uint8_t **p, const uint8_t *end,
@@ -351,7 +329,7 @@ static int batch_append(struct fw_batch *b, uint64_t seq, const uint8_t *ev,
 
   if (batch_reserve(b, 1, len + 10) != 0)
     return -ENOMEM;
-  b->len += varint_put(b->buf + b->len, len);
+  b->len = (size_t)(emd_varint_put(b->buf + b->len, len) - b->buf);
   it = &b->items[b->n++];
   it->seq = seq;
   it->off = b->len;
@@ -365,7 +343,8 @@ static int batch_append(struct fw_batch *b, uint64_t seq, const uint8_t *ev,
 
 static size_t frame_start(const struct fw_batch *b, size_t i)
 {
-  return i == b->n ? b->len : b->items[i].off - varint_len(b->items[i].len);
+  return i == b->n ? b->len
+                   : b->items[i].off - emd_varint_size(b->items[i].len);
 }
 
 /* A new batch holding items [from, to) of b. */
@@ -1202,11 +1181,11 @@ static int encode_pb(struct fw_batch *b, bool single,
   const struct fw_item *last = &b->items[b->n - 1];
   size_t head = single ? 0 : frame_start(b, b->n - 1);
 
-  if (single || varint_len(last->len + 2) == varint_len(last->len)) {
+  if (single || emd_varint_size(last->len + 2) == emd_varint_size(last->len)) {
     if (batch_reserve(b, 0, 2) != 0)
       return -ENOMEM;
     if (!single)
-      varint_put(b->buf + head, last->len + 2);
+      emd_varint_put(b->buf + head, last->len + 2);
     b->buf[last->off + last->len] = 0x10;
     b->buf[last->off + last->len + 1] = 0x01;
     *data = single ? b->buf + last->off : b->buf;
@@ -1217,7 +1196,9 @@ static int encode_pb(struct fw_batch *b, bool single,
     return -ENOMEM;
   memcpy(out->data, b->buf, head);
   out->len = head;
-  out->len += varint_put((uint8_t *)out->data + out->len, last->len + 2);
+  out->len = (size_t)(emd_varint_put((uint8_t *)out->data + out->len,
+                                     last->len + 2) -
+                      (uint8_t *)out->data);
   memcpy(out->data + out->len, b->buf + last->off, last->len);
   out->len += last->len;
   out->data[out->len++] = 0x10;
@@ -1232,7 +1213,7 @@ static int encode_pb(struct fw_batch *b, bool single,
 static void batch_unseal(struct fw_batch *b)
 {
   if (b->n > 0)
-    varint_put(b->buf + frame_start(b, b->n - 1), b->items[b->n - 1].len);
+    emd_varint_put(b->buf + frame_start(b, b->n - 1), b->items[b->n - 1].len);
 }
 
 static int gzip_into(struct emd_forward *fw, const void *in, size_t in_len,

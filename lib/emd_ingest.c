@@ -29,6 +29,7 @@
 #include "emd_err.h"
 #include "emd_frame.h"
 #include "emd_log.h"
+#include "emd_varint.h"
 
 #define READ_BUF (64 * 1024)          /* the shared read buffer */
 #define MAX_SLOTS 8192                /* unsent replies before pausing */
@@ -252,12 +253,7 @@ static char *put_base64(char *d, const uint8_t *s, size_t n)
 
 static char *put_varint(char *d, uint64_t v)
 {
-  while (v >= 0x80) {
-    *d++ = (char)(v | 0x80);
-    v >>= 7;
-  }
-  *d++ = (char)v;
-  return d;
+  return (char *)emd_varint_put((uint8_t *)d, v);
 }
 
 /* A proto3 field as protobuf-c packs it: left out when empty or zero. */

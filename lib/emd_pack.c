@@ -15,6 +15,7 @@
  * fields still to come. A message that does not fit makes every level
  * return NULL, and emd_pack() starts over in a buffer twice the size. */
 #include "emd_pack.h"
+#include "emd_varint.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -73,39 +74,13 @@ static const uint8_t elt_size[] = {
 /* writing backwards: each helper takes the lowest byte written so far
  * and returns the new lowest */
 
-static inline size_t varint_size(uint64_t v)
-{
-  /* 1 + floor(bit length / 7), from the index of the top bit */
-  return ((unsigned)(63 - __builtin_clzll(v | 1)) * 9 + 73) / 64;
-}
-
-static inline void put_varint(uint8_t *p, uint64_t v)
-{
-  while (v >= 0x80) {
-    *p++ = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  *p = (uint8_t)v;
-}
-
-static inline uint8_t *prepend_varint(uint8_t *p, uint64_t v)
-{
-  if (v < 0x80) {
-    *--p = (uint8_t)v;
-    return p;
-  }
-  p -= varint_size(v);
-  put_varint(p, v);
-  return p;
-}
-
 static inline uint8_t *prepend_tag(uint8_t *p, uint32_t id, unsigned wire)
 {
   if (id < 16) {
     *--p = (uint8_t)(id << 3 | wire);
     return p;
   }
-  return prepend_varint(p, ((uint64_t)id << 3) | wire);
+  return emd_varint_prepend(p, ((uint64_t)id << 3) | wire);
 }
 
 static inline uint8_t *prepend_le32(uint8_t *p, uint32_t v)
@@ -129,7 +104,7 @@ static inline uint8_t *prepend_bytes(uint8_t *p, const void *data, size_t len)
   p -= len;
   if (len != 0)
     memcpy(p, data, len);
-  return prepend_varint(p, len);
+  return emd_varint_prepend(p, len);
 }
 
 static inline uint32_t load32(const void *p)
@@ -239,7 +214,7 @@ static inline uint8_t *enc_sub(const ProtobufCMessage *sub,
    * a repeated field too: many of them would eat the reserve) */
   if (p == NULL || !room(lo, p, k, MAX_SCALAR))
     return NULL;
-  return prepend_varint(p, (size_t)(end - p));
+  return emd_varint_prepend(p, (size_t)(end - p));
 }
 
 static inline uint8_t *enc_string(const char *s, const uint8_t *lo,
@@ -266,17 +241,17 @@ static uint8_t *enc_value(ProtobufCType type, const void *member,
 {
   switch (type) {
   case PROTOBUF_C_TYPE_SINT32:
-    return prepend_varint(p, zigzag32(*(const int32_t *)member));
+    return emd_varint_prepend(p, zigzag32(*(const int32_t *)member));
   case PROTOBUF_C_TYPE_ENUM:
   case PROTOBUF_C_TYPE_INT32:
-    return prepend_varint(p, int32_wire(*(const int32_t *)member));
+    return emd_varint_prepend(p, int32_wire(*(const int32_t *)member));
   case PROTOBUF_C_TYPE_UINT32:
-    return prepend_varint(p, *(const uint32_t *)member);
+    return emd_varint_prepend(p, *(const uint32_t *)member);
   case PROTOBUF_C_TYPE_SINT64:
-    return prepend_varint(p, zigzag64(*(const int64_t *)member));
+    return emd_varint_prepend(p, zigzag64(*(const int64_t *)member));
   case PROTOBUF_C_TYPE_INT64:
   case PROTOBUF_C_TYPE_UINT64:
-    return prepend_varint(p, *(const uint64_t *)member);
+    return emd_varint_prepend(p, *(const uint64_t *)member);
   case PROTOBUF_C_TYPE_SFIXED32:
   case PROTOBUF_C_TYPE_FIXED32:
   case PROTOBUF_C_TYPE_FLOAT:
@@ -344,7 +319,7 @@ static inline uint8_t *enc_proto3(const ProtobufCFieldDescriptor *f,
 
     if (v == 0)
       return p;
-    p = prepend_varint(p, int32_wire(v));
+    p = emd_varint_prepend(p, int32_wire(v));
     wire = PROTOBUF_C_WIRE_TYPE_VARINT;
     break;
   }
@@ -353,7 +328,7 @@ static inline uint8_t *enc_proto3(const ProtobufCFieldDescriptor *f,
 
     if (v == 0)
       return p;
-    p = prepend_varint(p, zigzag32(v));
+    p = emd_varint_prepend(p, zigzag32(v));
     wire = PROTOBUF_C_WIRE_TYPE_VARINT;
     break;
   }
@@ -362,7 +337,7 @@ static inline uint8_t *enc_proto3(const ProtobufCFieldDescriptor *f,
 
     if (v == 0)
       return p;
-    p = prepend_varint(p, v);
+    p = emd_varint_prepend(p, v);
     wire = PROTOBUF_C_WIRE_TYPE_VARINT;
     break;
   }
@@ -388,7 +363,7 @@ static inline uint8_t *enc_proto3(const ProtobufCFieldDescriptor *f,
 
     if (v == 0)
       return p;
-    p = prepend_varint(p, v);
+    p = emd_varint_prepend(p, v);
     wire = PROTOBUF_C_WIRE_TYPE_VARINT;
     break;
   }
@@ -397,7 +372,7 @@ static inline uint8_t *enc_proto3(const ProtobufCFieldDescriptor *f,
 
     if (v == 0)
       return p;
-    p = prepend_varint(p, zigzag64(v));
+    p = emd_varint_prepend(p, zigzag64(v));
     wire = PROTOBUF_C_WIRE_TYPE_VARINT;
     break;
   }
@@ -434,25 +409,25 @@ static uint8_t *enc_packed_items(ProtobufCType type, size_t count,
   switch (type) {
   case PROTOBUF_C_TYPE_SINT32:
     while (i-- > 0)
-      p = prepend_varint(p, zigzag32(((const int32_t *)array)[i]));
+      p = emd_varint_prepend(p, zigzag32(((const int32_t *)array)[i]));
     return p;
   case PROTOBUF_C_TYPE_ENUM:
   case PROTOBUF_C_TYPE_INT32:
     while (i-- > 0)
-      p = prepend_varint(p, int32_wire(((const int32_t *)array)[i]));
+      p = emd_varint_prepend(p, int32_wire(((const int32_t *)array)[i]));
     return p;
   case PROTOBUF_C_TYPE_UINT32:
     while (i-- > 0)
-      p = prepend_varint(p, ((const uint32_t *)array)[i]);
+      p = emd_varint_prepend(p, ((const uint32_t *)array)[i]);
     return p;
   case PROTOBUF_C_TYPE_SINT64:
     while (i-- > 0)
-      p = prepend_varint(p, zigzag64(((const int64_t *)array)[i]));
+      p = emd_varint_prepend(p, zigzag64(((const int64_t *)array)[i]));
     return p;
   case PROTOBUF_C_TYPE_INT64:
   case PROTOBUF_C_TYPE_UINT64:
     while (i-- > 0)
-      p = prepend_varint(p, ((const uint64_t *)array)[i]);
+      p = emd_varint_prepend(p, ((const uint64_t *)array)[i]);
     return p;
   case PROTOBUF_C_TYPE_BOOL:
     while (i-- > 0)
@@ -484,7 +459,7 @@ static uint8_t *enc_repeated(const ProtobufCFieldDescriptor *f, size_t count,
     if (!room(lo, p, k, count * 10 + MAX_SCALAR))
       return NULL;
     p = enc_packed_items(f->type, count, array, p);
-    p = prepend_varint(p, (size_t)(end - p));
+    p = emd_varint_prepend(p, (size_t)(end - p));
     return prepend_tag(p, f->id, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
   }
   /* strings, bytes and messages check for themselves */

@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "emd_varint.h"
+
 /* Where the walk is: bytes go below p, down to lo. */
 struct w {
   const uint8_t *lo;
@@ -45,30 +47,12 @@ static inline bool room(const struct w *w, size_t n)
   return (size_t)(w->p - w->lo) >= n;
 }
 
-static inline void varint(struct w *w, uint64_t v)
-{
-  uint8_t tmp[10];
-  size_t n = 0;
-
-  if (v < 0x80) {
-    *--w->p = (uint8_t)v;
-    return;
-  }
-  while (v >= 0x80) {
-    tmp[n++] = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  tmp[n++] = (uint8_t)v;
-  w->p -= n;
-  memcpy(w->p, tmp, n);
-}
-
 /* A field with its tag and length, its bytes already below it from end. */
 static inline bool close_len(struct w *w, uint8_t tag, const uint8_t *end)
 {
   if (!room(w, 11))
     return false;
-  varint(w, (uint64_t)(end - w->p));
+  w->p = emd_varint_prepend(w->p, (uint64_t)(end - w->p));
   *--w->p = tag;
   return true;
 }
@@ -79,7 +63,7 @@ static inline bool bytes(struct w *w, uint8_t tag, const void *b, size_t n)
     return false;
   w->p -= n;
   memcpy(w->p, b, n);
-  varint(w, n);
+  w->p = emd_varint_prepend(w->p, n);
   *--w->p = tag;
   return true;
 }
@@ -101,7 +85,7 @@ static inline bool u64(struct w *w, uint8_t n, uint64_t v)
     return true;
   if (!room(w, 11))
     return false;
-  varint(w, v);
+  w->p = emd_varint_prepend(w->p, v);
   *--w->p = TAG(n, WT_VARINT);
   return true;
 }
@@ -428,32 +412,12 @@ int emd_pack_event_open(const emd_event *ev, struct emd_pack_buf *b,
   return 0;
 }
 
-static size_t varint_len(uint64_t v)
-{
-  size_t n = 1;
-
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
-static uint8_t *put_varint(uint8_t *d, uint64_t v)
-{
-  while (v >= 0x80) {
-    *d++ = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  *d++ = (uint8_t)v;
-  return d;
-}
-
 /* The TelemetryEvent's length once ordinal goes in. */
 static size_t te_len(size_t len, const struct emd_pack_splice *sp,
                      uint32_t ordinal)
 {
-  return len - sp->te_body_at + (ordinal != 0 ? 1 + varint_len(ordinal) : 0);
+  return len - sp->te_body_at +
+         (ordinal != 0 ? 1 + emd_varint_size(ordinal) : 0);
 }
 
 size_t emd_pack_splice_size(size_t len, const struct emd_pack_splice *sp,
@@ -461,8 +425,8 @@ size_t emd_pack_splice_size(size_t len, const struct emd_pack_splice *sp,
 {
   size_t tl = te_len(len, sp, ordinal);
 
-  return sp->te_at + 1 + varint_len(tl) + tl +
-         (index != 0 ? 1 + varint_len(index) : 0);
+  return sp->te_at + 1 + emd_varint_size(tl) + tl +
+         (index != 0 ? 1 + emd_varint_size(index) : 0);
 }
 
 void emd_pack_splice_write(uint8_t *dst, const uint8_t *p, size_t len,
@@ -475,17 +439,17 @@ void emd_pack_splice_write(uint8_t *dst, const uint8_t *p, size_t len,
   dst += sp->index_at;
   if (index != 0) {
     *dst++ = TAG(3, WT_VARINT);
-    dst = put_varint(dst, index);
+    dst = emd_varint_put(dst, index);
   }
   memcpy(dst, p + sp->index_at, sp->te_at - sp->index_at);   /* scope */
   dst += sp->te_at - sp->index_at;
   *dst++ = TAG(5, WT_LEN);
-  dst = put_varint(dst, tl);
+  dst = emd_varint_put(dst, tl);
   memcpy(dst, p + sp->te_body_at, sp->ordinal_at - sp->te_body_at);
   dst += sp->ordinal_at - sp->te_body_at;
   if (ordinal != 0) {
     *dst++ = TAG(10, WT_VARINT);
-    dst = put_varint(dst, ordinal);
+    dst = emd_varint_put(dst, ordinal);
   }
   memcpy(dst, p + sp->ordinal_at, len - sp->ordinal_at);   /* data */
 }

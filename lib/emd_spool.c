@@ -58,6 +58,7 @@
 #include "emd_idtab.h"
 #include "emd_log.h"
 #include "emd_pack_event.h"
+#include "emd_varint.h"
 
 #define SCHEMA_VERSION 2u
 #define META_SCHEMA "schema_version"
@@ -352,27 +353,6 @@ static void errf(char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- protobuf wire -------------------------------------------------- */
 
-static size_t varint_size(uint64_t v)
-{
-  size_t n = 1;
-
-  while (v >= 0x80) {
-    v >>= 7;
-    n++;
-  }
-  return n;
-}
-
-static uint8_t *put_varint(uint8_t *p, uint64_t v)
-{
-  while (v >= 0x80) {
-    *p++ = (uint8_t)(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = (uint8_t)v;
-  return p;
-}
-
 static int get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 {
   const uint8_t *p = *pp;
@@ -486,30 +466,30 @@ walk:
 static size_t rec_size(size_t event_len, uint64_t accepted_ms,
                        uint32_t attempts)
 {
-  size_t n = 1 + varint_size(event_len) + event_len;
+  size_t n = 1 + emd_varint_size(event_len) + event_len;
 
   if (accepted_ms != 0)
-    n += 1 + varint_size(accepted_ms);
+    n += 1 + emd_varint_size(accepted_ms);
   if (attempts != 0)
-    n += 1 + varint_size(attempts);
+    n += 1 + emd_varint_size(attempts);
   return n;
 }
 
 static uint8_t *rec_head(uint8_t *p, size_t event_len)
 {
   *p++ = 0x0a;
-  return put_varint(p, event_len);
+  return emd_varint_put(p, event_len);
 }
 
 static uint8_t *rec_tail(uint8_t *p, uint64_t accepted_ms, uint32_t attempts)
 {
   if (accepted_ms != 0) {
     *p++ = 0x10;
-    p = put_varint(p, accepted_ms);
+    p = emd_varint_put(p, accepted_ms);
   }
   if (attempts != 0) {
     *p++ = 0x18;
-    p = put_varint(p, attempts);
+    p = emd_varint_put(p, attempts);
   }
   return p;
 }
@@ -614,7 +594,7 @@ static int dead_parse(const void *buf, size_t n, struct deadrec *d)
 
 static size_t len_field_size(size_t n)
 {
-  return n == 0 ? 0 : 1 + varint_size(n) + n;
+  return n == 0 ? 0 : 1 + emd_varint_size(n) + n;
 }
 
 static uint8_t *put_len_field(uint8_t *p, uint8_t tag, const void *b,
@@ -623,7 +603,7 @@ static uint8_t *put_len_field(uint8_t *p, uint8_t tag, const void *b,
   if (n == 0)
     return p;
   *p++ = tag;
-  p = put_varint(p, n);
+  p = emd_varint_put(p, n);
   memcpy(p, b, n);
   return p + n;
 }
@@ -842,8 +822,8 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
   if (rec_id_copy(rec, reclen, id, &idlen) != 0)
     idlen = 0;
   n = len_field_size(reclen) + len_field_size(reason_len) +
-      (status ? 1 + varint_size(status) : 0) + len_field_size(excerpt_len) +
-      1 + varint_size(t->now_ms);
+      (status ? 1 + emd_varint_size(status) : 0) + len_field_size(excerpt_len) +
+      1 + emd_varint_size(t->now_ms);
   if (reclen == 0)
     n += 2;                        /* an empty record is still present */
   if (scratch_reserve(w, n) != 0)
@@ -857,11 +837,11 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
   p = put_len_field(p, 0x12, reason, reason_len);
   if (status != 0) {
     *p++ = 0x18;
-    p = put_varint(p, status);
+    p = emd_varint_put(p, status);
   }
   p = put_len_field(p, 0x22, excerpt, excerpt_len);
   *p++ = 0x28;
-  p = put_varint(p, t->now_ms);
+  p = emd_varint_put(p, t->now_ms);
   put_be64(key, seq);
   v.mv_size = (size_t)(p - w->scratch);
   v.mv_data = w->scratch;
