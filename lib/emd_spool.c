@@ -98,11 +98,11 @@ struct op {
       emd_spool_cb cb;
       void *data;
       uint32_t ordinal0, index0;  /* as given */
-      /* The id's hash (0: no id, or one the spool refuses) with the seed
-       * it was made with, and the timer: taken on append, so that the
-       * writer reads what it needs of a new event from the op alone (the
-       * event is in another core's cache). */
-      uint64_t h, seed;
+      /* The id's hash (0: no id, or one the spool refuses; the id
+       * table's seed is fixed from open on, the spool never clears it)
+       * and the timer: taken on append, so that the writer reads what it
+       * needs of a new event from the op alone. */
+      uint64_t h;
       const char *id;             /* in the group's arena, after packed */
       size_t idlen;
       uint8_t timer[EMD_TIMER_MAX];
@@ -1041,7 +1041,7 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   struct tslot *slot = NULL;
   uint8_t *dst;
   size_t evlen, size;
-  uint32_t ordinal = op->u.app.ordinal0, index;
+  uint32_t ordinal = op->u.app.ordinal0, index, add_index, add_ordinal;
   uint64_t h = op->u.app.h, seq;
   bool refused, known;
   int rc;
@@ -1072,9 +1072,10 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   index = op->u.app.index0 != 0 ? op->u.app.index0 : ordinal;
   /* packed on append with ordinal0 and index0: what was 0 then and is
    * not now goes in where it belongs */
+  add_index = op->u.app.index0 == 0 ? index : 0;
+  add_ordinal = op->u.app.ordinal0 == 0 ? ordinal : 0;
   evlen = emd_pack_splice_size(op->u.app.packed_len, &op->u.app.splice,
-                               op->u.app.index0 == 0 ? index : 0,
-                               op->u.app.ordinal0 == 0 ? ordinal : 0);
+                               add_index, add_ordinal);
   size = rec_size(evlen, t->now_ms, 0);
   rc = make_room(t, size, &refused);
   if (rc != 0)
@@ -1087,8 +1088,7 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   if (rc != 0)
     return rc;
   emd_pack_splice_write(dst, op->u.app.packed, op->u.app.packed_len,
-                        &op->u.app.splice, op->u.app.index0 == 0 ? index : 0,
-                        op->u.app.ordinal0 == 0 ? ordinal : 0);
+                        &op->u.app.splice, add_index, add_ordinal);
   rc = emd_idtab_insert_new(w->ids, h, w->c.next_seq);
   if (rc != 0)
     return rc;
@@ -1486,19 +1486,10 @@ static void ids_rollback(struct writer *w)
 /* Hashes an append's id and asks for its slot in the id table, ahead of
  * the op: with a big table that slot is a cache miss (and a TLB miss),
  * and a few of them overlap instead of each stalling the writer. */
-static void append_ahead(struct writer *w, struct op *op)
+static void append_ahead(struct writer *w, const struct op *op)
 {
-  uint64_t seed;
-
-  if (op->kind != OP_APPEND || op->u.app.h == 0)
-    return;
-  /* hashed on append; again only if the table has a new seed since */
-  seed = emd_idtab_seed(w->ids);
-  if (op->u.app.seed != seed) {
-    op->u.app.h = emd_idtab_hash(w->ids, op->u.app.id, op->u.app.idlen);
-    op->u.app.seed = seed;
-  }
-  emd_idtab_prefetch(w->ids, op->u.app.h);
+  if (op->kind == OP_APPEND && op->u.app.h != 0)
+    emd_idtab_prefetch(w->ids, op->u.app.h);
 }
 
 static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
@@ -2712,7 +2703,6 @@ int emd_spool_append(struct emd_spool *sp, const emd_event *ev,
   op->u.app.splice = splice;
   op->u.app.id = (const char *)copy + n;
   op->u.app.idlen = idlen;
-  op->u.app.seed = sp->ids_seed;
   op->u.app.h = 0;
   op->u.app.timer_len = 0;
   /* the hash too (the seed is the id table's, fixed from open), and the

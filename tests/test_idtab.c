@@ -95,6 +95,10 @@ static void hash_is_seeded_stable_and_never_zero(void **state)
   assert_true(a != 0);
   assert_true(a == emd_idtab_hash(t, "evt000000000001", 15));
   assert_true(a != emd_idtab_hash(t, "evt000000000002", 15));
+  /* what another thread computes with the table's seed (the spool's
+   * loop, on append) */
+  assert_true(a == emd_idtab_hash_seeded(emd_idtab_seed(t),
+                                         "evt000000000001", 15));
   assert_int_equal(emd_idtab_close(t, &stamp_a), 0);
   /* The seed is kept with the table... */
   t = open_tab(f, &stamp_a, &trusted);
