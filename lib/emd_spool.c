@@ -17,7 +17,8 @@
  * so up to MAX_INFLIGHT groups may wait for one sync.
  *
  * Databases (keys and values big-endian):
- *   pending    seq(8) -> SpoolRecord
+ *   pending    first seq(8) -> a chunk of SpoolRecords with consecutive
+ *              seqs (see "pending: events in chunks")
  *   ids        seq(8) -> delivered_ms(8) event id: the ids of delivered
  *              events, kept for dedup_window
  *   timers     timer -> next ordinal(4) last used ms(8)
@@ -26,7 +27,9 @@
  *              "state" -> struct counters as 6 x u64
  * Schema 1 had ids as event id -> seq, a B-tree insert per event at a
  * random place (a page written per event with random ids), and the
- * delivered ids in a database of their own; opening it upgrades it.
+ * delivered ids in a database of their own; schemas 1 and 2 kept one
+ * SpoolRecord per row of pending (still read as they are). Opening an
+ * older spool upgrades it.
  *
  * Which ids are known (pending, dead or delivered) is answered by the id
  * table (emd_idtab, a hash table in ids.tab next to data.mdb), from the
@@ -60,7 +63,7 @@
 #include "emd_pack_event.h"
 #include "emd_varint.h"
 
-#define SCHEMA_VERSION 2u
+#define SCHEMA_VERSION 3u
 #define META_SCHEMA "schema_version"
 #define META_INSTANCE "instance_id"
 #define META_STATE "state"
@@ -193,6 +196,44 @@ struct rebuild {
   uint64_t start_ns;
 };
 
+/* The chunk this transaction's appends fill (see "pending: events in
+ * chunks"): written to pending when full, before pending changes
+ * otherwise, and at the end of the group. */
+struct fill {
+  uint8_t *buf;              /* CHUNK_MARK, entries */
+  size_t len, cap;
+  uint64_t first, last;      /* seqs; n == 0: empty */
+  size_t n;
+};
+
+/* One event of the chunk being edited. rec points into the map (or a
+ * page this transaction dirtied): pending is not changed while the edit
+ * holds it, so it stays put. */
+struct eentry {
+  uint64_t seq;
+  const uint8_t *rec;
+  size_t len;
+  uint32_t bump;             /* attempts to add */
+  bool gone;
+};
+
+/* The chunk whose events this transaction removes or changes: kept as
+ * it is in pending and rewritten once, when the writer moves on to
+ * another chunk, changes pending otherwise, or ends the group. */
+struct edit {
+  bool active;
+  bool front;                /* pending's first chunk */
+  bool changed;
+  bool garbled;              /* its end could not be read */
+  uint8_t raw[KEY_MAX];      /* its key */
+  size_t rawlen;
+  struct eentry *e;
+  size_t n, cap;
+  size_t live;               /* entries not gone */
+  size_t at;                 /* where the last lookup ended */
+  size_t front_at;           /* front: the entries before are gone */
+};
+
 /* What only the writer thread touches (after open). */
 struct writer {
   struct knobs k;
@@ -209,6 +250,8 @@ struct writer {
   struct group_queue unsynced;  /* committed, waiting for mdb_env_sync */
   uint64_t last_sync_ns;
   struct emd_idtab *ids;     /* see the top of this file */
+  struct fill fill;
+  struct edit ed;
   struct rebuild rb;
   bool ids_bad;              /* a rollback failed: not clean at close */
 };
@@ -268,6 +311,7 @@ struct txn {
   bool dirty;
   uint64_t dropped;          /* evicted for room, for one log line */
   MDB_cursor *app;           /* pending's end, for a run of appends */
+  MDB_cursor *pc;            /* pending, for lookups */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -608,6 +652,109 @@ static uint8_t *put_len_field(uint8_t *p, uint8_t tag, const void *b,
   return p + n;
 }
 
+/* ---- pending: events in chunks -------------------------------------------
+ *
+ * pending holds events several to a row: a chunk of events with
+ * consecutive seqs (up to CHUNK_MAX bytes, or one event bigger than
+ * that). A row per event made LMDB insert and delete a node per event, and
+ * deleting from the front of the tree (delivery order) made it refill the
+ * emptying page from its neighbour at nearly every delete, copying an
+ * event each time; a chunk is one node, its bytes in overflow pages that a
+ * delete frees whole.
+ *
+ *   key    the smallest seq in the chunk (8 bytes, big-endian)
+ *   value  CHUNK_MARK, then per event, seqs ascending:
+ *          varint(seq - key) varint(len) SpoolRecord[len]
+ *
+ * A value that does not start with CHUNK_MARK is schema 2's single
+ * SpoolRecord (its first byte is 0x0a, field 1) for seq = key, read as a
+ * chunk of one. A chunk is rewritten (under its new smallest seq) when
+ * some of its events go, and deleted when the last one goes. */
+#define CHUNK_MARK 0x00
+#define CHUNK_MAX ((size_t)32 << 10)
+
+struct chunk_it {
+  const uint8_t *p, *end;
+  uint64_t key, last;
+  bool single;               /* schema 2's one record */
+  bool started;
+};
+
+static void chunk_begin(struct chunk_it *it, const MDB_val *k,
+                        const MDB_val *v)
+{
+  it->p = v->mv_data;
+  it->end = it->p + v->mv_size;
+  it->key = k->mv_size == 8 ? get_be64(k->mv_data) : 0;
+  it->single = v->mv_size == 0 || it->p[0] != CHUNK_MARK;
+  it->started = false;
+  if (!it->single)
+    it->p++;
+  if (k->mv_size != 8)
+    it->p = it->end = NULL;        /* not ours: nothing in it */
+}
+
+/* The next event of a chunk: 1 with *seq and the record, 0 at the end,
+ * -1 if the rest of the chunk cannot be read. */
+static int chunk_next(struct chunk_it *it, uint64_t *seq, const uint8_t **rec,
+                      size_t *len)
+{
+  uint64_t d, n;
+
+  if (it->single) {
+    if (it->started || it->p == NULL)
+      return 0;
+    it->started = true;
+    *seq = it->key;
+    *rec = it->p;
+    *len = (size_t)(it->end - it->p);
+    return 1;
+  }
+  if (it->p == it->end)
+    return 0;
+  if (get_varint(&it->p, it->end, &d) != 0 ||
+      get_varint(&it->p, it->end, &n) != 0 ||
+      n > (uint64_t)(it->end - it->p) || d > UINT64_MAX - it->key ||
+      (it->started && it->key + d <= it->last) || (!it->started && d != 0)) {
+    it->p = it->end;
+    return -1;
+  }
+  it->started = true;
+  it->last = *seq = it->key + d;
+  *rec = it->p;
+  *len = (size_t)n;
+  it->p += n;
+  return 1;
+}
+
+/* Puts c on the chunk that may hold seq: the last whose key is at most
+ * seq. MDB_NOTFOUND when every key is above seq (or there are none). */
+static int chunk_floor(MDB_cursor *c, uint64_t seq, MDB_val *k, MDB_val *v)
+{
+  uint8_t key[8];
+  int rc;
+
+  put_be64(key, seq);
+  k->mv_size = 8;
+  k->mv_data = key;
+  rc = mdb_cursor_get(c, k, v, MDB_SET_RANGE);
+  if (rc == 0 && k->mv_size == 8 && get_be64(k->mv_data) == seq)
+    return 0;
+  if (rc == 0)
+    return mdb_cursor_get(c, k, v, MDB_PREV);
+  if (rc == MDB_NOTFOUND)
+    return mdb_cursor_get(c, k, v, MDB_LAST);
+  return rc;
+}
+
+/* Puts c on the first chunk that may hold a seq at or above from. */
+static int chunk_from(MDB_cursor *c, uint64_t from, MDB_val *k, MDB_val *v)
+{
+  int rc = chunk_floor(c, from, k, v);
+
+  return rc == MDB_NOTFOUND ? mdb_cursor_get(c, k, v, MDB_FIRST) : rc;
+}
+
 /* ---- the writer: one transaction per group ------------------------------ */
 
 /* True when at_ms lies age_ms or more before now_ms. */
@@ -670,6 +817,402 @@ static int rec_id_copy(const void *recbuf, size_t reclen, uint8_t *buf,
   return 0;
 }
 
+/* ---- the writer's chunks: the fill and the edit -------------------------- */
+
+static int pending_cursor(struct txn *t, MDB_cursor **c)
+{
+  int rc = 0;
+
+  if (t->pc == NULL)
+    rc = mdb_cursor_open(t->txn, t->sp->db_pending, &t->pc);
+  *c = t->pc;
+  return rc;
+}
+
+/* Forgets the append cursor: before anything else changes pending. */
+static void app_cursor_drop(struct txn *t)
+{
+  if (t->app != NULL)
+    mdb_cursor_close(t->app);
+  t->app = NULL;
+}
+
+/* The index of seq among the edit's events, if there. Lookups come in
+ * seq order mostly: the one after the last is tried first. */
+static bool edit_find(struct edit *ed, uint64_t seq, size_t *i)
+{
+  size_t lo = 0, hi = ed->n;
+
+  if (ed->at < ed->n && ed->e[ed->at].seq <= seq) {
+    if (ed->e[ed->at].seq == seq) {
+      *i = ed->at;
+      return true;
+    }
+    lo = ed->at + 1;
+    if (lo < ed->n && ed->e[lo].seq == seq) {
+      *i = ed->at = lo;
+      return true;
+    }
+  }
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (ed->e[mid].seq < seq)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < ed->n && ed->e[lo].seq == seq) {
+    *i = ed->at = lo;
+    return true;
+  }
+  return false;
+}
+
+static void edit_remove(struct txn *t, size_t i)
+{
+  struct edit *ed = &t->sp->w.ed;
+
+  ed->e[i].gone = true;
+  ed->live--;
+  ed->changed = true;
+  t->dirty = true;
+}
+
+/* Takes the chunk at k, v (in pending) for editing. */
+static int edit_load(struct txn *t, const MDB_val *k, const MDB_val *v,
+                     bool front)
+{
+  struct edit *ed = &t->sp->w.ed;
+  struct chunk_it it;
+  const uint8_t *rec;
+  uint64_t seq;
+  size_t len;
+  int r;
+
+  if (k->mv_size > KEY_MAX)
+    return MDB_CORRUPTED;
+  memcpy(ed->raw, k->mv_data, k->mv_size);
+  ed->rawlen = k->mv_size;
+  ed->front = front;
+  ed->changed = false;
+  ed->garbled = false;
+  ed->n = ed->at = ed->front_at = 0;
+  chunk_begin(&it, k, v);
+  while ((r = chunk_next(&it, &seq, &rec, &len)) == 1) {
+    if (ed->n == ed->cap) {
+      size_t cap = ed->cap ? 2 * ed->cap : 256;
+      struct eentry *e = realloc(ed->e, cap * sizeof(*e));
+
+      if (e == NULL)
+        return ENOMEM;
+      ed->e = e;
+      ed->cap = cap;
+    }
+    ed->e[ed->n].seq = seq;
+    ed->e[ed->n].rec = rec;
+    ed->e[ed->n].len = len;
+    ed->e[ed->n].bump = 0;
+    ed->e[ed->n].gone = false;
+    ed->n++;
+  }
+  ed->live = ed->n;
+  ed->garbled = r < 0 || k->mv_size != 8;
+  ed->changed = ed->n == 0;        /* nothing readable: the row goes */
+  ed->active = true;
+  return 0;
+}
+
+/* An edit entry's record as rewritten: *r parsed and its new attempts
+ * in *att, and true, if it changes (a garbled one is left alone). */
+static bool edit_entry_bumped(const struct eentry *e, struct rec *r,
+                              uint32_t *att)
+{
+  if (e->bump == 0 || rec_parse(e->rec, e->len, r) != 0)
+    return false;
+  *att = r->attempts > UINT32_MAX - e->bump ? UINT32_MAX
+                                            : r->attempts + e->bump;
+  return true;
+}
+
+/* Its size as rewritten. */
+static size_t edit_entry_size(const struct eentry *e)
+{
+  struct rec r;
+  uint32_t att;
+
+  return edit_entry_bumped(e, &r, &att)
+             ? rec_size(r.event_len, r.accepted_ms, att) : e->len;
+}
+
+/* Writes the edited chunk back: deleted if nothing is left in it, else
+ * rewritten under its smallest seq (built beside the map first: the
+ * records point into the row that goes). */
+static int edit_flush(struct txn *t)
+{
+  struct writer *w = &t->sp->w;
+  struct edit *ed = &w->ed;
+  uint8_t key[8], *p;
+  MDB_val k, v;
+  uint64_t first = 0;
+  size_t size = 1, reclen;
+  int rc;
+
+  if (!ed->active)
+    return 0;
+  ed->active = false;
+  if (!ed->changed)
+    return 0;
+  app_cursor_drop(t);
+  if (ed->garbled)
+    emd_log_error("spool", "pending chunk at seq %llu is garbled past its "
+                  "%zu readable events; its unreadable end is dropped as "
+                  "the chunk is rewritten",
+                  ed->rawlen == 8 ? (unsigned long long)get_be64(ed->raw)
+                                  : 0ull, ed->n);
+  for (size_t i = 0; i < ed->n; i++) {
+    if (ed->e[i].gone)
+      continue;
+    if (size == 1)
+      first = ed->e[i].seq;
+    reclen = edit_entry_size(&ed->e[i]);
+    size += emd_varint_size(ed->e[i].seq - first) + emd_varint_size(reclen) +
+            reclen;
+  }
+  if (ed->live > 0) {
+    if (scratch_reserve(w, size) != 0)
+      return ENOMEM;
+    p = w->scratch;
+    *p++ = CHUNK_MARK;
+    for (size_t i = 0; i < ed->n; i++) {
+      const struct eentry *e = &ed->e[i];
+      struct rec r;
+      uint32_t att;
+
+      if (e->gone)
+        continue;
+      p = emd_varint_put(p, e->seq - first);
+      if (!edit_entry_bumped(e, &r, &att)) {
+        p = emd_varint_put(p, e->len);
+        memcpy(p, e->rec, e->len);
+        p += e->len;
+        continue;
+      }
+      reclen = rec_size(r.event_len, r.accepted_ms, att);
+      p = emd_varint_put(p, reclen);
+      p = rec_head(p, r.event_len);
+      memcpy(p, r.event, r.event_len);
+      p = rec_tail(p + r.event_len, r.accepted_ms, att);
+      w->c.pending_bytes += reclen - e->len;
+    }
+  }
+  k.mv_size = ed->rawlen;
+  k.mv_data = ed->raw;
+  rc = mdb_del(t->txn, t->sp->db_pending, &k, NULL);
+  if (rc == 0 && ed->live > 0) {
+    put_be64(key, first);
+    k.mv_size = 8;
+    k.mv_data = key;
+    v.mv_size = size;
+    v.mv_data = w->scratch;
+    rc = mdb_put(t->txn, t->sp->db_pending, &k, &v, 0);
+  }
+  t->dirty = true;
+  return rc;
+}
+
+/* Puts the chunk being filled into pending, after the edit (both change
+ * pending). Seqs only grow, so MDB_APPEND skips the search, and one cursor
+ * for a run of chunks (as mdb_load does) stays at the end of the tree. */
+static int fill_flush(struct txn *t)
+{
+  struct fill *f = &t->sp->w.fill;
+  uint8_t key[8];
+  MDB_val k = { 8, key }, v = { f->len, f->buf };
+  int rc;
+
+  if (f->n == 0)
+    return 0;
+  rc = edit_flush(t);
+  if (rc == 0 && t->app == NULL)
+    rc = mdb_cursor_open(t->txn, t->sp->db_pending, &t->app);
+  put_be64(key, f->first);
+  if (rc == 0)
+    rc = mdb_cursor_put(t->app, &k, &v, MDB_APPEND);
+  f->n = 0;
+  f->len = 0;
+  t->dirty = true;
+  return rc;
+}
+
+/* Room in the fill for a record of size bytes at seq (the chunk goes to
+ * pending first if it would grow past CHUNK_MAX): *dst is where it goes. */
+static int fill_add(struct txn *t, uint64_t seq, size_t size, uint8_t **dst)
+{
+  struct fill *f = &t->sp->w.fill;
+  size_t need;
+  uint8_t *p;
+  int rc;
+
+  if (f->n > 0 && f->len + 20 + size > CHUNK_MAX) {
+    rc = fill_flush(t);
+    if (rc != 0)
+      return rc;
+  }
+  if (f->n == 0) {
+    f->first = seq;
+    f->len = 1;
+  }
+  need = f->len + emd_varint_size(seq - f->first) + emd_varint_size(size) +
+         size;
+  if (need > f->cap) {
+    size_t cap = f->cap ? f->cap : CHUNK_MAX + 64;
+
+    while (cap < need)
+      cap *= 2;
+    p = realloc(f->buf, cap);
+    if (p == NULL)
+      return ENOMEM;
+    f->buf = p;
+    f->cap = cap;
+  }
+  f->buf[0] = CHUNK_MARK;
+  p = emd_varint_put(f->buf + f->len, seq - f->first);
+  p = emd_varint_put(p, size);
+  *dst = p;
+  f->len = (size_t)(p - f->buf) + size;
+  f->last = seq;
+  f->n++;
+  t->dirty = true;
+  return 0;
+}
+
+/* The edit's entry i holding seq, if seq is pending (not in the fill). */
+static int edit_get(struct txn *t, uint64_t seq, size_t *i, bool *found)
+{
+  struct edit *ed = &t->sp->w.ed;
+  MDB_cursor *c;
+  MDB_val k, v;
+  int rc;
+
+  *found = false;
+  if (!ed->active || ed->n == 0 || seq < ed->e[0].seq ||
+      seq > ed->e[ed->n - 1].seq) {
+    rc = edit_flush(t);
+    if (rc == 0)
+      rc = pending_cursor(t, &c);
+    if (rc == 0)
+      rc = chunk_floor(c, seq, &k, &v);
+    if (rc == 0)
+      rc = edit_load(t, &k, &v, false);
+    if (rc != 0)
+      return rc == MDB_NOTFOUND ? 0 : rc;
+  }
+  *found = edit_find(ed, seq, i) && !ed->e[*i].gone;
+  return 0;
+}
+
+/* The oldest pending event in the fill-less part of pending: the edit's
+ * entry *i, or *none. */
+static int pending_front(struct txn *t, size_t *i, bool *none)
+{
+  struct edit *ed = &t->sp->w.ed;
+  MDB_cursor *c;
+  MDB_val k, v;
+  int rc;
+
+  *none = false;
+  for (;;) {
+    if (ed->active && ed->front) {
+      for (; ed->front_at < ed->n; ed->front_at++)
+        if (!ed->e[ed->front_at].gone) {
+          *i = ed->front_at;
+          return 0;
+        }
+    }
+    rc = edit_flush(t);            /* a front chunk emptied goes */
+    if (rc == 0)
+      rc = pending_cursor(t, &c);
+    if (rc == 0)
+      rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    if (rc == MDB_NOTFOUND) {
+      *none = true;
+      return 0;
+    }
+    if (rc == 0)
+      rc = edit_load(t, &k, &v, true);
+    if (rc != 0)
+      return rc;
+  }
+}
+
+/* The id of a packed record, in place (*idlen 0 if it cannot be read). */
+static void rec_id(const uint8_t *rec, size_t len, const uint8_t **id,
+                   size_t *idlen)
+{
+  struct rec r;
+
+  if (rec_parse(rec, len, &r) != 0 ||
+      event_id(r.event, r.event_len, id, idlen) != 0)
+    *idlen = 0;
+}
+
+/* The record at seq in the chunk at k, v: *found. */
+static void chunk_find(const MDB_val *k, const MDB_val *v, uint64_t seq,
+                       const uint8_t **rec, size_t *len, bool *found)
+{
+  struct chunk_it it;
+  uint64_t s;
+
+  *found = false;
+  chunk_begin(&it, k, v);
+  while (chunk_next(&it, &s, rec, len) == 1 && s <= seq)
+    if (s == seq) {
+      *found = true;
+      return;
+    }
+}
+
+/* Where pending's event seq is in this transaction: *found, and its
+ * record: in the fill, the chunk being edited (*found false if it went),
+ * or the chunk in pending. */
+static int pending_at(struct txn *t, uint64_t seq, const uint8_t **rec,
+                      size_t *len, bool *found)
+{
+  struct writer *w = &t->sp->w;
+  struct edit *ed = &w->ed;
+  uint8_t key[8];
+  MDB_cursor *c;
+  MDB_val k = { 8, key }, v;
+  int rc;
+
+  *found = false;
+  if (w->fill.n > 0 && seq >= w->fill.first && seq <= w->fill.last) {
+    put_be64(key, w->fill.first);
+    v.mv_size = w->fill.len;
+    v.mv_data = w->fill.buf;
+    chunk_find(&k, &v, seq, rec, len, found);
+    return 0;
+  }
+  if (ed->active && ed->n > 0 && seq >= ed->e[0].seq &&
+      seq <= ed->e[ed->n - 1].seq) {
+    size_t i;
+
+    if (edit_find(ed, seq, &i) && !ed->e[i].gone) {
+      *found = true;
+      *rec = ed->e[i].rec;
+      *len = ed->e[i].len;
+    }
+    return 0;
+  }
+  rc = pending_cursor(t, &c);
+  if (rc == 0)
+    rc = chunk_floor(c, seq, &k, &v);
+  if (rc == 0)
+    chunk_find(&k, &v, seq, rec, len, found);
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 /* What the spool holds at seq: *found, and the id of the pending record,
  * dead letter or delivered event there (in the map; *idlen 0 if it cannot
  * be read). */
@@ -678,22 +1221,23 @@ static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
 {
   uint8_t key[8];
   MDB_val k = { 8, key }, v;
+  const uint8_t *rec;
+  size_t len;
   struct deadrec d;
   struct rec r;
   int rc;
 
   *found = true;
   *idlen = 0;
-  put_be64(key, seq);
-  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
-  if (rc == 0) {
-    if (rec_parse(v.mv_data, v.mv_size, &r) != 0 ||
-        event_id(r.event, r.event_len, id, idlen) != 0)
-      *idlen = 0;
-    return 0;
+  rc = pending_at(t, seq, &rec, &len, found);
+  if (rc != 0 || *found) {
+    if (*found)
+      rec_id(rec, len, id, idlen);
+    return rc;
   }
-  if (rc == MDB_NOTFOUND)
-    rc = mdb_get(t->txn, t->sp->db_dead, &k, &v);
+  *found = true;
+  put_be64(key, seq);
+  rc = mdb_get(t->txn, t->sp->db_dead, &k, &v);
   if (rc == 0) {
     if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
         rec_parse(d.rec, d.rec_len, &r) != 0 ||
@@ -806,7 +1350,8 @@ static void log_dead(uint64_t seq, const uint8_t *id, size_t idlen,
                  (int)reason_len, reason);
 }
 
-/* Moves pending[seq] (its record rec, still in the map) to dead. */
+/* Puts pending's event seq (its record rec, still in the map) in dead;
+ * the caller takes it out of the edit. */
 static int to_dead(struct txn *t, uint64_t seq, const void *rec,
                    size_t reclen, const char *reason, size_t reason_len,
                    unsigned status, const void *excerpt, size_t excerpt_len)
@@ -846,8 +1391,6 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
   v.mv_size = (size_t)(p - w->scratch);
   v.mv_data = w->scratch;
   rc = mdb_put(t->txn, t->sp->db_dead, &k, &v, 0);
-  if (rc == 0)
-    rc = mdb_del(t->txn, t->sp->db_pending, &k, NULL);
   if (rc != 0)
     return rc;
   w->c.pending--;
@@ -858,27 +1401,22 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
   return trim_dead(t);
 }
 
-/* Moves the oldest pending record to dead with reason. *none is set when
- * nothing is pending. */
+/* Moves the oldest pending record outside the fill to dead with reason.
+ * *none is set when there is none. */
 static int evict_first(struct txn *t, const char *reason, bool *none)
 {
-  MDB_val k, v;
+  struct edit *ed = &t->sp->w.ed;
+  size_t i;
   int rc;
 
-  rc = first_row(t, t->sp->db_pending, &k, &v);
-  *none = rc == MDB_NOTFOUND;
-  if (rc != 0)
-    return *none ? 0 : rc;
-  return to_dead(t, get_be64(k.mv_data), v.mv_data, v.mv_size, reason,
-                 strlen(reason), 0, NULL, 0);
-}
-
-/* Forgets the append cursor: before anything else changes pending. */
-static void app_cursor_drop(struct txn *t)
-{
-  if (t->app != NULL)
-    mdb_cursor_close(t->app);
-  t->app = NULL;
+  rc = pending_front(t, &i, none);
+  if (rc != 0 || *none)
+    return rc;
+  rc = to_dead(t, ed->e[i].seq, ed->e[i].rec, ed->e[i].len, reason,
+               strlen(reason), 0, NULL, 0);
+  if (rc == 0)
+    edit_remove(t, i);
+  return rc;
 }
 
 /* Makes room for a record of size bytes per on_full. Sets *refused when
@@ -903,15 +1441,16 @@ static int make_room(struct txn *t, size_t size, bool *refused)
       *refused = true;
       return 0;
     }
-    app_cursor_drop(t);
-    while (w->c.pending_bytes + size > w->k.max_bytes && !none) {
+    while (w->c.pending_bytes + size > w->k.max_bytes) {
       rc = evict_first(t, "dropped", &none);
-      if (rc != 0)
-        return rc;
-      if (!none) {
-        w->c.dropped++;
-        t->dropped++;
+      if (rc == 0 && none && w->fill.n > 0) {
+        rc = fill_flush(t);        /* the oldest are this group's own */
+        continue;
       }
+      if (rc != 0 || none)
+        return rc;
+      w->c.dropped++;
+      t->dropped++;
     }
     return 0;
   }
@@ -1005,30 +1544,19 @@ static int timers_flush(struct txn *t)
   return 0;
 }
 
-/* Makes room for a SpoolRecord of size bytes whose event takes evlen in
- * pending[seq], and writes all of it but the event's bytes, which go
- * at *evdst. */
+/* Makes room in the fill for a SpoolRecord of size bytes whose event
+ * takes evlen at seq, and writes all of it but the event's bytes, which
+ * go at *evdst. */
 static int put_record(struct txn *t, uint64_t seq, size_t evlen,
                       size_t size, uint8_t **evdst)
 {
-  uint8_t key[8], *p;
-  MDB_val k = { 8, key }, v = { size, NULL };
+  uint8_t *p;
   int rc;
 
-  put_be64(key, seq);
-  /* Seqs only grow, so MDB_APPEND skips the search; MDB_RESERVE lets the
-   * record be written straight into the page. One cursor for a run of
-   * appends (as mdb_load does) stays at the end of the tree, where
-   * mdb_put would walk down from the root for each (some 500 instructions
-   * an event); it is dropped whenever anything else touches pending, so
-   * only appends ever move it. */
-  rc = t->app != NULL ? 0 : mdb_cursor_open(t->txn, t->sp->db_pending,
-                                            &t->app);
-  if (rc == 0)
-    rc = mdb_cursor_put(t->app, &k, &v, MDB_APPEND | MDB_RESERVE);
+  rc = fill_add(t, seq, size, &p);
   if (rc != 0)
     return rc;
-  p = rec_head(v.mv_data, evlen);
+  p = rec_head(p, evlen);
   rec_tail(p + evlen, t->now_ms, 0);
   *evdst = p;
   return 0;
@@ -1107,21 +1635,20 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
 
 /* Deletes delivered events (their seqs, as the forwarder sent them: in
  * order, mostly) and remembers their ids for dedup_window in ids, where
- * their table slots now find them, or forgets them at once. Cursors, so
- * each lookup starts from the page the last one ended on. */
+ * their table slots now find them, or forgets them at once. */
 static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
 {
   struct writer *w = &t->sp->w;
-  bool keep = w->k.dedup_window_ms != 0;
+  struct edit *ed = &w->ed;
+  bool keep = w->k.dedup_window_ms != 0, found;
   uint8_t key[8], val[8 + KEY_MAX];
-  MDB_cursor *pc = NULL, *ic = NULL;
+  MDB_cursor *ic = NULL;
   MDB_val k, v;
   uint64_t last = 0;               /* the highest seq in ids */
-  size_t idlen;
-  int rc;
+  size_t idlen, j;
+  int rc = 0;
 
-  rc = mdb_cursor_open(t->txn, t->sp->db_pending, &pc);
-  if (rc == 0 && keep) {
+  if (keep) {
     rc = mdb_cursor_open(t->txn, t->sp->db_ids, &ic);
     if (rc == 0)
       rc = mdb_cursor_get(ic, &k, &v, MDB_LAST);
@@ -1131,24 +1658,15 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
       rc = 0;
   }
   for (size_t i = 0; i < n && rc == 0; i++) {
-    put_be64(key, seqs[i]);
-    k.mv_size = 8;
-    k.mv_data = key;
-    rc = mdb_cursor_get(pc, &k, &v, MDB_SET);
-    if (rc == MDB_NOTFOUND) {
-      rc = 0;                      /* gone already (a dead letter, say) */
-      continue;
-    }
-    if (rc != 0)
-      break;
-    /* The id now: the delete may move what v points at. */
-    if (rec_id_copy(v.mv_data, v.mv_size, val + 8, &idlen) != 0)
+    rc = edit_get(t, seqs[i], &j, &found);
+    if (rc != 0 || !found)
+      continue;                    /* gone already (a dead letter, say) */
+    if (rec_id_copy(ed->e[j].rec, ed->e[j].len, val + 8, &idlen) != 0)
       idlen = 0;
     w->c.pending--;
-    w->c.pending_bytes -= v.mv_size;
-    t->dirty = true;
-    rc = mdb_cursor_del(pc, 0);
-    if (rc != 0 || idlen == 0)
+    w->c.pending_bytes -= ed->e[j].len;
+    edit_remove(t, j);
+    if (idlen == 0)
       continue;
     if (!keep) {
       forget_id(t, val + 8, idlen, seqs[i]);
@@ -1157,6 +1675,7 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
     /* Keyed by seq, so rows go in at the end of the tree, mostly: there
      * MDB_APPEND skips the search. */
     put_be64(val, t->now_ms);
+    put_be64(key, seqs[i]);
     k.mv_size = 8;
     k.mv_data = key;
     v.mv_size = 8 + idlen;
@@ -1167,55 +1686,44 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
   }
   if (ic != NULL)
     mdb_cursor_close(ic);
-  if (pc != NULL)
-    mdb_cursor_close(pc);
   return rc;
 }
 
+/* One more attempt for the event at seq: its record is rewritten with
+ * the chunk (a garbled one is left alone). */
 static int apply_attempted(struct txn *t, uint64_t seq)
 {
-  struct writer *w = &t->sp->w;
-  uint8_t key[8], *p;
-  MDB_val k = { 8, key }, v;
-  struct rec r;
-  size_t size;
+  struct edit *ed = &t->sp->w.ed;
+  size_t i;
+  bool found;
   int rc;
 
-  put_be64(key, seq);
-  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
-  if (rc != 0)
-    return rc == MDB_NOTFOUND ? 0 : rc;
-  if (rec_parse(v.mv_data, v.mv_size, &r) != 0)
-    return 0;                     /* leave a garbled record alone */
-  size = rec_size(r.event_len, r.accepted_ms, r.attempts + 1);
-  /* The record is rebuilt beside the map: the value we read may sit in a
-   * page this transaction already dirtied, which the put overwrites. */
-  if (scratch_reserve(w, size) != 0)
-    return ENOMEM;
-  p = rec_head(w->scratch, r.event_len);
-  memcpy(p, r.event, r.event_len);
-  rec_tail(p + r.event_len, r.accepted_ms, r.attempts + 1);
-  w->c.pending_bytes += size - v.mv_size;
-  v.mv_size = size;
-  v.mv_data = w->scratch;
-  rc = mdb_put(t->txn, t->sp->db_pending, &k, &v, 0);
+  rc = edit_get(t, seq, &i, &found);
+  if (rc != 0 || !found)
+    return rc;
+  if (ed->e[i].bump < UINT32_MAX)
+    ed->e[i].bump++;
+  ed->changed = true;
   t->dirty = true;
-  return rc;
+  return 0;
 }
 
 static int apply_dead(struct txn *t, const struct op *op)
 {
-  uint8_t key[8];
-  MDB_val k = { 8, key }, v;
+  struct edit *ed = &t->sp->w.ed;
+  size_t i;
+  bool found;
   int rc;
 
-  put_be64(key, op->u.dead.seq);
-  rc = mdb_get(t->txn, t->sp->db_pending, &k, &v);
-  if (rc != 0)
-    return rc == MDB_NOTFOUND ? 0 : rc;
-  return to_dead(t, op->u.dead.seq, v.mv_data, v.mv_size, op->u.dead.reason,
-                 op->u.dead.reason_len, op->u.dead.status,
-                 op->u.dead.excerpt, op->u.dead.excerpt_len);
+  rc = edit_get(t, op->u.dead.seq, &i, &found);
+  if (rc != 0 || !found)
+    return rc;
+  rc = to_dead(t, op->u.dead.seq, ed->e[i].rec, ed->e[i].len,
+               op->u.dead.reason, op->u.dead.reason_len, op->u.dead.status,
+               op->u.dead.excerpt, op->u.dead.excerpt_len);
+  if (rc == 0)
+    edit_remove(t, i);
+  return rc;
 }
 
 /* Moves the dead letter at key k (value v, in the map) back to pending
@@ -1223,12 +1731,12 @@ static int apply_dead(struct txn *t, const struct op *op)
 static int revive(struct txn *t, MDB_val *k, MDB_val *v)
 {
   struct writer *w = &t->sp->w;
-  uint8_t key[8], old[8], id[KEY_MAX], *p;
+  uint8_t old[8], id[KEY_MAX], *p;
   const uint8_t *idp;
   size_t idlen = 0, size;
   struct deadrec d;
   struct rec r;
-  MDB_val nk = { 8, key }, nv;
+  MDB_val nk = { 8, old };
   uint64_t seq = w->c.next_seq;
   int rc;
 
@@ -1241,18 +1749,10 @@ static int revive(struct txn *t, MDB_val *k, MDB_val *v)
   else
     idlen = 0;
   size = rec_size(r.event_len, t->now_ms, 0);
-  if (scratch_reserve(w, size) != 0)
-    return ENOMEM;
-  p = rec_head(w->scratch, r.event_len);
-  memcpy(p, r.event, r.event_len);
-  rec_tail(p + r.event_len, t->now_ms, 0);
-  put_be64(key, seq);
-  nv.mv_size = size;
-  nv.mv_data = w->scratch;
-  rc = mdb_put(t->txn, t->sp->db_pending, &nk, &nv, MDB_APPEND);
+  rc = put_record(t, seq, r.event_len, size, &p);
   if (rc != 0)
     return rc;
-  nk.mv_data = old;
+  memcpy(p, r.event, r.event_len);
   rc = mdb_del(t->txn, t->sp->db_dead, &nk, NULL);
   if (rc == 0 && idlen > 0) {
     forget_id(t, id, idlen, get_be64(old));
@@ -1340,26 +1840,29 @@ static int apply_op(struct txn *t, struct op *op, bool appends)
 static int expire_pending(struct txn *t)
 {
   struct writer *w = &t->sp->w;
+  struct edit *ed = &w->ed;
   struct rec r;
-  MDB_val k, v;
+  size_t j;
+  bool none;
   int rc;
 
   if (w->k.max_age_ms == 0)
     return 0;
   for (int i = 0; i < WALK_MAX; i++) {
-    rc = first_row(t, t->sp->db_pending, &k, &v);
-    if (rc != 0)
-      return rc == MDB_NOTFOUND ? 0 : rc;
+    rc = pending_front(t, &j, &none);
+    if (rc != 0 || none)
+      return rc;
     /* A record we cannot read counts as old: it goes to the dead letters
      * instead of blocking the front of the queue. */
-    if (rec_parse(v.mv_data, v.mv_size, &r) != 0)
+    if (rec_parse(ed->e[j].rec, ed->e[j].len, &r) != 0)
       r.accepted_ms = 0;
     if (!older(r.accepted_ms, w->k.max_age_ms, t->now_ms))
       return 0;
-    rc = to_dead(t, get_be64(k.mv_data), v.mv_data, v.mv_size, "expired",
-                 7, 0, NULL, 0);
+    rc = to_dead(t, ed->e[j].seq, ed->e[j].rec, ed->e[j].len, "expired", 7,
+                 0, NULL, 0);
     if (rc != 0)
       return rc;
+    edit_remove(t, j);
     w->c.expired++;
   }
   return 0;
@@ -1447,10 +1950,15 @@ static int put_state(struct txn *t)
   return mdb_put(t->txn, t->sp->db_meta, &k, &v, 0);
 }
 
-static int oldest_in(MDB_txn *txn, MDB_dbi dbi, uint64_t *ms)
+/* When the oldest pending event was accepted (0: none, or unreadable). */
+static int oldest_pending(MDB_txn *txn, MDB_dbi dbi, uint64_t *ms)
 {
+  struct chunk_it it;
   MDB_cursor *c;
   MDB_val k, v;
+  const uint8_t *rec;
+  uint64_t seq;
+  size_t len;
   struct rec r;
   int rc;
 
@@ -1459,8 +1967,12 @@ static int oldest_in(MDB_txn *txn, MDB_dbi dbi, uint64_t *ms)
   if (rc != 0)
     return rc;
   rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-  if (rc == 0 && rec_parse(v.mv_data, v.mv_size, &r) == 0)
-    *ms = r.accepted_ms;
+  if (rc == 0) {
+    chunk_begin(&it, &k, &v);
+    if (chunk_next(&it, &seq, &rec, &len) == 1 &&
+        rec_parse(rec, len, &r) == 0)
+      *ms = r.accepted_ms;
+  }
   mdb_cursor_close(c);
   return rc == MDB_NOTFOUND ? 0 : rc;
 }
@@ -1495,7 +2007,7 @@ static void append_ahead(struct writer *w, const struct op *op)
 static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
 {
   struct writer *w = &sp->w;
-  struct txn t = { sp, NULL, wall_ms(), false, 0, NULL };
+  struct txn t = { .sp = sp, .now_ms = wall_ms() };
   size_t nappends = 0;
   uint64_t oldest;
   int rc;
@@ -1508,21 +2020,31 @@ static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
   rc = mdb_txn_begin(sp->env, NULL, 0, &t.txn);
   if (rc != 0)
     return rc;
+  w->fill.n = 0;
+  w->fill.len = 0;
+  w->ed.active = false;
   emd_idtab_begin(w->ids);
   for (size_t i = 0; i < g->nops && i < PREFETCH_AHEAD; i++)
     append_ahead(w, &g->ops[i]);
   for (size_t i = 0; i < g->nops && rc == 0; i++) {
     if (i + PREFETCH_AHEAD < g->nops)
       append_ahead(w, &g->ops[i + PREFETCH_AHEAD]);
-    if (g->ops[i].kind != OP_APPEND)
-      app_cursor_drop(&t);
     rc = apply_op(&t, &g->ops[i], appends);
   }
-  app_cursor_drop(&t);
+  if (rc == 0)
+    rc = fill_flush(&t);
   if (rc == 0)
     rc = timers_flush(&t);
   if (rc == 0)
     rc = expire_pending(&t);
+  if (rc == 0)
+    rc = edit_flush(&t);
+  w->ed.active = false;
+  w->fill.n = 0;
+  app_cursor_drop(&t);
+  if (t.pc != NULL)
+    mdb_cursor_close(t.pc);
+  t.pc = NULL;
   if (rc == 0)
     rc = expire_ids(&t);
   if (rc == 0)
@@ -1532,7 +2054,7 @@ static int group_apply(struct emd_spool *sp, struct group *g, bool appends)
   if (rc == 0 && t.dirty)
     rc = put_state(&t);
   if (rc == 0)
-    rc = oldest_in(t.txn, sp->db_pending, &oldest);
+    rc = oldest_pending(t.txn, sp->db_pending, &oldest);
   if (rc != 0 || !t.dirty) {
     mdb_txn_abort(t.txn);
     ids_rollback(w);
@@ -1704,6 +2226,38 @@ static void rebuild_step(struct emd_spool *sp, size_t budget)
     rc = mdb_cursor_open(txn, dbs[rb->phase], &c);
     if (rc != 0)
       break;
+    if (rb->phase == 0) {
+      /* pending, by chunk: the events from rb->next on */
+      struct chunk_it it;
+      const uint8_t *rec;
+      uint64_t seq;
+      size_t len;
+
+      rc = chunk_from(c, rb->next, &k, &v);
+      while (rc == 0 && budget > 0) {
+        chunk_begin(&it, &k, &v);
+        while (budget > 0 && chunk_next(&it, &seq, &rec, &len) == 1) {
+          if (seq < rb->next)
+            continue;
+          budget--;
+          rb->next = seq + 1;
+          rec_id(rec, len, &id, &idlen);
+          if (idlen > 0 &&
+              emd_idtab_insert(w->ids, emd_idtab_hash(w->ids, id, idlen),
+                               seq) == 0)
+            rb->n++;
+        }
+        if (budget > 0)            /* else the step ends in this chunk */
+          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+      }
+      mdb_cursor_close(c);
+      if (rc == MDB_NOTFOUND) {
+        rb->phase++;
+        rb->next = 0;
+        rc = 0;
+      }
+      continue;
+    }
     put_be64(key, rb->next);
     k.mv_size = 8;
     k.mv_data = key;
@@ -1713,11 +2267,7 @@ static void rebuild_step(struct emd_spool *sp, size_t budget)
       if (k.mv_size != 8)
         continue;
       idlen = 0;
-      if (rb->phase == 0) {
-        if (rec_parse(v.mv_data, v.mv_size, &r) != 0 ||
-            event_id(r.event, r.event_len, &id, &idlen) != 0)
-          idlen = 0;
-      } else if (rb->phase == 1) {
+      if (rb->phase == 1) {
         if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
             rec_parse(d.rec, d.rec_len, &r) != 0 ||
             event_id(r.event, r.event_len, &id, &idlen) != 0)
@@ -1990,6 +2540,8 @@ static void spool_free(struct emd_spool *sp)
   free(sp->w.slots);
   free(sp->w.touched);
   free(sp->w.scratch);
+  free(sp->w.fill.buf);
+  free(sp->w.ed.e);
   emd_pack_buf_free(&sp->lpack);
   free(sp);
 }
@@ -2261,12 +2813,22 @@ static int seq_check(struct emd_spool *sp, MDB_txn *txn, MDB_dbi dbi,
   if (rc != 0)
     return rc;
   rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
-  mdb_cursor_close(c);
-  if (rc == MDB_NOTFOUND)
-    return 0;
-  if (rc != 0 || k.mv_size != 8)
-    return rc != 0 ? rc : MDB_CORRUPTED;
+  if (rc == MDB_NOTFOUND || rc != 0 || k.mv_size != 8) {
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc != 0 ? rc : MDB_CORRUPTED;
+  }
   last = get_be64(k.mv_data);
+  if (dbi == sp->db_pending) {     /* its last chunk's last event */
+    struct chunk_it it;
+    const uint8_t *rec;
+    uint64_t seq;
+    size_t len;
+
+    chunk_begin(&it, &k, &v);
+    while (chunk_next(&it, &seq, &rec, &len) == 1)
+      last = seq;
+  }
+  mdb_cursor_close(c);
   if (last >= sp->w.c.next_seq) {
     emd_log_warn("spool", "spool %s: next seq %llu was behind seq %llu in "
                  "use; continuing from %llu", dir,
@@ -2335,7 +2897,7 @@ static int spool_load(struct emd_spool *sp, MDB_txn *txn, const char *dir,
       return EMD_ESPOOLBAD;
     }
   }
-  rc = oldest_in(txn, sp->db_pending, &sp->w.oldest_ms);
+  rc = oldest_pending(txn, sp->db_pending, &sp->w.oldest_ms);
   if (rc == 0)
     rc = seq_check(sp, txn, sp->db_pending, dir);
   if (rc == 0)
@@ -2384,9 +2946,13 @@ static int spool_meta(struct emd_spool *sp, const char *dir, char *err,
   return 0;
 }
 
-/* Schema 1 -> 2 in one transaction: the old ids index (id -> seq) goes,
- * the delivered ids move from "delivered" (delivered_ms seq -> id) into
- * ids (seq -> delivered_ms id), and the id table is rebuilt after. */
+/* An older schema -> this one, in one transaction. From 1: the old ids
+ * index (id -> seq) goes, the delivered ids move from "delivered"
+ * (delivered_ms seq -> id) into ids (seq -> delivered_ms id), and the id
+ * table is rebuilt after. From 2 (and 1): pending's rows of one
+ * SpoolRecord each stay as they are, read as chunks of one, so only the
+ * version changes; it keeps an older emitd, which would not read chunks,
+ * from opening the spool. */
 static int spool_upgrade(struct emd_spool *sp, const char *dir, char *err,
                          size_t errlen)
 {
@@ -2399,9 +2965,9 @@ static int spool_upgrade(struct emd_spool *sp, const char *dir, char *err,
   int rc;
 
   rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
-  if (rc == 0)
+  if (rc == 0 && sp->loaded_version == 1)
     rc = mdb_drop(txn, sp->db_ids, 0);
-  if (rc == 0) {
+  if (rc == 0 && sp->loaded_version == 1) {
     rc = mdb_dbi_open(txn, "delivered", 0, &old);
     if (rc == 0)
       rc = mdb_cursor_open(txn, old, &c);
@@ -2441,13 +3007,17 @@ static int spool_upgrade(struct emd_spool *sp, const char *dir, char *err,
   else if (txn != NULL)
     mdb_txn_abort(txn);
   if (rc != 0) {
-    errf(err, errlen, "spool %s: cannot upgrade it from schema 1: %s", dir,
-         mdb_strerror(rc));
+    errf(err, errlen, "spool %s: cannot upgrade it from schema %u: %s", dir,
+         sp->loaded_version, mdb_strerror(rc));
     return err_from_mdb(rc);
   }
-  emd_log_info("spool", "spool %s upgraded from schema 1 to %u (%llu "
-               "delivered ids kept)", dir, SCHEMA_VERSION,
-               (unsigned long long)n);
+  if (sp->loaded_version == 1)
+    emd_log_info("spool", "spool %s upgraded from schema 1 to %u (%llu "
+                 "delivered ids kept)", dir, SCHEMA_VERSION,
+                 (unsigned long long)n);
+  else
+    emd_log_info("spool", "spool %s upgraded from schema %u to %u",
+                 dir, sp->loaded_version, SCHEMA_VERSION);
   return 0;
 }
 
@@ -2572,7 +3142,8 @@ int emd_spool_open(uv_loop_t *loop, const struct emd_config *cfg,
     rc = env_open(sp, dir, err, errlen);
   if (rc == 0)
     rc = spool_meta(sp, dir, err, errlen);
-  if (rc == 0 && sp->loaded_version == 1)
+  if (rc == 0 && sp->loaded_version != 0 &&
+      sp->loaded_version < SCHEMA_VERSION)
     rc = spool_upgrade(sp, dir, err, errlen);
   if (rc == 0)
     rc = ids_open(sp, dir, err, errlen);
@@ -2871,53 +3442,53 @@ static void reader_end(struct emd_spool *sp)
   sp->reading = false;
 }
 
-static int reader_first(struct emd_spool *sp, uint64_t from, MDB_val *k,
-                        MDB_val *v)
-{
-  uint8_t key[8];
-
-  put_be64(key, from);
-  k->mv_size = 8;
-  k->mv_data = key;
-  /* The key buffer is only read by the lookup; k then points into the
-   * map. */
-  return mdb_cursor_get(sp->rcur, k, v, MDB_SET_RANGE);
-}
-
 int emd_spool_read(struct emd_spool *sp, uint64_t after, size_t max_events,
                    size_t max_bytes, emd_spool_read_fn fn, void *data)
 {
   struct emd_spool_entry e;
+  struct chunk_it it;
+  const uint8_t *rec;
   struct rec r;
   MDB_val k, v;
-  size_t n = 0, bytes = 0;
-  int rc;
+  size_t n = 0, bytes = 0, len;
+  bool stop = false;
+  int rc, got = 0;
 
   if (max_events == 0 || after == UINT64_MAX)
     return sp->closing ? EMD_ESHUTDOWN : 0;
   rc = reader_begin(sp, sp->db_pending);
   if (rc != 0)
     return rc;
-  for (rc = reader_first(sp, after + 1, &k, &v); rc == 0;
-       rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_NEXT)) {
-    if (k.mv_size != 8 || rec_parse(v.mv_data, v.mv_size, &r) != 0) {
-      emd_log_error("spool", "pending record %llu is garbled; skipped (it "
-                    "goes to the dead letters at max_age)",
-                    k.mv_size == 8 ? (unsigned long long)get_be64(k.mv_data)
-                                   : 0ull);
-      continue;
+  rc = chunk_from(sp->rcur, after + 1, &k, &v);
+  while (rc == 0 && !stop) {
+    chunk_begin(&it, &k, &v);
+    while (!stop && (got = chunk_next(&it, &e.seq, &rec, &len)) == 1) {
+      if (e.seq <= after)
+        continue;
+      if (rec_parse(rec, len, &r) != 0) {
+        emd_log_error("spool", "pending record %llu is garbled; skipped (it "
+                      "goes to the dead letters at max_age)",
+                      (unsigned long long)e.seq);
+        continue;
+      }
+      if (n > 0 && bytes + r.event_len > max_bytes) {
+        stop = true;
+        break;
+      }
+      e.event = r.event;
+      e.event_len = r.event_len;
+      e.accepted_ms = r.accepted_ms;
+      e.attempts = r.attempts;
+      n++;
+      bytes += r.event_len;
+      stop = fn(data, &e) != 0 || n == max_events;
     }
-    if (n > 0 && bytes + r.event_len > max_bytes)
-      break;
-    e.seq = get_be64(k.mv_data);
-    e.event = r.event;
-    e.event_len = r.event_len;
-    e.accepted_ms = r.accepted_ms;
-    e.attempts = r.attempts;
-    n++;
-    bytes += r.event_len;
-    if (fn(data, &e) != 0 || n == max_events)
-      break;
+    if (got < 0)
+      emd_log_error("spool", "pending chunk %llu is garbled past seq %llu; "
+                    "the rest of it is skipped",
+                    (unsigned long long)it.key, (unsigned long long)it.last);
+    if (!stop)
+      rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_NEXT);
   }
   reader_end(sp);
   return rc == 0 || rc == MDB_NOTFOUND ? (int)n : err_from_mdb(rc);
@@ -2935,8 +3506,44 @@ static void item_from_rec(struct emd_spool_item *it, const struct rec *r)
     it->id = (const char *)id;
 }
 
-static int list(struct emd_spool *sp, MDB_dbi dbi, size_t limit,
-                emd_spool_list_fn fn, void *data)
+int emd_spool_list_pending(struct emd_spool *sp, size_t limit,
+                           emd_spool_list_fn fn, void *data)
+{
+  struct emd_spool_item it;
+  struct chunk_it ci;
+  const uint8_t *rec;
+  size_t len, n = 0;
+  struct rec r;
+  MDB_val k, v;
+  bool stop = false;
+  int rc;
+
+  if (limit == 0)
+    return sp->closing ? EMD_ESHUTDOWN : 0;
+  rc = reader_begin(sp, sp->db_pending);
+  if (rc != 0)
+    return rc;
+  rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_FIRST);
+  while (rc == 0 && !stop) {
+    chunk_begin(&ci, &k, &v);
+    memset(&it, 0, sizeof(it));
+    while (!stop && chunk_next(&ci, &it.seq, &rec, &len) == 1) {
+      if (rec_parse(rec, len, &r) != 0)
+        continue;
+      item_from_rec(&it, &r);
+      n++;
+      stop = fn(data, &it) != 0 || n == limit;
+      memset(&it, 0, sizeof(it));
+    }
+    if (!stop)
+      rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_NEXT);
+  }
+  reader_end(sp);
+  return rc == 0 || rc == MDB_NOTFOUND ? (int)n : err_from_mdb(rc);
+}
+
+int emd_spool_list_dead(struct emd_spool *sp, size_t limit,
+                        emd_spool_list_fn fn, void *data)
 {
   struct emd_spool_item it;
   struct deadrec d;
@@ -2947,29 +3554,22 @@ static int list(struct emd_spool *sp, MDB_dbi dbi, size_t limit,
 
   if (limit == 0)
     return sp->closing ? EMD_ESHUTDOWN : 0;
-  rc = reader_begin(sp, dbi);
+  rc = reader_begin(sp, sp->db_dead);
   if (rc != 0)
     return rc;
   for (rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_FIRST); rc == 0;
        rc = mdb_cursor_get(sp->rcur, &k, &v, MDB_NEXT)) {
     memset(&it, 0, sizeof(it));
     it.seq = k.mv_size == 8 ? get_be64(k.mv_data) : 0;
-    if (dbi == sp->db_dead) {
-      if (dead_parse(v.mv_data, v.mv_size, &d) != 0)
-        continue;
-      it.reason = (const char *)d.reason;
-      it.reason_len = d.reason_len;
-      if (it.reason == NULL)
-        it.reason = "";
-      it.status = d.status;
-      it.excerpt = d.excerpt;
-      it.excerpt_len = d.excerpt_len;
-      it.time_ms = d.time_ms;
-      v.mv_data = (void *)d.rec;
-      v.mv_size = d.rec_len;
-    }
-    if (rec_parse(v.mv_data, v.mv_size, &r) != 0)
+    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
+        rec_parse(d.rec, d.rec_len, &r) != 0)
       continue;
+    it.reason = d.reason != NULL ? (const char *)d.reason : "";
+    it.reason_len = d.reason_len;
+    it.status = d.status;
+    it.excerpt = d.excerpt;
+    it.excerpt_len = d.excerpt_len;
+    it.time_ms = d.time_ms;
     item_from_rec(&it, &r);
     n++;
     if (fn(data, &it) != 0 || n == limit)
@@ -2977,16 +3577,4 @@ static int list(struct emd_spool *sp, MDB_dbi dbi, size_t limit,
   }
   reader_end(sp);
   return rc == 0 || rc == MDB_NOTFOUND ? (int)n : err_from_mdb(rc);
-}
-
-int emd_spool_list_pending(struct emd_spool *sp, size_t limit,
-                           emd_spool_list_fn fn, void *data)
-{
-  return list(sp, sp->db_pending, limit, fn, data);
-}
-
-int emd_spool_list_dead(struct emd_spool *sp, size_t limit,
-                        emd_spool_list_fn fn, void *data)
-{
-  return list(sp, sp->db_dead, limit, fn, data);
 }

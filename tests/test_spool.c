@@ -1228,6 +1228,52 @@ static void id_table_is_rebuilt_after_a_crash_or_loss(void **state)
   ids_still_known(f, "knownnotyet0002", 6);
 }
 
+/* A rebuild goes in steps of REBUILD_STEP (16 384) events, and a step can
+ * end inside a chunk of pending, here the last one: the next step goes on
+ * from the event after, so every id is known once it is done. */
+static void id_table_rebuild_resumes_inside_a_chunk(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  enum { N = 16400 };        /* the first step ends in the last chunk */
+  const int probe[] = { 0, 1, 16382, 16383, 16384, 16385, N - 1 };
+  char path[256], id[32];
+  int done = 0;
+
+  assert_non_null(s);
+  open_spool(f);
+  for (int i = 0; i < N; i++) {
+    idn(id, sizeof(id), i);
+    assert_int_equal(emd_spool_append(f->sp, mk_event(f->sp, id, NULL, 0, 0,
+                                                      0),
+                                      on_counted, &done), 0);
+    if (i % 2000 == 1999)
+      drain(f);
+  }
+  drain(f);
+  assert_int_equal(done, N);
+  close_spool(f);
+  snprintf(path, sizeof(path), "%s/ids.tab", f->dir);
+  assert_int_equal(unlink(path), 0);
+  open_spool(f);
+  for (int i = 0; stats(f).ids_rebuilding; i++) {  /* groups carry the flag */
+    assert_true(i < 1000);
+    idn(id, sizeof(id), N + 1000 + i);
+    append(f, s, 0, id, NULL, 0, 0, 0);
+    drain(f);
+  }
+  for (size_t i = 0; i < sizeof(probe) / sizeof(probe[0]); i++) {
+    idn(id, sizeof(id), probe[i]);
+    append(f, s, (int)i + 1, id, NULL, 0, 0, 0);
+  }
+  drain(f);
+  for (size_t i = 0; i < sizeof(probe) / sizeof(probe[0]); i++) {
+    assert_true(s->dup[i + 1]);
+    assert_int_equal(s->seq[i + 1], probe[i] + 1);
+  }
+  free(s);
+}
+
 /* A spool written by schema 1 (ids as id -> seq, delivered ids in a
  * "delivered" database) made by hand from a schema 2 one: opening it
  * upgrades it and keeps every id known. */
@@ -1278,7 +1324,7 @@ static void schema_1_spool_is_upgraded_with_its_ids(void **state)
   open_spool(f);
   ids_still_known(f, "knownnotyet0001", 5);
   close_spool(f);
-  /* Upgraded: schema 2, no "delivered", the delivered id in ids. */
+  /* Upgraded: schema 3, no "delivered", the delivered id in ids. */
   assert_int_equal(mdb_env_create(&env), 0);
   assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
   assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
@@ -1287,7 +1333,7 @@ static void schema_1_spool_is_upgraded_with_its_ids(void **state)
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
   k = (MDB_val){ 14, "schema_version" };
   assert_int_equal(mdb_get(txn, dmeta, &k, &v), 0);
-  assert_int_equal(((uint8_t *)v.mv_data)[3], 2);
+  assert_int_equal(((uint8_t *)v.mv_data)[3], 3);
   assert_int_equal(mdb_dbi_open(txn, "ids", 0, &dids), 0);
   seq[7] = 1;
   k = (MDB_val){ 8, seq };
@@ -1296,6 +1342,320 @@ static void schema_1_spool_is_upgraded_with_its_ids(void **state)
   assert_memory_equal((uint8_t *)v.mv_data + 8, ids[0], strlen(ids[0]));
   mdb_txn_abort(txn);
   mdb_env_close(env);
+}
+
+/* ---- pending in chunks -------------------------------------------------- */
+
+#define CN 600                 /* events of about 350 bytes: several chunks */
+
+/* What pending should hold: seqs 1..n alive with their attempts. */
+struct model {
+  int n;
+  bool alive[CN + 64];
+  uint32_t att[CN + 64];
+};
+
+/* Pending holds exactly what m says: read whole, in order, with ids and
+ * attempts; read from after every seq (the next one alive comes first);
+ * listed; and counted. */
+static void pending_is(struct fx *f, const struct model *m)
+{
+  struct listed *l = calloc(1, sizeof(*l));
+  struct got *g;
+  char id[32];
+  int rc, want = 0, k = 0;
+
+  assert_non_null(l);
+  for (int i = 1; i <= m->n; i++)
+    want += m->alive[i];
+  g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+  assert_int_equal(rc, want);
+  for (int i = 1; i <= m->n; i++) {
+    if (!m->alive[i])
+      continue;
+    assert_int_equal(g->seq[k], i);
+    assert_int_equal(g->attempts[k], m->att[i]);
+    idn(id, sizeof(id), i - 1);
+    assert_string_equal(g->id[k], id);
+    k++;
+  }
+  free(g);
+  for (int after = 0; after <= m->n; after++) {
+    int next = after + 1;
+
+    while (next <= m->n && !m->alive[next])
+      next++;
+    g = read_all(f, (uint64_t)after, 1, SIZE_MAX, &rc);
+    assert_int_equal(rc, next <= m->n ? 1 : 0);
+    if (next <= m->n)
+      assert_int_equal(g->seq[0], next);
+    free(g);
+  }
+  rc = emd_spool_list_pending(f->sp, 64, on_item, l);
+  assert_int_equal(rc, want < 64 ? want : 64);
+  for (int i = 1, j = 0; i <= m->n && j < rc; i++)
+    if (m->alive[i])
+      assert_int_equal(l->seq[j++], i);
+  free(l);
+  assert_int_equal(stats(f).pending, want);
+}
+
+static void delete_seqs(struct fx *f, struct model *m, const uint64_t *seqs,
+                        size_t n)
+{
+  assert_int_equal(emd_spool_delete(f->sp, seqs, n), 0);
+  drain(f);
+  for (size_t i = 0; i < n; i++)
+    if (seqs[i] >= 1 && seqs[i] <= (uint64_t)m->n)
+      m->alive[seqs[i]] = false;
+}
+
+/* Events are kept several to a row in pending (emd_spool.c, "pending:
+ * events in chunks"). Deletes, attempts and dead letters anywhere in a
+ * chunk, at its first and last event, and across chunks, in any order and
+ * repeated, leave exactly the right events, readable from any seq, with
+ * duplicates still found, across a restart, and the byte count back at 0
+ * once everything went. */
+static void pending_chunks_take_every_change_anywhere(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct model *m = calloc(1, sizeof(*m));
+  uint64_t seqs[CN + 64];
+  size_t n = 0;
+  char id[32];
+
+  assert_non_null(s);
+  assert_non_null(m);
+  open_spool(f);
+  for (int i = 0; i < CN; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 300);
+  }
+  drain(f);
+  m->n = CN;
+  for (int i = 1; i <= CN; i++) {
+    assert_int_equal(s->seq[i - 1], i);
+    m->alive[i] = true;
+  }
+  pending_is(f, m);
+
+  /* every third, a run over several chunks given backwards, the last
+   * seq, and seqs already gone or never used */
+  for (int i = 3; i <= CN; i += 3)
+    seqs[n++] = (uint64_t)i;
+  for (int i = 420; i >= 250; i--)
+    seqs[n++] = (uint64_t)i;
+  seqs[n++] = CN;
+  seqs[n++] = 3;
+  seqs[n++] = CN + 50;
+  delete_seqs(f, m, seqs, n);
+  pending_is(f, m);
+
+  /* attempts: the first event, one in the middle twice, the last alive,
+   * and one already deleted (nothing) */
+  assert_int_equal(emd_spool_attempted(f->sp, (uint64_t[]){ 1, 100, 100,
+                                                             CN - 1, 3 }, 5),
+                   0);
+  drain(f);
+  m->att[1] = 1;
+  m->att[100] = 2;
+  m->att[CN - 1] = 1;
+  pending_is(f, m);
+
+  /* dead letters from the middle and the front */
+  assert_int_equal(emd_spool_dead(f->sp, 101, "rejected", 400, NULL, 0), 0);
+  assert_int_equal(emd_spool_dead(f->sp, 1, "status", 0, NULL, 0), 0);
+  drain(f);
+  m->alive[101] = m->alive[1] = false;
+  pending_is(f, m);
+  assert_int_equal(stats(f).dead, 2);
+
+  /* duplicates of a pending event in a rewritten chunk, of a delivered
+   * one and of a dead one answer their seq */
+  idn(id, sizeof(id), 99);
+  append(f, s, CN, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 2);
+  append(f, s, CN + 1, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 100);
+  append(f, s, CN + 2, id, "A", 0, 0, 0);
+  drain(f);
+  assert_true(s->dup[CN] && s->dup[CN + 1] && s->dup[CN + 2]);
+  assert_int_equal(s->seq[CN], 100);
+  assert_int_equal(s->seq[CN + 1], 3);
+  assert_int_equal(s->seq[CN + 2], 101);
+
+  close_spool(f);
+  open_spool(f);
+  pending_is(f, m);
+
+  /* everything else delivered: nothing left, no byte counted */
+  n = 0;
+  for (int i = 1; i <= CN; i++)
+    if (m->alive[i])
+      seqs[n++] = (uint64_t)i;
+  delete_seqs(f, m, seqs, n);
+  pending_is(f, m);
+  assert_int_equal(stats(f).pending_bytes, 0);
+
+  /* and new events go on from the next seq */
+  for (int i = CN + 3; i < CN + 13; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 300);
+  }
+  drain(f);
+  assert_int_equal(s->seq[CN + 3], CN + 1);
+  free(m);
+  free(s);
+}
+
+/* Pulls the entries out of a chunk row (its format in emd_spool.c). */
+static int chunk_entries(const MDB_val *k, const MDB_val *v, uint64_t *seq,
+                         const uint8_t **rec, size_t *len, int max)
+{
+  const uint8_t *p = v->mv_data, *end = p + v->mv_size;
+  uint64_t key = 0;
+  int n = 0;
+
+  for (int i = 0; i < 8; i++)
+    key = key << 8 | ((const uint8_t *)k->mv_data)[i];
+  assert_int_equal(*p++, 0x00);
+  while (p < end && n < max) {
+    uint64_t d = 0, l = 0;
+    int sh = 0;
+
+    do
+      d |= (uint64_t)(*p & 0x7f) << sh, sh += 7;
+    while (*p++ & 0x80);
+    sh = 0;
+    do
+      l |= (uint64_t)(*p & 0x7f) << sh, sh += 7;
+    while (*p++ & 0x80);
+    seq[n] = key + d;
+    rec[n] = p;
+    len[n] = (size_t)l;
+    p += l;
+    n++;
+  }
+  assert_true(p == end);
+  return n;
+}
+
+/* A schema 2 spool, one SpoolRecord per row of pending, made by hand from
+ * a chunked one: it opens (upgraded to 3, the rows as they are), reads,
+ * takes deletes, attempts and dead letters on those rows next to new
+ * events in chunks, and finds its ids (the id table is rebuilt). */
+static void schema_2_spool_with_a_row_per_event_is_upgraded(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct model *m = calloc(1, sizeof(*m));
+  enum { N = 200 };
+  static uint64_t seq[N];
+  static const uint8_t *rec[N];
+  static size_t len[N];
+  static uint8_t copy[N][512];
+  uint8_t key[8], ver[4] = { 0, 0, 0, 2 };
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dp, dmeta;
+  MDB_cursor *c;
+  MDB_val k, v;
+  char id[32];
+  int n = 0, rc;
+
+  assert_non_null(s);
+  assert_non_null(m);
+  open_spool(f);
+  for (int i = 0; i < N; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 300);
+  }
+  drain(f);
+  close_spool(f);
+
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "pending", 0, &dp), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
+  assert_int_equal(mdb_cursor_open(txn, dp, &c), 0);
+  for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+    n += chunk_entries(&k, &v, seq + n, rec + n, len + n, N - n);
+  assert_int_equal(rc, MDB_NOTFOUND);
+  assert_int_equal(n, N);
+  assert_true(mdb_stat(txn, dp, &(MDB_stat){ 0 }) == 0);
+  mdb_cursor_close(c);
+  for (int i = 0; i < N; i++) {     /* copies: the drop frees the pages */
+    assert_true(len[i] <= sizeof(copy[i]));
+    memcpy(copy[i], rec[i], len[i]);
+  }
+  assert_int_equal(mdb_drop(txn, dp, 0), 0);
+  for (int i = 0; i < N; i++) {
+    for (int b = 0; b < 8; b++)
+      key[b] = (uint8_t)(seq[i] >> (56 - 8 * b));
+    k = (MDB_val){ 8, key };
+    v = (MDB_val){ len[i], copy[i] };
+    assert_int_equal(copy[i][0], 0x0a);        /* a bare SpoolRecord */
+    assert_int_equal(mdb_put(txn, dp, &k, &v, MDB_APPEND), 0);
+  }
+  k = (MDB_val){ 14, "schema_version" };
+  v = (MDB_val){ 4, ver };
+  assert_int_equal(mdb_put(txn, dmeta, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+
+  open_spool(f);
+  m->n = N;
+  for (int i = 1; i <= N; i++)
+    m->alive[i] = true;
+  pending_is(f, m);
+  /* rows of schema 2 and new chunks side by side */
+  for (int i = N; i < N + 20; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 300);
+  }
+  drain(f);
+  m->n = N + 20;
+  for (int i = N + 1; i <= N + 20; i++)
+    m->alive[i] = true;
+  delete_seqs(f, m, (uint64_t[]){ 5, 6, 7, 150, N + 2 }, 5);
+  assert_int_equal(emd_spool_attempted(f->sp, (uint64_t[]){ 8, N + 3 }, 2),
+                   0);
+  assert_int_equal(emd_spool_dead(f->sp, 9, "rejected", 400, NULL, 0), 0);
+  drain(f);
+  m->att[8] = m->att[N + 3] = 1;
+  m->alive[9] = false;
+  pending_is(f, m);
+  /* ids of every kind are known (pending rows, delivered, dead) */
+  idn(id, sizeof(id), 10);
+  append(f, s, N + 20, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 4);
+  append(f, s, N + 21, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 8);
+  append(f, s, N + 22, id, "A", 0, 0, 0);
+  drain(f);
+  assert_true(s->dup[N + 20] && s->dup[N + 21] && s->dup[N + 22]);
+  assert_int_equal(s->seq[N + 20], 11);
+  assert_int_equal(s->seq[N + 21], 5);
+  assert_int_equal(s->seq[N + 22], 9);
+  close_spool(f);
+
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
+  k = (MDB_val){ 14, "schema_version" };
+  assert_int_equal(mdb_get(txn, dmeta, &k, &v), 0);
+  assert_int_equal(((uint8_t *)v.mv_data)[3], 3);
+  mdb_txn_abort(txn);
+  mdb_env_close(env);
+  free(m);
+  free(s);
 }
 
 /* ---- refusing to open --------------------------------------------------- */
@@ -1394,7 +1754,7 @@ static void newer_schema_refuses_to_open_and_leaves_files_alone(
 
   make_spool(f, 5);
   snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
-  assert_true(patch(path, "schema_version\0\0\0\2", "schema_version\0\0\0\3",
+  assert_true(patch(path, "schema_version\0\0\0\3", "schema_version\0\0\0\4",
                     18) >= 1);
   refuses(f, EMD_ESPOOLVER, "upgrade emitd or move the spool aside");
 }
@@ -1626,7 +1986,10 @@ int main(void)
     T(timer_ttl_forgets_idle_counters),
     T(id_table_survives_a_clean_restart),
     T(id_table_is_rebuilt_after_a_crash_or_loss),
+    T(id_table_rebuild_resumes_inside_a_chunk),
     T(schema_1_spool_is_upgraded_with_its_ids),
+    T(pending_chunks_take_every_change_anywhere),
+    T(schema_2_spool_with_a_row_per_event_is_upgraded),
     T(newer_schema_refuses_to_open_and_leaves_files_alone),
     T(garbage_files_refuse_to_open),
     T(spool_without_meta_refuses_to_open),
