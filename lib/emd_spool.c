@@ -19,8 +19,10 @@
  * Databases (keys and values big-endian):
  *   pending    first seq(8) -> a chunk of SpoolRecords with consecutive
  *              seqs (see "pending: events in chunks")
- *   ids        seq(8) -> delivered_ms(8) event id: the ids of delivered
- *              events, kept for dedup_window
+ *   ids        first seq(8) -> delivered_ms(8) RUN_MARK, then per seq of
+ *              a run of consecutive ones delivered together: varint(len)
+ *              event id (schema 2: seq(8) -> delivered_ms(8) event id):
+ *              the ids of delivered events, kept for dedup_window
  *   timers     timer -> next ordinal(4) last used ms(8)
  *   dead       seq(8) -> DeadRecord
  *   meta       "schema_version" -> u32, "instance_id" -> 16 bytes,
@@ -206,6 +208,15 @@ struct fill {
   size_t n;
 };
 
+/* The ids of a run of consecutive seqs delivered together, on their way to
+ * a row of ids. */
+struct run {
+  uint8_t *buf;              /* delivered_ms(8) RUN_MARK, then the ids */
+  size_t len, cap;
+  uint64_t first, last;
+  size_t n;                  /* 0: empty */
+};
+
 /* One event of the chunk being edited. rec points into the map (or a
  * page this transaction dirtied): pending is not changed while the edit
  * holds it, so it stays put. */
@@ -252,6 +263,7 @@ struct writer {
   struct emd_idtab *ids;     /* see the top of this file */
   struct fill fill;
   struct edit ed;
+  struct run run;
   struct rebuild rb;
   bool ids_bad;              /* a rollback failed: not clean at close */
 };
@@ -755,6 +767,66 @@ static int chunk_from(MDB_cursor *c, uint64_t from, MDB_val *k, MDB_val *v)
   return rc == MDB_NOTFOUND ? mdb_cursor_get(c, k, v, MDB_FIRST) : rc;
 }
 
+/* Rows of ids: a run of delivered ids (schema 3), or schema 2's one. */
+#define RUN_MARK 0x00
+#define RUN_MAX ((size_t)64 << 10)
+
+struct idrow_it {
+  const uint8_t *p, *end;
+  uint64_t seq;              /* of the next id */
+  bool single;
+  bool done;
+};
+
+/* Starts on the row at k, v: *ms when its ids were delivered; -1 if it
+ * is garbled. */
+static int idrow_begin(struct idrow_it *it, const MDB_val *k,
+                       const MDB_val *v, uint64_t *ms)
+{
+  const uint8_t *p = v->mv_data;
+
+  if (k->mv_size != 8 || v->mv_size < 8)
+    return -1;
+  *ms = get_be64(p);
+  it->seq = get_be64(k->mv_data);
+  it->p = p + 8;
+  it->end = p + v->mv_size;
+  it->single = it->p == it->end || it->p[0] != RUN_MARK;
+  it->done = false;
+  if (it->single)
+    return it->end - it->p > KEY_MAX ? -1 : 0;
+  it->p++;
+  return 0;
+}
+
+/* The next id: 1 with *seq and the id (*len 0: not known), 0 at the end,
+ * -1 if the rest cannot be read. */
+static int idrow_next(struct idrow_it *it, uint64_t *seq, const uint8_t **id,
+                      size_t *len)
+{
+  uint64_t n;
+
+  if (it->done || (!it->single && it->p == it->end))
+    return 0;
+  if (it->single) {
+    it->done = true;
+    *seq = it->seq;
+    *id = it->p;
+    *len = (size_t)(it->end - it->p);
+    return 1;
+  }
+  if (get_varint(&it->p, it->end, &n) != 0 || n > KEY_MAX ||
+      n > (uint64_t)(it->end - it->p)) {
+    it->done = true;
+    return -1;
+  }
+  *seq = it->seq++;
+  *id = it->p;
+  *len = (size_t)n;
+  it->p += n;
+  return 1;
+}
+
 /* ---- the writer: one transaction per group ------------------------------ */
 
 /* True when at_ms lies age_ms or more before now_ms. */
@@ -1213,6 +1285,33 @@ static int pending_at(struct txn *t, uint64_t seq, const uint8_t **rec,
   return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
+/* Whether seq is among the delivered ids kept: *found, with its id (*idlen
+ * 0 if not known). Rows hold disjoint runs of seqs, so the row with the
+ * greatest first seq at most seq is the only one that may. */
+static int delivered_at(struct txn *t, uint64_t seq, const uint8_t **id,
+                        size_t *idlen, bool *found)
+{
+  struct idrow_it it;
+  MDB_cursor *c;
+  MDB_val k, v;
+  uint64_t ms, s;
+  int rc;
+
+  *found = false;
+  rc = mdb_cursor_open(t->txn, t->sp->db_ids, &c);
+  if (rc != 0)
+    return rc;
+  rc = chunk_floor(c, seq, &k, &v);
+  if (rc == 0 && idrow_begin(&it, &k, &v, &ms) == 0)
+    while (idrow_next(&it, &s, id, idlen) == 1 && s <= seq)
+      if (s == seq) {
+        *found = true;
+        break;
+      }
+  mdb_cursor_close(c);
+  return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 /* What the spool holds at seq: *found, and the id of the pending record,
  * dead letter or delivered event there (in the map; *idlen 0 if it cannot
  * be read). */
@@ -1245,16 +1344,9 @@ static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
       *idlen = 0;
     return 0;
   }
-  if (rc == MDB_NOTFOUND)
-    rc = mdb_get(t->txn, t->sp->db_ids, &k, &v);
-  if (rc == 0) {
-    if (v.mv_size > 8) {
-      *id = (const uint8_t *)v.mv_data + 8;
-      *idlen = v.mv_size - 8;
-    }
-    return 0;
-  }
   *found = false;
+  if (rc == MDB_NOTFOUND)
+    rc = delivered_at(t, seq, id, idlen, found);
   return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
@@ -1633,27 +1725,99 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
   return 0;
 }
 
+/* Writes the run of delivered ids as a row of ids. Runs hold disjoint
+ * seqs; they mostly come in seq order, and then MDB_APPEND skips the
+ * search. */
+static int run_flush(struct txn *t, MDB_cursor *ic, uint64_t *last)
+{
+  struct run *r = &t->sp->w.run;
+  uint8_t key[8];
+  MDB_val k = { 8, key }, v = { r->len, r->buf };
+  int rc;
+
+  if (r->n == 0)
+    return 0;
+  put_be64(key, r->first);
+  rc = mdb_cursor_put(ic, &k, &v, r->first > *last ? MDB_APPEND : 0);
+  if (r->last > *last)
+    *last = r->last;
+  r->n = 0;
+  return rc;
+}
+
+/* Adds seq's id (idlen 0: not known) to the run, after writing the run
+ * out if seq does not follow it. */
+static int run_add(struct txn *t, MDB_cursor *ic, uint64_t *last,
+                   uint64_t seq, const uint8_t *id, size_t idlen)
+{
+  struct run *r = &t->sp->w.run;
+  size_t need;
+  int rc;
+
+  if (r->n > 0 && (seq != r->last + 1 || r->len > RUN_MAX)) {
+    rc = run_flush(t, ic, last);
+    if (rc != 0)
+      return rc;
+  }
+  need = (r->n == 0 ? 9 : r->len) + 2 + idlen;
+  if (need > r->cap) {
+    size_t cap = r->cap ? r->cap : 16384;
+    uint8_t *p;
+
+    while (cap < need)
+      cap *= 2;
+    p = realloc(r->buf, cap);
+    if (p == NULL)
+      return ENOMEM;
+    r->buf = p;
+    r->cap = cap;
+  }
+  if (r->n == 0) {
+    put_be64(r->buf, t->now_ms);
+    r->buf[8] = RUN_MARK;
+    r->len = 9;
+    r->first = seq;
+  }
+  r->len = (size_t)(emd_varint_put(r->buf + r->len, idlen) - r->buf);
+  memcpy(r->buf + r->len, id, idlen);
+  r->len += idlen;
+  r->last = seq;
+  r->n++;
+  return 0;
+}
+
 /* Deletes delivered events (their seqs, as the forwarder sent them: in
- * order, mostly) and remembers their ids for dedup_window in ids, where
- * their table slots now find them, or forgets them at once. */
+ * order, mostly) and remembers their ids for dedup_window in ids, a row
+ * per run of consecutive seqs, where their table slots now find them, or
+ * forgets them at once. */
 static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
 {
   struct writer *w = &t->sp->w;
   struct edit *ed = &w->ed;
   bool keep = w->k.dedup_window_ms != 0, found;
-  uint8_t key[8], val[8 + KEY_MAX];
+  uint8_t id[KEY_MAX];
   MDB_cursor *ic = NULL;
   MDB_val k, v;
   uint64_t last = 0;               /* the highest seq in ids */
   size_t idlen, j;
   int rc = 0;
 
+  w->run.n = 0;
   if (keep) {
     rc = mdb_cursor_open(t->txn, t->sp->db_ids, &ic);
     if (rc == 0)
       rc = mdb_cursor_get(ic, &k, &v, MDB_LAST);
-    if (rc == 0 && k.mv_size == 8)
+    if (rc == 0 && k.mv_size == 8) {
+      struct idrow_it it;
+      const uint8_t *p;
+      uint64_t ms, s;
+      size_t len;
+
       last = get_be64(k.mv_data);
+      if (idrow_begin(&it, &k, &v, &ms) == 0)
+        while (idrow_next(&it, &s, &p, &len) == 1)
+          last = s;
+    }
     if (rc == MDB_NOTFOUND)
       rc = 0;
   }
@@ -1661,29 +1825,18 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
     rc = edit_get(t, seqs[i], &j, &found);
     if (rc != 0 || !found)
       continue;                    /* gone already (a dead letter, say) */
-    if (rec_id_copy(ed->e[j].rec, ed->e[j].len, val + 8, &idlen) != 0)
+    if (rec_id_copy(ed->e[j].rec, ed->e[j].len, id, &idlen) != 0)
       idlen = 0;
     w->c.pending--;
     w->c.pending_bytes -= ed->e[j].len;
     edit_remove(t, j);
-    if (idlen == 0)
-      continue;
-    if (!keep) {
-      forget_id(t, val + 8, idlen, seqs[i]);
-      continue;
-    }
-    /* Keyed by seq, so rows go in at the end of the tree, mostly: there
-     * MDB_APPEND skips the search. */
-    put_be64(val, t->now_ms);
-    put_be64(key, seqs[i]);
-    k.mv_size = 8;
-    k.mv_data = key;
-    v.mv_size = 8 + idlen;
-    v.mv_data = val;
-    rc = mdb_cursor_put(ic, &k, &v, seqs[i] > last ? MDB_APPEND : 0);
-    if (seqs[i] > last)
-      last = seqs[i];
+    if (keep)
+      rc = run_add(t, ic, &last, seqs[i], id, idlen);
+    else if (idlen > 0)
+      forget_id(t, id, idlen, seqs[i]);
   }
+  if (rc == 0 && keep)
+    rc = run_flush(t, ic, &last);
   if (ic != NULL)
     mdb_cursor_close(ic);
   return rc;
@@ -1875,6 +2028,10 @@ static int expire_ids(struct txn *t)
 {
   struct writer *w = &t->sp->w;
   uint8_t key[KEY_MAX];
+  struct idrow_it it;
+  const uint8_t *id;
+  uint64_t ms, seq;
+  size_t idlen;
   bool bad;
   MDB_val k, v;
   int rc;
@@ -1884,13 +2041,14 @@ static int expire_ids(struct txn *t)
     if (rc != 0)
       return rc == MDB_NOTFOUND ? 0 : rc;
     /* A garbled row is dropped, not allowed to stop every commit. */
-    bad = k.mv_size != 8 || v.mv_size < 8 || v.mv_size > 8 + KEY_MAX;
-    if (!bad && !older(get_be64(v.mv_data), w->k.dedup_window_ms, t->now_ms))
+    bad = k.mv_size > KEY_MAX || idrow_begin(&it, &k, &v, &ms) != 0;
+    if (!bad && !older(ms, w->k.dedup_window_ms, t->now_ms))
       return 0;
     memcpy(key, k.mv_data, k.mv_size);
-    if (!bad && v.mv_size > 8)     /* before the delete moves it */
-      forget_id(t, (const uint8_t *)v.mv_data + 8, v.mv_size - 8,
-                get_be64(key));
+    if (!bad)                      /* before the delete moves them */
+      while (idrow_next(&it, &seq, &id, &idlen) == 1)
+        if (idlen > 0)
+          forget_id(t, id, idlen, seq);
     k.mv_data = key;
     rc = mdb_del(t->txn, t->sp->db_ids, &k, NULL);
     if (rc != 0)
@@ -2272,9 +2430,17 @@ static void rebuild_step(struct emd_spool *sp, size_t budget)
             rec_parse(d.rec, d.rec_len, &r) != 0 ||
             event_id(r.event, r.event_len, &id, &idlen) != 0)
           idlen = 0;
-      } else if (v.mv_size > 8) {
-        id = (const uint8_t *)v.mv_data + 8;
-        idlen = v.mv_size - 8;
+      } else {                     /* a row of delivered ids: all of it */
+        struct idrow_it it;
+        uint64_t ms, seq;
+
+        if (idrow_begin(&it, &k, &v, &ms) == 0)
+          while (idrow_next(&it, &seq, &id, &idlen) == 1)
+            if (idlen > 0 &&
+                emd_idtab_insert(w->ids, emd_idtab_hash(w->ids, id, idlen),
+                                 seq) == 0)
+              rb->n++;
+        idlen = 0;
       }
       rb->next = get_be64(k.mv_data) + 1;
       if (idlen > 0 &&
@@ -2541,6 +2707,7 @@ static void spool_free(struct emd_spool *sp)
   free(sp->w.touched);
   free(sp->w.scratch);
   free(sp->w.fill.buf);
+  free(sp->w.run.buf);
   free(sp->w.ed.e);
   emd_pack_buf_free(&sp->lpack);
   free(sp);

@@ -1505,6 +1505,34 @@ static void pending_chunks_take_every_change_anywhere(void **state)
   }
   drain(f);
   assert_int_equal(s->seq[CN + 3], CN + 1);
+
+  /* delivered ids are kept a row per run of consecutive seqs: ids from
+   * runs of one (given backwards), the first, middle and last of long
+   * runs are all known, and again once the id table is rebuilt from
+   * those rows */
+  for (int pass = 0; pass < 2; pass++) {
+    const int probe[] = { 2, 251, 300, 420, 422, 423, 500, CN - 2, CN - 1 };
+    char path[256];
+
+    memset(s, 0, sizeof(*s));
+    for (int i = 0; i < (int)(sizeof(probe) / sizeof(probe[0])); i++) {
+      idn(id, sizeof(id), probe[i] - 1);
+      append(f, s, i, id, "A", 0, 0, 0);
+    }
+    drain(f);
+    for (int i = 0; i < (int)(sizeof(probe) / sizeof(probe[0])); i++) {
+      assert_true(s->dup[i]);
+      assert_int_equal(s->seq[i], probe[i]);
+    }
+    close_spool(f);
+    snprintf(path, sizeof(path), "%s/ids.tab", f->dir);
+    assert_int_equal(unlink(path), 0);
+    open_spool(f);
+    for (int i = 0; stats(f).ids_rebuilding; i++) {
+      assert_true(i < 1000);
+      run_for(f, 5);
+    }
+  }
   free(m);
   free(s);
 }
