@@ -126,6 +126,9 @@ struct emd_ingest {
                                        * enriched: the spool copies what
                                        * it keeps, so one is reused */
   uint64_t now_ns;                    /* uv_hrtime() of the read at hand */
+  uint64_t now_ms;                    /* the wall clock at that read (ms
+                                       * since the epoch): "now" for the
+                                       * events of its lines (SPEC 2.1) */
   char readbuf[READ_BUF];
   bool readbuf_busy;
 };
@@ -716,7 +719,7 @@ static void submit(struct conn *c, emd_event *ev)
   struct slot *s;
   int rc;
 
-  rc = emd_enrich_apply(in->en, ev, &c->enrich, &in->scratch, now_ms());
+  rc = emd_enrich_apply(in->en, ev, &c->enrich, &in->scratch, in->now_ms);
   if (rc != 0) {
     reply_error(c, rc, "out of memory");
     return;
@@ -852,7 +855,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     in->readbuf_busy = false;
   if (nread == 0)
     return;
+  /* One clock read per read, not per event: the lines of one read all
+   * arrived at that moment. */
   in->now_ns = uv_hrtime();
+  in->now_ms = now_ms();
   if (nread < 0) {
     if (nread != UV_EOF) {
       /* Reset by the peer: nobody will read replies. Events already
@@ -1126,6 +1132,7 @@ int emd_ingest_open(uv_loop_t *loop, const struct emd_config *cfg,
                                1, 2.5, 10 };
   emd_histogram_init(&in->st.ack_latency_s, le, sizeof(le) / sizeof(*le));
   in->now_ns = uv_hrtime();
+  in->now_ms = now_ms();
   in->opts.ignore_unknown = cfg->ingest.unknown_fields == EMD_UNKNOWN_IGNORE;
   rc = uv_pipe_init(loop, &in->server, 0);
   if (rc != 0) {
