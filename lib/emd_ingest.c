@@ -199,19 +199,27 @@ static char *put_bytes(char *d, const void *s, size_t n)
 
 #define PUT_LIT(d, s) put_bytes((d), (s), sizeof(s) - 1)
 
-/* v in decimal, as printf's PRIu64 writes it: counted first, then
- * written from the end, two digits at a time. */
+/* v in decimal, as printf's PRIu64 writes it: its digits counted from
+ * its bit length, then written from the end, two digits at a time. */
 static char *put_dec(char *d, uint64_t v)
 {
   static const char pairs[] =
     "00010203040506070809101112131415161718192021222324252627282930313233"
     "34353637383940414243444546474849505152535455565758596061626364656667"
     "6869707172737475767778798081828384858687888990919293949596979899";
-  size_t n = 1;
+  /* p10[t] = 10^t, but 0 for t = 0 (v = 0 has one digit too). */
+  static const uint64_t p10[20] = {
+    0, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000,
+    1000000000, 10000000000u, 100000000000u, 1000000000000u,
+    10000000000000u, 100000000000000u, 1000000000000000u,
+    10000000000000000u, 100000000000000000u, 1000000000000000000u,
+    10000000000000000000u,
+  };
+  /* t = floor(bits * log10(2)): v has t or t + 1 digits. */
+  unsigned t = (unsigned)(64 - __builtin_clzll(v | 1)) * 1233 >> 12;
+  size_t n = t + 1 - (v < p10[t]);
   char *end, *q;
 
-  for (uint64_t p10 = 10; n < 20 && v >= p10; p10 *= 10)
-    n++;
   end = q = d + n;
   while (v >= 100) {
     q -= 2;

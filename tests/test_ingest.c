@@ -1106,6 +1106,38 @@ static void replies_match_printf_and_protobuf_c_byte_for_byte(void **state)
     }
 }
 
+/* seq and ordinal next to every power of ten (and of two), where the
+ * formatter's digit count changes, against printf. */
+static void decimal_fields_at_every_digit_boundary(void **state)
+{
+  char id[] = "01JD0000000000000000000000";
+  uint8_t timer[EMD_TIMER_LEN] = { 1, 2, 3 };
+  struct emd_ingest_reply r;
+  uint64_t p = 1;
+
+  (void)state;
+  for (int i = 0; i < 64; i++) {
+    uint64_t vs[] = { p - 1, p, p + 1, (uint64_t)1 << i,
+                      ((uint64_t)1 << i) - 1 };
+
+    for (size_t k = 0; k < sizeof(vs) / sizeof(*vs); k++) {
+      memset(&r, 0, sizeof(r));
+      r.id = id;
+      r.id_len = sizeof(id) - 1;
+      r.seq = vs[k];
+      r.timer = timer;
+      r.timer_len = sizeof(timer);
+      r.ordinal = (uint32_t)vs[k];
+      check_reply(&r);
+      r.rc = EMD_EINVALID;
+      r.line = (uint32_t)vs[k];
+      check_reply(&r);
+    }
+    if (p <= UINT64_MAX / 10)
+      p *= 10;
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1128,6 +1160,7 @@ int main(void)
     T(replies_ready_when_the_ingest_closes_are_still_counted),
 #undef T
     cmocka_unit_test(replies_match_printf_and_protobuf_c_byte_for_byte),
+    cmocka_unit_test(decimal_fields_at_every_digit_boundary),
   };
 
   /* A client gone before its reply must not kill the test process. */
