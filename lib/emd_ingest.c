@@ -55,6 +55,17 @@ struct slot {
   uint8_t timer[EMD_TIMER_MAX];
 };
 
+/* The base64 of a timer emitd made (16 bytes), as a text reply shows it.
+ * Replies repeat a few timers (a connection's own, a few scopes'), so
+ * their text is kept instead of encoded for every reply. */
+#define TIMER_B64_LEN 24              /* base64 of EMD_TIMER_LEN bytes */
+#define TIMER_B64_SLOTS 64            /* direct-mapped by the first byte */
+
+struct timer_b64 {
+  uint8_t timer[EMD_TIMER_LEN];
+  char text[TIMER_B64_LEN];           /* text[0] == '\0': slot unused */
+};
+
 struct outbuf {
   char *data;
   size_t len;
@@ -125,6 +136,7 @@ struct emd_ingest {
   struct emd_arena scratch;           /* the event at hand, decoded and
                                        * enriched: the spool copies what
                                        * it keeps, so one is reused */
+  struct timer_b64 timer_b64[TIMER_B64_SLOTS];
   uint64_t now_ns;                    /* uv_hrtime() of the read at hand */
   uint64_t now_ms;                    /* the wall clock at that read (ms
                                        * since the epoch): "now" for the
@@ -298,7 +310,7 @@ static const char *reply_msg(const struct emd_ingest_reply *r)
   return r->msg != NULL ? r->msg : emd_strerror(r->rc);
 }
 
-size_t emd_ingest_reply_max(const struct emd_ingest_reply *r)
+static inline size_t reply_max(const struct emd_ingest_reply *r)
 {
   /* Every message byte escaped to 6 (text), the rest with room to spare
    * (either mode). */
@@ -307,7 +319,15 @@ size_t emd_ingest_reply_max(const struct emd_ingest_reply *r)
   return 128 + r->id_len + 2 * r->timer_len;
 }
 
-static size_t format_text(const struct emd_ingest_reply *r, char *out)
+size_t emd_ingest_reply_max(const struct emd_ingest_reply *r)
+{
+  return reply_max(r);
+}
+
+/* timer_b64, when not NULL, is r->timer in base64 already (r->timer_len
+ * is then EMD_TIMER_LEN). */
+static size_t format_text(const struct emd_ingest_reply *r,
+                          const char *timer_b64, char *out)
 {
   char *d = out;
 
@@ -331,7 +351,10 @@ static size_t format_text(const struct emd_ingest_reply *r, char *out)
     d = PUT_LIT(d, ",\"duplicate\":true}\n");
   } else {
     d = PUT_LIT(d, ",\"timer\":\"");
-    d = put_base64(d, r->timer, r->timer_len);
+    if (timer_b64 != NULL)
+      d = put_bytes(d, timer_b64, TIMER_B64_LEN);
+    else
+      d = put_base64(d, r->timer, r->timer_len);
     d = PUT_LIT(d, "\",\"ordinal\":");
     d = put_dec(d, r->ordinal);
     d = PUT_LIT(d, "}\n");
@@ -374,7 +397,19 @@ static size_t format_binary(const struct emd_ingest_reply *r, char *out)
 size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
                                char *out)
 {
-  return binary ? format_binary(r, out) : format_text(r, out);
+  return binary ? format_binary(r, out) : format_text(r, NULL, out);
+}
+
+/* The base64 of a 16-byte timer, from in's cache, or encoded into it. */
+static const char *timer_text(struct emd_ingest *in, const uint8_t *timer)
+{
+  struct timer_b64 *t = &in->timer_b64[timer[0] % TIMER_B64_SLOTS];
+
+  if (t->text[0] == '\0' || memcmp(t->timer, timer, EMD_TIMER_LEN) != 0) {
+    memcpy(t->timer, timer, EMD_TIMER_LEN);
+    put_base64(t->text, timer, EMD_TIMER_LEN);
+  }
+  return t->text;
 }
 
 /* ---- connection lifetime ------------------------------------------------ */
@@ -605,10 +640,20 @@ static void conn_flush(struct conn *c)
         .timer_len = s->timer_len, .ordinal = s->ordinal,
       };
 
-      if (out_reserve(o, emd_ingest_reply_max(&r)) == 0)
-        o->len += emd_ingest_format_reply(&r, binary, o->data + o->len);
+      if (out_reserve(o, reply_max(&r)) == 0) {
+        char *d = o->data + o->len;
+
+        if (binary)
+          o->len += format_binary(&r, d);
+        else if (s->rc == 0 && !s->duplicate &&
+                 s->timer_len == EMD_TIMER_LEN)
+          o->len += format_text(&r, timer_text(in, s->timer), d);
+        else
+          o->len += format_text(&r, NULL, d);
+      }
     }
-    free(s->msg);
+    if (s->msg != NULL)
+      free(s->msg);
     c->head = (c->head + 1) & (c->cap - 1);
     c->count--;
     if (c->fill > 0)

@@ -434,6 +434,53 @@ static void text_replies_come_in_line_order_for_good_and_bad_lines(
   assert_int_equal(st.too_large, 0);
 }
 
+/* Each reply shows its own event's timer, however the timers of nearby
+ * replies look: 15 client timers of 16 bytes, three of them at a time
+ * alike in their first byte modulo 64, each sent 20 times, interleaved
+ * with the connection's own timer and with 17 and 18-byte ones. */
+static void text_replies_show_each_event_s_own_timer(void **state)
+{
+  enum { N = 400 };
+  struct fx *f = *state;
+  struct client *c;
+  struct ok_reply ok;
+  static uint8_t sent[N][18];
+  static size_t sent_len[N];
+  char b64[64], own[32] = "", line[256];
+
+  start(f);
+  c = client_connect(f, 0);
+  for (int i = 0; i < N; i++) {
+    sent_len[i] = i % 4 == 3 ? 0 : i % 37 == 5 ? 17 : i % 41 == 7 ? 18 : 16;
+    for (size_t k = 0; k < sent_len[i]; k++)
+      sent[i][k] = (uint8_t)(k == 0 ? (size_t)((i % 3) * 64 + i % 5)
+                                    : (size_t)(i % 15) * 16 + k + sent_len[i]);
+    if (sent_len[i] == 0) {
+      client_puts(c, SMALLEST "\n");
+      continue;
+    }
+    b64[emd_codec_base64(sent[i], sent_len[i], b64)] = '\0';
+    snprintf(line, sizeof(line), "{\"timer\":\"%s\",%s\n", b64,
+             SMALLEST + 1);
+    client_puts(c, line);
+  }
+  c->shut_wanted = true;
+  PUMP_UNTIL(f, c->eof);
+  assert_int_equal(nlines(c), N);
+  for (int i = 0; i < N; i++) {
+    expect_ok(c, (size_t)i, &ok);
+    if (sent_len[i] == 0) {
+      /* The connection's own timer, the same every time. */
+      if (own[0] == '\0')
+        strcpy(own, ok.timer);
+      assert_string_equal(ok.timer, own);
+      continue;
+    }
+    b64[emd_codec_base64(sent[i], sent_len[i], b64)] = '\0';
+    assert_string_equal(ok.timer, b64);
+  }
+}
+
 static void text_duplicate_id_gets_the_duplicate_reply(void **state)
 {
   struct fx *f = *state;
@@ -1144,6 +1191,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     T(text_replies_come_in_line_order_for_good_and_bad_lines),
     T(text_duplicate_id_gets_the_duplicate_reply),
+    T(text_replies_show_each_event_s_own_timer),
     T(text_over_long_line_is_too_large_and_the_next_goes_on),
     T(reconfigured_limit_applies_to_new_connections),
     T(binary_frames_get_ack_frames_in_order),
