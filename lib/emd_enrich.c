@@ -256,7 +256,9 @@ void emd_enrich_ulid(struct emd_enrich *en, uint64_t now_ms, char out[27])
   out[26] = '\0';
 }
 
-/* FNV-1a over 8-byte words: picks a cache set and screens its slots. */
+/* FNV-1a over 8-byte words: picks a cache set and screens its slots. A
+ * scope of 8 bytes or more ends with its last 8 bytes as one more word
+ * (overlapping the one before), not byte by byte. */
 static uint64_t scope_hash(const char *s, size_t len)
 {
   uint64_t h = 0xcbf29ce484222325u, w;
@@ -267,8 +269,14 @@ static uint64_t scope_hash(const char *s, size_t len)
     h = (h ^ w) * 0x100000001b3u;
     h ^= h >> 29;
   }
-  for (; i < len; i++)
-    h = (h ^ (unsigned char)s[i]) * 0x100000001b3u;
+  if (i < len && len >= 8) {
+    memcpy(&w, s + len - 8, 8);
+    h = (h ^ w) * 0x100000001b3u;
+    h ^= h >> 29;
+  } else {
+    for (; i < len; i++)
+      h = (h ^ (unsigned char)s[i]) * 0x100000001b3u;
+  }
   return h ^ (h >> 32);
 }
 

@@ -665,6 +665,48 @@ static void scope_timers_stay_right_past_the_cache(void **state)
   }
 }
 
+/* Scopes of every length from 1 to 40 bytes, and ones that differ from
+ * another only in one byte (first, middle or last), each get their own
+ * scope timer, from the cache as when first made. */
+static void scope_timers_of_every_length_and_near_alike_scopes(void **state)
+{
+  struct fx *f = *state;
+  struct emd_enrich_conn conn = { 0 };
+  static char scopes[40 * 4][48];
+  size_t n = 0;
+
+  open_enrich(f, NULL);
+  for (size_t len = 1; len <= 40; len++) {
+    size_t at[] = { 0, len / 2, len - 1 };
+
+    for (size_t k = 0; k < len; k++)
+      scopes[n][k] = (char)('a' + k % 26);
+    n++;
+    for (size_t j = 0; j < 3; j++) {
+      memcpy(scopes[n], scopes[n - 1 - j], len);
+      scopes[n][at[j]] = 'Z';
+      n++;
+    }
+  }
+  for (int round = 0; round < 2; round++) {
+    for (size_t i = 0; i < n; i++) {
+      emd_event *ev = new_event(f);
+
+      ev->scope = scopes[i];
+      assert_int_equal(emd_enrich_apply(f->en, ev, &conn, &f->arena,
+                                        NOW_MS), 0);
+      expect_scope_timer(f, ev->event, ev->scope);
+      /* and again at once: from the cache */
+      ev = new_event(f);
+      ev->scope = scopes[i];
+      assert_int_equal(emd_enrich_apply(f->en, ev, &conn, &f->arena,
+                                        NOW_MS), 0);
+      expect_scope_timer(f, ev->event, ev->scope);
+    }
+    emd_arena_reset(&f->arena);
+  }
+}
+
 static void connection_timer_is_shared_within_and_differs_between(
   void **state)
 {
@@ -719,6 +761,7 @@ int main(void)
     T(empty_or_look_alike_ci_variables_are_not_a_scope),
     T(client_scope_gives_the_scope_timer_on_any_connection),
     T(scope_timers_stay_right_past_the_cache),
+    T(scope_timers_of_every_length_and_near_alike_scopes),
     T(connection_timer_is_shared_within_and_differs_between),
 #undef T
   };
