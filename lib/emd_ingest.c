@@ -786,7 +786,10 @@ static void submit(struct conn *c, emd_event *ev)
   s->id_len = (uint8_t)strnlen(ev->event->id, EMD_ID_MAX);
   memcpy(s->id, ev->event->id, s->id_len);
   s->timer_len = (uint8_t)ev->event->timer.len;
-  memcpy(s->timer, ev->event->timer.data, s->timer_len);
+  if (s->timer_len == EMD_TIMER_LEN)     /* emitd's own: a fixed copy */
+    memcpy(s->timer, ev->event->timer.data, EMD_TIMER_LEN);
+  else
+    memcpy(s->timer, ev->event->timer.data, s->timer_len);
   rc = emd_spool_append(in->sp, ev, on_spooled, c);
   if (rc != 0) {
     s->state = SLOT_READY;
