@@ -57,9 +57,11 @@ struct slot {
 
 /* The base64 of a timer emitd made (16 bytes), as a text reply shows it.
  * Replies repeat a few timers (a connection's own, a few scopes'), so
- * their text is kept instead of encoded for every reply. */
+ * their text is kept instead of encoded for every reply (10 KiB). */
 #define TIMER_B64_LEN 24              /* base64 of EMD_TIMER_LEN bytes */
-#define TIMER_B64_SLOTS 64            /* direct-mapped by the first byte */
+#define TIMER_B64_SLOTS 256           /* direct-mapped by the first two
+                                       * bytes: a few dozen timers seldom
+                                       * meet in one slot */
 
 struct timer_b64 {
   uint8_t timer[EMD_TIMER_LEN];
@@ -403,7 +405,8 @@ size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
 /* The base64 of a 16-byte timer, from in's cache, or encoded into it. */
 static const char *timer_text(struct emd_ingest *in, const uint8_t *timer)
 {
-  struct timer_b64 *t = &in->timer_b64[timer[0] % TIMER_B64_SLOTS];
+  struct timer_b64 *t =
+    &in->timer_b64[(timer[0] ^ (unsigned)timer[1] << 4) % TIMER_B64_SLOTS];
 
   if (t->text[0] == '\0' || memcmp(t->timer, timer, EMD_TIMER_LEN) != 0) {
     memcpy(t->timer, timer, EMD_TIMER_LEN);

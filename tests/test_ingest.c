@@ -436,8 +436,9 @@ static void text_replies_come_in_line_order_for_good_and_bad_lines(
 
 /* Each reply shows its own event's timer, however the timers of nearby
  * replies look: 15 client timers of 16 bytes, three of them at a time
- * alike in their first byte modulo 64, each sent 20 times, interleaved
- * with the connection's own timer and with 17 and 18-byte ones. */
+ * alike in their first two bytes (so in the slot the ingest keeps their
+ * text in), each sent about 20 times, interleaved with the connection's
+ * own timer and with 17 and 18-byte ones. */
 static void text_replies_show_each_event_s_own_timer(void **state)
 {
   enum { N = 400 };
@@ -453,8 +454,9 @@ static void text_replies_show_each_event_s_own_timer(void **state)
   for (int i = 0; i < N; i++) {
     sent_len[i] = i % 4 == 3 ? 0 : i % 37 == 5 ? 17 : i % 41 == 7 ? 18 : 16;
     for (size_t k = 0; k < sent_len[i]; k++)
-      sent[i][k] = (uint8_t)(k == 0 ? (size_t)((i % 3) * 64 + i % 5)
-                                    : (size_t)(i % 15) * 16 + k + sent_len[i]);
+      sent[i][k] = (uint8_t)(k == 0 ? (size_t)(i % 5) * 7
+                             : k == 1 ? 3
+                             : (size_t)(i % 15) * 16 + k + sent_len[i]);
     if (sent_len[i] == 0) {
       client_puts(c, SMALLEST "\n");
       continue;
