@@ -514,23 +514,32 @@ static void conn_maybe_finish(struct conn *c)
 
 /* ---- reply ring ---------------------------------------------------------- */
 
-static struct slot *slot_push(struct conn *c)
+/* Doubles the ring (first 64 slots), its slots from head on in order. */
+static __attribute__((noinline)) int slot_grow(struct conn *c)
+{
+  size_t cap = c->cap ? c->cap * 2 : 64;
+  struct slot *n = malloc(cap * sizeof(*n));
+
+  if (n == NULL)
+    return -ENOMEM;
+  for (size_t i = 0; i < c->count; i++)
+    n[i] = c->slots[(c->head + i) & (c->cap - 1)];
+  free(c->slots);
+  c->slots = n;
+  c->cap = cap;
+  c->head = 0;
+  return 0;
+}
+
+/* A new slot at the tail, for the line at hand: inline, since every line
+ * that gets a reply takes one. */
+static inline __attribute__((always_inline)) struct slot *
+slot_push(struct conn *c)
 {
   struct slot *s;
 
-  if (c->count == c->cap) {
-    size_t cap = c->cap ? c->cap * 2 : 64;
-    struct slot *n = malloc(cap * sizeof(*n));
-
-    if (n == NULL)
-      return NULL;
-    for (size_t i = 0; i < c->count; i++)
-      n[i] = c->slots[(c->head + i) & (c->cap - 1)];
-    free(c->slots);
-    c->slots = n;
-    c->cap = cap;
-    c->head = 0;
-  }
+  if (c->count == c->cap && slot_grow(c) != 0)
+    return NULL;
   s = &c->slots[(c->head + c->count) & (c->cap - 1)];
   c->count++;
   memset(s, 0, offsetof(struct slot, id));
