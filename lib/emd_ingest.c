@@ -326,10 +326,27 @@ size_t emd_ingest_reply_max(const struct emd_ingest_reply *r)
   return reply_max(r);
 }
 
-/* timer_b64, when not NULL, is r->timer in base64 already (r->timer_len
- * is then EMD_TIMER_LEN). */
-static size_t format_text(const struct emd_ingest_reply *r,
-                          const char *timer_b64, char *out)
+/* The usual text reply: an event stored, its 16-byte timer's base64 at
+ * hand (timer_b64, TIMER_B64_LEN characters). */
+static size_t format_text_stored(char *out, const char *id, size_t id_len,
+                                 uint64_t seq, const char *timer_b64,
+                                 uint32_t ordinal)
+{
+  char *d = out;
+
+  d = PUT_LIT(d, "{\"ok\":true,\"id\":\"");
+  d = put_bytes(d, id, id_len);
+  d = PUT_LIT(d, "\",\"seq\":");
+  d = put_dec(d, seq);
+  d = PUT_LIT(d, ",\"timer\":\"");
+  d = put_bytes(d, timer_b64, TIMER_B64_LEN);
+  d = PUT_LIT(d, "\",\"ordinal\":");
+  d = put_dec(d, ordinal);
+  d = PUT_LIT(d, "}\n");
+  return (size_t)(d - out);
+}
+
+static size_t format_text(const struct emd_ingest_reply *r, char *out)
 {
   char *d = out;
 
@@ -345,6 +362,13 @@ static size_t format_text(const struct emd_ingest_reply *r,
     d = PUT_LIT(d, "\"}\n");
     return (size_t)(d - out);
   }
+  if (!r->duplicate && r->timer_len == EMD_TIMER_LEN) {
+    char b64[TIMER_B64_LEN];
+
+    put_base64(b64, r->timer, EMD_TIMER_LEN);
+    return format_text_stored(out, r->id, r->id_len, r->seq, b64,
+                              r->ordinal);
+  }
   d = PUT_LIT(d, "{\"ok\":true,\"id\":\"");
   d = put_bytes(d, r->id, r->id_len);
   d = PUT_LIT(d, "\",\"seq\":");
@@ -353,10 +377,7 @@ static size_t format_text(const struct emd_ingest_reply *r,
     d = PUT_LIT(d, ",\"duplicate\":true}\n");
   } else {
     d = PUT_LIT(d, ",\"timer\":\"");
-    if (timer_b64 != NULL)
-      d = put_bytes(d, timer_b64, TIMER_B64_LEN);
-    else
-      d = put_base64(d, r->timer, r->timer_len);
+    d = put_base64(d, r->timer, r->timer_len);
     d = PUT_LIT(d, "\",\"ordinal\":");
     d = put_dec(d, r->ordinal);
     d = PUT_LIT(d, "}\n");
@@ -399,7 +420,7 @@ static size_t format_binary(const struct emd_ingest_reply *r, char *out)
 size_t emd_ingest_format_reply(const struct emd_ingest_reply *r, bool binary,
                                char *out)
 {
-  return binary ? format_binary(r, out) : format_text(r, NULL, out);
+  return binary ? format_binary(r, out) : format_text(r, out);
 }
 
 /* The base64 of a 16-byte timer, from in's cache, or encoded into it. */
@@ -645,23 +666,23 @@ static void conn_flush(struct conn *c)
     count_reply(in, s);
     latency_add(in, &run, s->t0_ns, now_ns);
     if (!c->closed) {
-      struct emd_ingest_reply r = {
-        .rc = s->rc, .line = s->line, .msg = s->msg,
-        .id = s->id, .id_len = s->id_len, .seq = s->seq,
-        .duplicate = s->duplicate, .timer = s->timer,
-        .timer_len = s->timer_len, .ordinal = s->ordinal,
-      };
+      if (!binary && s->rc == 0 && !s->duplicate &&
+          s->timer_len == EMD_TIMER_LEN) {
+        /* the usual reply, without the general formatter's tests */
+        if (out_reserve(o, 128 + s->id_len + 2 * EMD_TIMER_LEN) == 0)
+          o->len += format_text_stored(o->data + o->len, s->id, s->id_len,
+                                       s->seq, timer_text(in, s->timer),
+                                       s->ordinal);
+      } else {
+        struct emd_ingest_reply r = {
+          .rc = s->rc, .line = s->line, .msg = s->msg,
+          .id = s->id, .id_len = s->id_len, .seq = s->seq,
+          .duplicate = s->duplicate, .timer = s->timer,
+          .timer_len = s->timer_len, .ordinal = s->ordinal,
+        };
 
-      if (out_reserve(o, reply_max(&r)) == 0) {
-        char *d = o->data + o->len;
-
-        if (binary)
-          o->len += format_binary(&r, d);
-        else if (s->rc == 0 && !s->duplicate &&
-                 s->timer_len == EMD_TIMER_LEN)
-          o->len += format_text(&r, timer_text(in, s->timer), d);
-        else
-          o->len += format_text(&r, NULL, d);
+        if (out_reserve(o, reply_max(&r)) == 0)
+          o->len += emd_ingest_format_reply(&r, binary, o->data + o->len);
       }
     }
     if (s->msg != NULL)
