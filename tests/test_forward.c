@@ -1863,6 +1863,11 @@ static long ref_parse_reply(const void *body, size_t len, bool json,
 
 static uint64_t rnd_state;
 
+static size_t min_len(size_t a, size_t b)
+{
+  return a < b ? a : b;
+}
+
 static uint32_t rnd(uint32_t n)
 {
   rnd_state = rnd_state * 6364136223846793005ull + 1442695040888963407ull;
@@ -2065,12 +2070,157 @@ static void reply_reader_agrees_with_protobuf_c_and_jsmn(void **state)
   }
 }
 
+/* Fields a service will not know, with keys of one and two bytes, of
+ * every wire type a reader must step over. None is a field the event
+ * lookup wants (Event 5, TelemetryEvent 2). */
+static void gen_unknown(struct gen *g, bool in_event)
+{
+  switch (rnd(6)) {
+  case 0:                                   /* a varint, 1 to 10 bytes */
+    gen_byte(g, in_event ? 0x48 : 0x68);
+    gen_varint(g, rnd(3) == 0 ? UINT64_MAX >> rnd(64) : rnd(300), false);
+    break;
+  case 1:                                   /* fixed64 */
+    gen_byte(g, in_event ? 0x51 : 0x71);
+    gen_put(g, "\x81\x82\x83\x84\x85\x86\x87\x88", 8);
+    break;
+  case 2:                                   /* fixed32 */
+    gen_byte(g, in_event ? 0x5d : 0x7d);
+    gen_put(g, "\x81\x82\x83\x84", 4);
+    break;
+  case 3: {                                 /* bytes, 1- or 2-byte length */
+    size_t l = rnd(300);
+
+    gen_byte(g, in_event ? 0x62 : 0x7a);
+    gen_varint(g, l, false);
+    for (size_t j = 0; j < l; j++)
+      gen_byte(g, (uint8_t)(0x80 | j));
+    break;
+  }
+  case 4:                                   /* a two-byte key, varint */
+    gen_put(g, "\xa0\x06", 2);
+    gen_varint(g, rnd(100000), false);
+    break;
+  default:                                  /* a two-byte key, bytes */
+    gen_put(g, "\xa2\x06\x03xyz", 6);
+  }
+}
+
+/* A packed Event with id as TelemetryEvent.id, the fields emitd packs
+ * around it at random (strings whose lengths take one, two or three
+ * bytes, varints of any size), and now and then unknown fields before
+ * either message's own. */
+static size_t gen_event(const char *id, uint8_t *out, size_t cap,
+                        char *text, size_t text_cap)
+{
+  Buildless__Service__V1__Event ev = BUILDLESS__SERVICE__V1__EVENT__INIT;
+  Buildless__Telemetry__TelemetryEvent te =
+    BUILDLESS__TELEMETRY__TELEMETRY_EVENT__INIT;
+  static const size_t text_lens[] = { 0, 1, 5, 127, 128, 200, 16383,
+                                      16384, 20000 };
+  uint8_t te_buf[2048];
+  struct gen g = { out, 0, cap }, t = { te_buf, 0, sizeof(te_buf) };
+  size_t l;
+
+  l = text_lens[rnd(9)];
+  assert_true(l < text_cap);
+  memset(text, 'c', l);
+  text[l] = '\0';
+  if (rnd(2))
+    ev.collection = text;
+  if (rnd(2))
+    ev.scope = text + l - min_len(l, rnd(300));
+  ev.index = rnd(2) ? 0 : rnd(2) ? rnd(128) : UINT32_MAX >> rnd(32);
+  ev.fin = rnd(4) == 0;
+  if (rnd(2))
+    te.scope = (char *)"a scope";
+  te.id = (char *)id;
+  te.tenant = (char *)"org_tenant";
+  te.ordinal = rnd(2) ? 0 : rnd(100000);
+  for (int k = 0; k < 3 && rnd(4) == 0; k++)
+    gen_unknown(&g, true);
+  g.len += buildless__service__v1__event__pack(&ev, out + g.len);
+  for (int k = 0; k < 3 && rnd(4) == 0; k++)
+    gen_unknown(&t, false);
+  assert_true(t.len + buildless__telemetry__telemetry_event__get_packed_size(
+                        &te) <= t.cap);
+  t.len += buildless__telemetry__telemetry_event__pack(&te, te_buf + t.len);
+  gen_byte(&g, 0x2a);                       /* Event.event */
+  gen_varint(&g, t.len, false);
+  gen_put(&g, te_buf, t.len);
+  return g.len;
+}
+
+/* The event's id, found in its bytes, against protobuf-c's reading of
+ * the same bytes: replies naming each event by its id (or a near miss),
+ * through emd_forward_parse_reply and the reference reader. */
+static void event_ids_are_found_as_protobuf_c_finds_them(void **state)
+{
+  enum { N = 4 };
+  static uint8_t evbuf[N][24576];
+  static char text[N][20001];
+  uint8_t body[2048], one[256];
+  const uint8_t *evs[N];
+  size_t lens[N];
+  char ids[N][32];
+  int ok[N], ref_ok[N];
+  long got, want;
+
+  (void)state;
+  rnd_state = 17;
+  for (int round = 0; round < 20000; round++) {
+    struct gen g = { body, 0, sizeof(body) };
+    bool json = rnd(4) == 0;
+    size_t n = 1 + rnd(N);
+    struct ref_batch b = { evs, lens, n };
+
+    for (size_t i = 0; i < n; i++) {
+      snprintf(ids[i], sizeof(ids[i]), "evt%0*zu", 9 + (int)rnd(20),
+               i + 100 * (size_t)round);
+      lens[i] = gen_event(ids[i], evbuf[i], sizeof(evbuf[i]), text[i],
+                          sizeof(text[i]));
+      evs[i] = evbuf[i];
+    }
+    for (size_t i = 0; i < n; i++) {
+      char id[40];
+      int k = snprintf(id, sizeof(id), "%s", ids[i]);
+
+      if (rnd(5) == 0)                     /* a near miss */
+        id[rnd((uint32_t)k)] ^= 1;
+      if (json) {
+        k = snprintf((char *)one, sizeof(one), "{\"ok\":%s,\"eid\":\"%s\"}\n",
+                     rnd(2) ? "true" : "false", id);
+        gen_put(&g, one, (size_t)k);
+      } else {
+        struct gen e = { one, 0, sizeof(one) };
+
+        if (rnd(2)) {
+          gen_byte(&e, 0x08);
+          gen_byte(&e, (uint8_t)rnd(2));
+        }
+        gen_byte(&e, 0x12);
+        gen_varint(&e, (uint64_t)k, false);
+        gen_put(&e, id, (size_t)k);
+        gen_varint(&g, e.len, false);
+        gen_put(&g, one, e.len);
+      }
+    }
+    got = emd_forward_parse_reply(body, g.len, json, false, evs, lens, n,
+                                  ok);
+    want = ref_parse_reply(body, g.len, json, false, &b, ref_ok);
+    if (got != want || memcmp(ok, ref_ok, n * sizeof(*ok)) != 0)
+      fail_msg("round %d (%s): got %ld, want %ld", round,
+               json ? "json" : "protobuf", got, want);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest classify[] = {
     cmocka_unit_test(any_2xx_is_done),
     cmocka_unit_test(reply_reader_trusts_only_verdicts_for_their_own_events),
     cmocka_unit_test(reply_reader_agrees_with_protobuf_c_and_jsmn),
+    cmocka_unit_test(event_ids_are_found_as_protobuf_c_finds_them),
     cmocka_unit_test(status_401_pauses_and_never_dead_letters),
     cmocka_unit_test(status_403_pauses_like_401),
     cmocka_unit_test(status_404_and_405_pause_as_misconfigured),
