@@ -1062,7 +1062,8 @@ static long parse_json(const struct fw_batch *b, const char *p, size_t len,
 
 /* The verdicts of a 2xx body for the events of b, into v[0..b->n): an
  * empty body accepts all; an event the body gives no trusted verdict for
- * gets -1. Returns the verdicts read, or -1 when the body is untrusted. */
+ * gets -1. Every v[i].ok is set; v[i].excerpt only with an ok of 0.
+ * Returns the verdicts read, or -1 when the body is untrusted. */
 static long read_verdicts(struct emd_arena *arena, const struct fw_batch *b,
                           const char *body, size_t len, bool json,
                           bool single, struct fw_verdict *v)
@@ -1131,7 +1132,9 @@ static void take_reply(struct emd_forward *fw, struct fw_req *r,
   bool *keep;
 
   emd_arena_reset(&fw->arena);
-  v = emd_arena_calloc(&fw->arena, b->n * sizeof(*v));
+  /* not zeroed: every v[i].ok is set below, and an excerpt is read only
+   * with the ok = 0 that was set with it */
+  v = emd_arena_alloc(&fw->arena, b->n * sizeof(*v));
   seqs = emd_arena_alloc(&fw->arena, b->n * sizeof(*seqs));
   keep = emd_arena_alloc(&fw->arena, b->n * sizeof(*keep));
   if (v == NULL || seqs == NULL || keep == NULL) {
