@@ -873,7 +873,30 @@ static long parse_pb(struct emd_arena *arena, const struct fw_batch *b,
   if (single)
     return pb_verdict(b, 0, p, len, arena, &v[0]) ? 1 : -1;
   while (p < end) {
-    if (i == b->n || !varint_get(&p, end, &l) || (uint64_t)(end - p) < l ||
+    if (i == b->n)
+      return -1;
+    /* The EventID every service sends, read here in place: a one-byte
+     * length, 08 01 or 08 00 (ok) or nothing (not ok), then 12, the eid's
+     * length n from 1 to 127 and the eid, ending the message.
+     * pb_event_id_plain reads such bytes the same way (and, a NUL in the
+     * eid, they go to pb_verdict, as any other bytes do). */
+    if (p[0] >= 3 && p[0] < 0x80 && (size_t)(end - p) > p[0]) {
+      const uint8_t *q = p + 1;
+      size_t h = q[0] == 0x08 && q[1] <= 1 ? 2 : 0, n = (size_t)p[0] - h;
+
+      if (n >= 3 && q[h] == 0x12 && q[h + 1] == n - 2 &&
+          memchr(q + h + 2, 0, n - 2) == NULL) {
+        if (!id_matches(b, i, (const char *)q + h + 2, n - 2))
+          return -1;
+        v[i].ok = h != 0 && q[1] == 1;
+        v[i].excerpt = q;
+        v[i].excerpt_len = p[0];
+        p = q + p[0];
+        i++;
+        continue;
+      }
+    }
+    if (!varint_get(&p, end, &l) || (uint64_t)(end - p) < l ||
         !pb_verdict(b, i, p, (size_t)l, arena, &v[i]))
       return -1;
     p += l;
