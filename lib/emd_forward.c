@@ -255,7 +255,8 @@ static inline bool pb_find(const uint8_t *p, size_t len, uint32_t field,
 {
   const uint8_t *end = p + len;
 
-  while (end - p >= 3 && p[0] < 0x80 && (p[0] & 5) == 0) {
+  /* a one-byte key (bit 7 clear) of wire type 0 or 2 (bits 0, 2 clear) */
+  while (end - p >= 3 && (p[0] & 0x85) == 0) {
     size_t v = p[1];
     const uint8_t *q = p + 2;
 
