@@ -1106,9 +1106,8 @@ static long read_verdicts(struct emd_arena *arena, const struct fw_batch *b,
   }
   got = json ? parse_json(b, body, len, single, v)
              : parse_pb(arena, b, (const uint8_t *)body, len, single, v);
-  for (size_t i = 0; i < b->n; i++)
-    if (got < 0 || i >= (size_t)got)
-      v[i].ok = -1;
+  for (size_t i = got < 0 ? 0 : (size_t)got; i < b->n; i++)
+    v[i].ok = -1;
   return got;
 }
 
