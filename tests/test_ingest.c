@@ -463,7 +463,7 @@ static void text_replies_show_each_event_s_own_timer(void **state)
     }
     b64[emd_codec_base64(sent[i], sent_len[i], b64)] = '\0';
     snprintf(line, sizeof(line), "{\"timer\":\"%s\",%s\n", b64,
-             SMALLEST + 1);
+             &SMALLEST[1]);
     client_puts(c, line);
   }
   c->shut_wanted = true;
