@@ -224,6 +224,7 @@ struct eentry {
   uint64_t seq;
   const uint8_t *rec;
   size_t len;
+  size_t idoff;              /* as in the chunk */
   uint32_t bump;             /* attempts to add */
   bool gone;
 };
@@ -676,7 +677,10 @@ static uint8_t *put_len_field(uint8_t *p, uint8_t tag, const void *b,
  *
  *   key    the smallest seq in the chunk (8 bytes, big-endian)
  *   value  CHUNK_MARK, then per event, seqs ascending:
- *          varint(seq - key) varint(len) SpoolRecord[len]
+ *          varint(seq - key) varint(len) varint(idoff) SpoolRecord[len]
+ *          where idoff is where the event's id starts in the record (0:
+ *          not noted), so that taking an event out of a chunk (every
+ *          delivery) need not walk the record for its id
  *
  * A value that does not start with CHUNK_MARK is schema 2's single
  * SpoolRecord (its first byte is 0x0a, field 1) for seq = key, read as a
@@ -688,6 +692,7 @@ static uint8_t *put_len_field(uint8_t *p, uint8_t tag, const void *b,
 struct chunk_it {
   const uint8_t *p, *end;
   uint64_t key, last;
+  size_t idoff;              /* of the entry chunk_next gave (0: none) */
   bool single;               /* schema 2's one record */
   bool started;
 };
@@ -711,8 +716,9 @@ static void chunk_begin(struct chunk_it *it, const MDB_val *k,
 static int chunk_next(struct chunk_it *it, uint64_t *seq, const uint8_t **rec,
                       size_t *len)
 {
-  uint64_t d, n;
+  uint64_t d, n, io;
 
+  it->idoff = 0;
   if (it->single) {
     if (it->started || it->p == NULL)
       return 0;
@@ -726,6 +732,7 @@ static int chunk_next(struct chunk_it *it, uint64_t *seq, const uint8_t **rec,
     return 0;
   if (get_varint(&it->p, it->end, &d) != 0 ||
       get_varint(&it->p, it->end, &n) != 0 ||
+      get_varint(&it->p, it->end, &io) != 0 || (io != 0 && io >= n) ||
       n > (uint64_t)(it->end - it->p) || d > UINT64_MAX - it->key ||
       (it->started && it->key + d <= it->last) || (!it->started && d != 0)) {
     it->p = it->end;
@@ -733,6 +740,7 @@ static int chunk_next(struct chunk_it *it, uint64_t *seq, const uint8_t **rec,
   }
   it->started = true;
   it->last = *seq = it->key + d;
+  it->idoff = (size_t)io;
   *rec = it->p;
   *len = (size_t)n;
   it->p += n;
@@ -984,6 +992,7 @@ static int edit_load(struct txn *t, const MDB_val *k, const MDB_val *v,
     ed->e[ed->n].seq = seq;
     ed->e[ed->n].rec = rec;
     ed->e[ed->n].len = len;
+    ed->e[ed->n].idoff = it.idoff;
     ed->e[ed->n].bump = 0;
     ed->e[ed->n].gone = false;
     ed->n++;
@@ -1049,7 +1058,7 @@ static int edit_flush(struct txn *t)
       first = ed->e[i].seq;
     reclen = edit_entry_size(&ed->e[i]);
     size += emd_varint_size(ed->e[i].seq - first) + emd_varint_size(reclen) +
-            reclen;
+            emd_varint_size(ed->e[i].idoff) + reclen;
   }
   if (ed->live > 0) {
     if (scratch_reserve(w, size) != 0)
@@ -1066,12 +1075,18 @@ static int edit_flush(struct txn *t)
       p = emd_varint_put(p, e->seq - first);
       if (!edit_entry_bumped(e, &r, &att)) {
         p = emd_varint_put(p, e->len);
+        p = emd_varint_put(p, e->idoff);
         memcpy(p, e->rec, e->len);
         p += e->len;
         continue;
       }
+      /* the event keeps its place in the record: rec_head is as it was
+       * (emitd wrote it), so the id's offset stays */
       reclen = rec_size(r.event_len, r.accepted_ms, att);
       p = emd_varint_put(p, reclen);
+      p = emd_varint_put(p, (size_t)(r.event - e->rec) ==
+                                    1 + emd_varint_size(r.event_len)
+                                ? e->idoff : 0);
       p = rec_head(p, r.event_len);
       memcpy(p, r.event, r.event_len);
       p = rec_tail(p + r.event_len, r.accepted_ms, att);
@@ -1117,9 +1132,11 @@ static int fill_flush(struct txn *t)
   return rc;
 }
 
-/* Room in the fill for a record of size bytes at seq (the chunk goes to
- * pending first if it would grow past CHUNK_MAX): *dst is where it goes. */
-static int fill_add(struct txn *t, uint64_t seq, size_t size, uint8_t **dst)
+/* Room in the fill for a record of size bytes at seq whose event id
+ * starts at idoff in it (0: not noted); the chunk goes to pending first if
+ * it would grow past CHUNK_MAX. *dst is where the record goes. */
+static int fill_add(struct txn *t, uint64_t seq, size_t size, size_t idoff,
+                    uint8_t **dst)
 {
   struct fill *f = &t->sp->w.fill;
   size_t need;
@@ -1136,7 +1153,7 @@ static int fill_add(struct txn *t, uint64_t seq, size_t size, uint8_t **dst)
     f->len = 1;
   }
   need = f->len + emd_varint_size(seq - f->first) + emd_varint_size(size) +
-         size;
+         emd_varint_size(idoff) + size;
   if (need > f->cap) {
     size_t cap = f->cap ? f->cap : CHUNK_MAX + 64;
 
@@ -1151,6 +1168,7 @@ static int fill_add(struct txn *t, uint64_t seq, size_t size, uint8_t **dst)
   f->buf[0] = CHUNK_MARK;
   p = emd_varint_put(f->buf + f->len, seq - f->first);
   p = emd_varint_put(p, size);
+  p = emd_varint_put(p, idoff);
   *dst = p;
   f->len = (size_t)(p - f->buf) + size;
   f->last = seq;
@@ -1227,6 +1245,21 @@ static void rec_id(const uint8_t *rec, size_t len, const uint8_t **id,
   if (rec_parse(rec, len, &r) != 0 ||
       event_id(r.event, r.event_len, id, idlen) != 0)
     *idlen = 0;
+}
+
+/* The id of a chunk entry's record: at idoff, where the chunk says it is
+ * (a one-byte length and the id field's tag before it), or walked for. */
+static void entry_id(const uint8_t *rec, size_t len, size_t idoff,
+                     const uint8_t **id, size_t *idlen)
+{
+  if (idoff >= 2 && idoff < len && rec[idoff - 2] == 0x12 &&
+      rec[idoff - 1] != 0 && rec[idoff - 1] < 0x80 &&
+      rec[idoff - 1] <= len - idoff) {
+    *id = rec + idoff;
+    *idlen = rec[idoff - 1];
+    return;
+  }
+  rec_id(rec, len, id, idlen);
 }
 
 /* The record at seq in the chunk at k, v: *found. */
@@ -1637,21 +1670,48 @@ static int timers_flush(struct txn *t)
 }
 
 /* Makes room in the fill for a SpoolRecord of size bytes whose event
- * takes evlen at seq, and writes all of it but the event's bytes, which
- * go at *evdst. */
+ * takes evlen at seq, its id at ev_idoff in it (0: not known), and writes
+ * all of it but the event's bytes, which go at *evdst. */
 static int put_record(struct txn *t, uint64_t seq, size_t evlen,
-                      size_t size, uint8_t **evdst)
+                      size_t ev_idoff, size_t size, uint8_t **evdst)
 {
+  size_t head = 1 + emd_varint_size(evlen);
   uint8_t *p;
   int rc;
 
-  rc = fill_add(t, seq, size, &p);
+  rc = fill_add(t, seq, size, ev_idoff != 0 ? head + ev_idoff : 0, &p);
   if (rc != 0)
     return rc;
   p = rec_head(p, evlen);
   rec_tail(p + evlen, t->now_ms, 0);
   *evdst = p;
   return 0;
+}
+
+/* Where the id starts in an append's event once index and ordinal are
+ * spliced in (0: not found): found in the packed bytes, in the
+ * TelemetryEvent's fields before the ordinal, which the splice copies as
+ * they are to after the index and the TelemetryEvent's new length. */
+static size_t spliced_id_at(const struct op *op, uint32_t add_index,
+                            uint32_t add_ordinal)
+{
+  const struct emd_pack_splice *sp = &op->u.app.splice;
+  const uint8_t *p = op->u.app.packed, *end = p + op->u.app.packed_len;
+  const uint8_t *q = p + sp->te_at, *id;
+  uint64_t tl;
+  size_t idlen;
+
+  if (sp->te_at >= op->u.app.packed_len || *q++ != 0x2a ||
+      get_varint(&q, end, &tl) != 0 || q != p + sp->te_body_at ||
+      sp->ordinal_at < sp->te_body_at || sp->ordinal_at > op->u.app.packed_len ||
+      wire_find(q, sp->ordinal_at - sp->te_body_at, 2, &id, &idlen) != 0 ||
+      idlen != op->u.app.idlen || idlen >= 0x80 || id[-1] != idlen ||
+      id[-2] != 0x12)
+    return 0;
+  if (add_ordinal != 0)
+    tl += 1 + emd_varint_size(add_ordinal);
+  return sp->te_at + (add_index != 0 ? 1 + emd_varint_size(add_index) : 0) +
+         1 + emd_varint_size(tl) + (size_t)(id - q);
 }
 
 static int apply_append(struct txn *t, struct op *op, bool allowed)
@@ -1704,7 +1764,8 @@ static int apply_append(struct txn *t, struct op *op, bool allowed)
     res->rc = EMD_ESPOOLFULL;
     return 0;
   }
-  rc = put_record(t, w->c.next_seq, evlen, size, &dst);
+  rc = put_record(t, w->c.next_seq, evlen,
+                  spliced_id_at(op, add_index, add_ordinal), size, &dst);
   if (rc != 0)
     return rc;
   emd_pack_splice_write(dst, op->u.app.packed, op->u.app.packed_len,
@@ -1795,7 +1856,7 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
   struct writer *w = &t->sp->w;
   struct edit *ed = &w->ed;
   bool keep = w->k.dedup_window_ms != 0, found;
-  uint8_t id[KEY_MAX];
+  const uint8_t *id;
   MDB_cursor *ic = NULL;
   MDB_val k, v;
   uint64_t last = 0;               /* the highest seq in ids */
@@ -1825,8 +1886,8 @@ static int apply_deletes(struct txn *t, const uint64_t *seqs, size_t n)
     rc = edit_get(t, seqs[i], &j, &found);
     if (rc != 0 || !found)
       continue;                    /* gone already (a dead letter, say) */
-    if (rec_id_copy(ed->e[j].rec, ed->e[j].len, id, &idlen) != 0)
-      idlen = 0;
+    /* in the chunk, which stays put until the edit is written back */
+    entry_id(ed->e[j].rec, ed->e[j].len, ed->e[j].idoff, &id, &idlen);
     w->c.pending--;
     w->c.pending_bytes -= ed->e[j].len;
     edit_remove(t, j);
@@ -1902,7 +1963,8 @@ static int revive(struct txn *t, MDB_val *k, MDB_val *v)
   else
     idlen = 0;
   size = rec_size(r.event_len, t->now_ms, 0);
-  rc = put_record(t, seq, r.event_len, size, &p);
+  rc = put_record(t, seq, r.event_len,
+                  idlen > 0 ? (size_t)(idp - r.event) : 0, size, &p);
   if (rc != 0)
     return rc;
   memcpy(p, r.event, r.event_len);

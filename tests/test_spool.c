@@ -1410,6 +1410,48 @@ static void delete_seqs(struct fx *f, struct model *m, const uint64_t *seqs,
       m->alive[seqs[i]] = false;
 }
 
+static int stats_pending(const struct model *m)
+{
+  int n = 0;
+
+  for (int i = 1; i <= m->n; i++)
+    n += m->alive[i];
+  return n;
+}
+
+static int chunk_entries(const MDB_val *k, const MDB_val *v, uint64_t *seq,
+                         const uint8_t **rec, size_t *len, int max);
+
+/* The events in pending's rows, read raw (the spool closed), each with
+ * the place of its id right (chunk_entries checks). */
+static int raw_pending(struct fx *f)
+{
+  static uint64_t seq[CN + 64];
+  static const uint8_t *rec[CN + 64];
+  static size_t len[CN + 64];
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dp;
+  MDB_cursor *c;
+  MDB_val k, v;
+  int n = 0, rc;
+
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "pending", 0, &dp), 0);
+  assert_int_equal(mdb_cursor_open(txn, dp, &c), 0);
+  for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+    n += chunk_entries(&k, &v, seq + n, rec + n, len + n, CN + 64 - n);
+  assert_int_equal(rc, MDB_NOTFOUND);
+  mdb_cursor_close(c);
+  mdb_txn_abort(txn);
+  mdb_env_close(env);
+  return n;
+}
+
 /* Events are kept several to a row in pending (emd_spool.c, "pending:
  * events in chunks"). Deletes, attempts and dead letters anywhere in a
  * chunk, at its first and last event, and across chunks, in any order and
@@ -1486,6 +1528,7 @@ static void pending_chunks_take_every_change_anywhere(void **state)
   assert_int_equal(s->seq[CN + 2], 101);
 
   close_spool(f);
+  assert_int_equal(raw_pending(f), stats_pending(m));
   open_spool(f);
   pending_is(f, m);
 
@@ -1537,7 +1580,8 @@ static void pending_chunks_take_every_change_anywhere(void **state)
   free(s);
 }
 
-/* Pulls the entries out of a chunk row (its format in emd_spool.c). */
+/* Pulls the entries out of a chunk row (its format in emd_spool.c), and
+ * checks that each notes where its event's id is. */
 static int chunk_entries(const MDB_val *k, const MDB_val *v, uint64_t *seq,
                          const uint8_t **rec, size_t *len, int max)
 {
@@ -1549,7 +1593,7 @@ static int chunk_entries(const MDB_val *k, const MDB_val *v, uint64_t *seq,
     key = key << 8 | ((const uint8_t *)k->mv_data)[i];
   assert_int_equal(*p++, 0x00);
   while (p < end && n < max) {
-    uint64_t d = 0, l = 0;
+    uint64_t d = 0, l = 0, io = 0;
     int sh = 0;
 
     do
@@ -1559,6 +1603,12 @@ static int chunk_entries(const MDB_val *k, const MDB_val *v, uint64_t *seq,
     do
       l |= (uint64_t)(*p & 0x7f) << sh, sh += 7;
     while (*p++ & 0x80);
+    sh = 0;
+    do                                  /* where the id is in the record */
+      io |= (uint64_t)(*p & 0x7f) << sh, sh += 7;
+    while (*p++ & 0x80);
+    assert_true(io > 2 && io < l && p[io - 2] == 0x12 &&
+                memcmp(p + io, "event", 5) == 0);
     seq[n] = key + d;
     rec[n] = p;
     len[n] = (size_t)l;
