@@ -45,6 +45,8 @@ struct fw_item {
   size_t off;
   size_t len;
   uint32_t attempts;        /* failed attempts so far, the spool's own too */
+  uint32_t id_off;          /* its id at off + id_off, id_len long, as the */
+  uint32_t id_len;          /* spool noted it (id_len 0: find it) */
 };
 
 struct fw_batch {
@@ -293,6 +295,20 @@ static bool event_id(const uint8_t *ev, size_t len, const uint8_t **id,
          pb_find(te, te_len, 2, id, id_len);
 }
 
+/* The id of b's event i: where the spool said, or found. */
+static inline bool item_id(const struct fw_batch *b, size_t i,
+                           const uint8_t **id, size_t *id_len)
+{
+  const struct fw_item *it = &b->items[i];
+
+  if (it->id_len != 0) {
+    *id = b->buf + it->off + it->id_off;
+    *id_len = it->id_len;
+    return true;
+  }
+  return event_id(b->buf + it->off, it->len, id, id_len);
+}
+
 /* ---- batches ---------------------------------------------------------- */
 
 static struct fw_batch *batch_get(struct emd_forward *fw)
@@ -372,6 +388,8 @@ static inline void batch_append(struct fw_batch *b,
   it->off = (size_t)(at - b->buf);
   it->len = len;
   it->attempts = e->attempts;
+  it->id_off = e->id != NULL ? (uint32_t)(e->id - e->event) : 0;
+  it->id_len = e->id != NULL ? (uint32_t)e->id_len : 0;
   b->len = it->off + len;
   b->payload += len;
   memcpy(at, e->event, len);
@@ -784,7 +802,7 @@ static bool id_matches(const struct fw_batch *b, size_t i, const char *eid,
   const uint8_t *id;
   size_t id_len;
 
-  if (!event_id(b->buf + b->items[i].off, b->items[i].len, &id, &id_len))
+  if (!item_id(b, i, &id, &id_len))
     return false;
   return id_len == eid_len && memcmp(id, eid, eid_len) == 0;
 }
@@ -890,8 +908,7 @@ static long parse_pb(struct emd_arena *arena, const struct fw_batch *b,
         size_t id_len;
 
         /* id_matches, written out: the compiler keeps that a call */
-        if (!event_id(b->buf + b->items[i].off, b->items[i].len, &id,
-                      &id_len) ||
+        if (!item_id(b, i, &id, &id_len) ||
             id_len != n - 2 || memcmp(id, q + h + 2, n - 2) != 0)
           return -1;
         v[i].ok = h != 0 && q[1] == 1;

@@ -1247,19 +1247,28 @@ static void rec_id(const uint8_t *rec, size_t len, const uint8_t **id,
     *idlen = 0;
 }
 
-/* The id of a chunk entry's record: at idoff, where the chunk says it is
- * (a one-byte length and the id field's tag before it), or walked for. */
-static void entry_id(const uint8_t *rec, size_t len, size_t idoff,
-                     const uint8_t **id, size_t *idlen)
+/* The id of a chunk entry's record at idoff, where the chunk says it is
+ * (a one-byte length and the id field's tag before it): false if not
+ * noted there. */
+static bool entry_id_noted(const uint8_t *rec, size_t len, size_t idoff,
+                           const uint8_t **id, size_t *idlen)
 {
   if (idoff >= 2 && idoff < len && rec[idoff - 2] == 0x12 &&
       rec[idoff - 1] != 0 && rec[idoff - 1] < 0x80 &&
       rec[idoff - 1] <= len - idoff) {
     *id = rec + idoff;
     *idlen = rec[idoff - 1];
-    return;
+    return true;
   }
-  rec_id(rec, len, id, idlen);
+  return false;
+}
+
+/* The same, or walked for. */
+static void entry_id(const uint8_t *rec, size_t len, size_t idoff,
+                     const uint8_t **id, size_t *idlen)
+{
+  if (!entry_id_noted(rec, len, idoff, id, idlen))
+    rec_id(rec, len, id, idlen);
 }
 
 /* The record at seq in the chunk at k, v: *found. */
@@ -3708,6 +3717,11 @@ int emd_spool_read(struct emd_spool *sp, uint64_t after, size_t max_events,
       e.event_len = r.event_len;
       e.accepted_ms = r.accepted_ms;
       e.attempts = r.attempts;
+      if (!entry_id_noted(rec, len, it.idoff, &e.id, &e.id_len) ||
+          e.id < r.event || e.id + e.id_len > r.event + r.event_len) {
+        e.id = NULL;
+        e.id_len = 0;
+      }
       n++;
       bytes += r.event_len;
       stop = fn(data, &e) != 0 || n == max_events;

@@ -100,6 +100,9 @@ struct emd_spool_entry {
   size_t event_len;
   uint64_t accepted_ms;
   uint32_t attempts;
+  const uint8_t *id;      /* its TelemetryEvent id, inside event, where the
+                           * spool noted it; NULL: find it in event */
+  size_t id_len;
 };
 typedef int (*emd_spool_read_fn)(void *data, const struct emd_spool_entry *e);
 

@@ -218,6 +218,7 @@ struct got {
   char id[MAXR][65];
   uint32_t ordinal[MAXR];
   size_t len[MAXR];
+  bool noted[MAXR];          /* the entry came with its id */
 };
 
 static int on_entry(void *data, const struct emd_spool_entry *e)
@@ -233,6 +234,13 @@ static int on_entry(void *data, const struct emd_spool_entry *e)
   g->accepted[g->n] = e->accepted_ms;
   g->len[g->n] = e->event_len;
   snprintf(g->id[g->n], sizeof(g->id[0]), "%s", ev->event->id);
+  if (e->id != NULL) {               /* where the spool noted it */
+    assert_true(e->id >= e->event &&
+                e->id + e->id_len <= e->event + e->event_len);
+    assert_int_equal(e->id_len, strlen(ev->event->id));
+    assert_memory_equal(e->id, ev->event->id, e->id_len);
+  }
+  g->noted[g->n] = e->id != NULL;
   g->ordinal[g->n] = ev->event->ordinal;
   buildless__service__v1__event__free_unpacked(ev, NULL);
   g->n++;
@@ -1351,6 +1359,7 @@ static void schema_1_spool_is_upgraded_with_its_ids(void **state)
 /* What pending should hold: seqs 1..n alive with their attempts. */
 struct model {
   int n;
+  bool legacy;               /* schema 2 rows: ids not noted */
   bool alive[CN + 64];
   uint32_t att[CN + 64];
 };
@@ -1377,6 +1386,7 @@ static void pending_is(struct fx *f, const struct model *m)
     assert_int_equal(g->attempts[k], m->att[i]);
     idn(id, sizeof(id), i - 1);
     assert_string_equal(g->id[k], id);
+    assert_true(g->noted[k] || m->legacy);
     k++;
   }
   free(g);
@@ -1688,6 +1698,7 @@ static void schema_2_spool_with_a_row_per_event_is_upgraded(void **state)
 
   open_spool(f);
   m->n = N;
+  m->legacy = true;
   for (int i = 1; i <= N; i++)
     m->alive[i] = true;
   pending_is(f, m);
