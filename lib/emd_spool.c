@@ -410,11 +410,17 @@ static void errf(char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- protobuf wire -------------------------------------------------- */
 
-static int get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+static inline int get_varint(const uint8_t **pp, const uint8_t *end,
+                             uint64_t *v)
 {
   const uint8_t *p = *pp;
   uint64_t r = 0;
 
+  if (p != end && p[0] < 0x80) {   /* most of them: lengths, deltas */
+    *v = p[0];
+    *pp = p + 1;
+    return 0;
+  }
   for (unsigned shift = 0; shift < 64; shift += 7) {
     if (p == end)
       return -1;
