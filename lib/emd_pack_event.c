@@ -27,13 +27,14 @@
 
 #include "emd_varint.h"
 
-/* Where the walk is: bytes go below p, down to lo. */
+/* What the walk notes besides its bytes: whether it met something it does
+ * not handle, and where Event.index, Event.event and
+ * TelemetryEvent.ordinal go (see emd_pack_event_open). The write position
+ * is not here: each function takes it and returns it (NULL when there is
+ * no room, or w->other), so it stays in a register across the byte
+ * stores, which could alias anything in memory. */
 struct w {
-  const uint8_t *lo;
-  uint8_t *p;
   bool other;                    /* something this walk does not handle */
-  /* where Event.index, Event.event and TelemetryEvent.ordinal go (see
-   * emd_pack_event_open) */
   uint8_t *index_at, *te_at, *te_body_at, *ordinal_at;
 };
 
@@ -42,270 +43,373 @@ struct w {
 #define WT_LEN 2
 #define TAG(n, wt) ((uint8_t)((n) << 3 | (wt)))
 
-static inline bool room(const struct w *w, size_t n)
+#define INLINE static inline __attribute__((always_inline))
+
+/* The most a varint field takes: its tag and ten bytes. */
+#define VARINT_MAX 11
+
+/* Bytes go below p, down to lo: whether n more fit. */
+INLINE bool room(const uint8_t *p, const uint8_t *lo, size_t n)
 {
-  return (size_t)(w->p - w->lo) >= n;
+  return (size_t)(p - lo) >= n;
 }
 
-/* A field with its tag and length, its bytes already below it from end. */
-static inline bool close_len(struct w *w, uint8_t tag, const uint8_t *end)
+/* Writes tag and the one-byte v < 0x80 below p (two byte stores: the tag
+ * is an immediate, and one 16-bit store would cost more to make). */
+INLINE uint8_t *tag_byte(uint8_t *p, uint8_t tag, uint8_t v)
 {
-  if (!room(w, 11))
-    return false;
-  w->p = emd_varint_prepend(w->p, (uint64_t)(end - w->p));
-  *--w->p = tag;
-  return true;
+  *--p = v;
+  *--p = tag;
+  return p;
 }
 
-static inline bool bytes(struct w *w, uint8_t tag, const void *b, size_t n)
+/* Writes tag and varint v below p (room checked by the caller). */
+INLINE uint8_t *tag_varint(uint8_t *p, uint8_t tag, uint64_t v)
 {
-  if (!room(w, n + 11))
-    return false;
-  w->p -= n;
-  memcpy(w->p, b, n);
-  w->p = emd_varint_prepend(w->p, n);
-  *--w->p = tag;
-  return true;
+  if (v < 0x80)
+    return tag_byte(p, tag, (uint8_t)v);
+  p = emd_varint_prepend(p, v);
+  *--p = tag;
+  return p;
 }
 
-/* proto3: an empty string (or NULL) is not written */
-static inline bool str(struct w *w, uint8_t n, const char *s)
+/* Copies n bytes from s to d: short ones with a few loads and stores
+ * (overlapping, all inside both ranges) instead of a call. */
+INLINE void copy(uint8_t *d, const void *src, size_t n)
 {
-  return s == NULL || s[0] == '\0' || bytes(w, TAG(n, WT_LEN), s, strlen(s));
+  const uint8_t *s = src;
+
+  if (n <= 16) {
+    if (n >= 8) {
+      memcpy(d, s, 8);
+      memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+      memcpy(d, s, 4);
+      memcpy(d + n - 4, s + n - 4, 4);
+    } else if (n > 0) {
+      d[0] = s[0];
+      d[n / 2] = s[n / 2];
+      d[n - 1] = s[n - 1];
+    }
+  } else if (n <= 32) {
+    memcpy(d, s, 16);
+    memcpy(d + n - 16, s + n - 16, 16);
+  } else {
+    memcpy(d, s, n);
+  }
 }
 
-static inline bool bin(struct w *w, uint8_t n, const ProtobufCBinaryData *b)
+/* A field with its tag and length, its bytes already between p and end. */
+INLINE uint8_t *close_len(uint8_t *p, const uint8_t *lo, uint8_t tag,
+                          const uint8_t *end)
 {
-  return b->len == 0 || bytes(w, TAG(n, WT_LEN), b->data, b->len);
+  if (!room(p, lo, VARINT_MAX))
+    return NULL;
+  return tag_varint(p, tag, (uint64_t)(end - p));
 }
 
-static inline bool u64(struct w *w, uint8_t n, uint64_t v)
+INLINE uint8_t *bytes(uint8_t *p, const uint8_t *lo, uint8_t tag,
+                      const void *b, size_t n)
 {
-  if (v == 0)
-    return true;
-  if (!room(w, 11))
-    return false;
-  w->p = emd_varint_prepend(w->p, v);
-  *--w->p = TAG(n, WT_VARINT);
-  return true;
+  if (!room(p, lo, n + VARINT_MAX))
+    return NULL;
+  p -= n;
+  copy(p, b, n);
+  return tag_varint(p, tag, n);
+}
+
+/* proto3: an empty string (or NULL) is not written. An unset one is
+ * protobuf-c's protobuf_c_empty_string, known by its address without
+ * reading it. */
+INLINE uint8_t *str(uint8_t *p, const uint8_t *lo, uint8_t n, const char *s)
+{
+  size_t len;
+
+  if (s == protobuf_c_empty_string || s == NULL)
+    return p;
+  len = strlen(s);
+  return len == 0 ? p : bytes(p, lo, TAG(n, WT_LEN), s, len);
+}
+
+INLINE uint8_t *bin(uint8_t *p, const uint8_t *lo, uint8_t n,
+                    const ProtobufCBinaryData *b)
+{
+  return b->len == 0 ? p : bytes(p, lo, TAG(n, WT_LEN), b->data, b->len);
+}
+
+/* The fixed-size fields put_* write unchecked: the caller has made room
+ * for a run of them at once (VARINT_MAX each, 2 for a bool, 9 for a
+ * double). */
+INLINE uint8_t *put_u64(uint8_t *p, uint8_t n, uint64_t v)
+{
+  return v == 0 ? p : tag_varint(p, TAG(n, WT_VARINT), v);
 }
 
 /* int32 and enums go out as 64-bit two's complement */
-static inline bool i32(struct w *w, uint8_t n, int32_t v)
+INLINE uint8_t *put_i32(uint8_t *p, uint8_t n, int32_t v)
 {
-  return u64(w, n, (uint64_t)(int64_t)v);
+  return put_u64(p, n, (uint64_t)(int64_t)v);
 }
 
-static inline bool boolean(struct w *w, uint8_t n, protobuf_c_boolean v)
+INLINE uint8_t *put_bool(uint8_t *p, uint8_t n, protobuf_c_boolean v)
 {
-  if (v == 0)
-    return true;
-  if (!room(w, 2))
-    return false;
-  *--w->p = 1;
-  *--w->p = TAG(n, WT_VARINT);
-  return true;
+  return v == 0 ? p : tag_byte(p, TAG(n, WT_VARINT), 1);
 }
 
 /* A double == 0 (so -0.0 too, not NaN) is not written, as in protobuf-c;
  * its bits go out little-endian. */
-static inline bool dbl(struct w *w, uint8_t n, double d)
+INLINE uint8_t *put_dbl(uint8_t *p, uint8_t n, double d)
 {
   uint64_t v;
 
   if (d == 0)
-    return true;
-  if (!room(w, 9))
-    return false;
+    return p;
   memcpy(&v, &d, 8);
-  w->p -= 8;
+  p -= 8;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(p, &v, 8);
+#else
   for (int i = 0; i < 8; i++)
-    w->p[i] = (uint8_t)(v >> (8 * i));
-  *--w->p = TAG(n, WT_64BIT);
-  return true;
+    p[i] = (uint8_t)(v >> (8 * i));
+#endif
+  *--p = TAG(n, WT_64BIT);
+  return p;
 }
 
+/* Inside a message function (p, lo, w in scope): each write, and making
+ * room; either way out is NULL. */
+#define PUT(expr)                                                        \
+  do {                                                                   \
+    if ((p = (expr)) == NULL)                                            \
+      return NULL;                                                       \
+  } while (0)
+#define ROOM(n)                                                          \
+  do {                                                                   \
+    if (!room(p, lo, (n)))                                               \
+      return NULL;                                                       \
+  } while (0)
+
 /* A message this walk can write: no unknown fields. */
-static inline bool plain(struct w *w, const ProtobufCMessage *m)
-{
-  if (m->n_unknown_fields == 0)
-    return true;
-  w->other = true;
-  return false;
-}
+#define PLAIN(m)                                                         \
+  do {                                                                   \
+    if ((m)->base.n_unknown_fields != 0) {                               \
+      w->other = true;                                                   \
+      return NULL;                                                       \
+    }                                                                    \
+  } while (0)
+
+/* A sub-message with its tag and length; NULL is not written. */
+#define MSG(n, m, fn)                                                    \
+  do {                                                                   \
+    if ((m) != NULL) {                                                   \
+      uint8_t *end_ = p;                                                 \
+                                                                         \
+      PUT(fn(p, lo, w, (m)));                                            \
+      PUT(close_len(p, lo, TAG(n, WT_LEN), end_));                       \
+    }                                                                    \
+  } while (0)
 
 /* ---- the messages, each field last to first ---------------------------- */
 
 typedef Buildless__Telemetry__VersionInfo version_info;
 typedef Buildless__Telemetry__GeoPoint geo_point;
 
-static bool version(struct w *w, const version_info *m)
+static uint8_t *version(uint8_t *p, const uint8_t *lo, struct w *w,
+                        const version_info *m)
 {
-  return plain(w, &m->base) && u64(w, 9, m->release) &&
-         str(w, 8, m->spec) && str(w, 7, m->tag) && str(w, 6, m->commit) &&
-         str(w, 5, m->rc) && str(w, 4, m->build) && u64(w, 3, m->micro) &&
-         u64(w, 2, m->minor) && u64(w, 1, m->major);
+  PLAIN(m);
+  ROOM(VARINT_MAX);
+  p = put_u64(p, 9, m->release);
+  PUT(str(p, lo, 8, m->spec));
+  PUT(str(p, lo, 7, m->tag));
+  PUT(str(p, lo, 6, m->commit));
+  PUT(str(p, lo, 5, m->rc));
+  PUT(str(p, lo, 4, m->build));
+  ROOM(3 * VARINT_MAX);
+  p = put_u64(p, 3, m->micro);
+  p = put_u64(p, 2, m->minor);
+  return put_u64(p, 1, m->major);
 }
 
-/* A sub-message with its tag and length; NULL is not written. */
-#define MSG(w, n, m, fn)                                                 \
-  do {                                                                   \
-    if ((m) != NULL) {                                                   \
-      uint8_t *end_ = (w)->p;                                            \
-                                                                         \
-      if (!fn((w), (m)) || !close_len((w), TAG(n, WT_LEN), end_))        \
-        return false;                                                    \
-    }                                                                    \
-  } while (0)
-
-static bool tool(struct w *w, const Buildless__Telemetry__ToolInfo *m)
+static uint8_t *tool(uint8_t *p, const uint8_t *lo, struct w *w,
+                     const Buildless__Telemetry__ToolInfo *m)
 {
-  if (!plain(w, &m->base))
-    return false;
-  MSG(w, 2, m->version, version);
-  return str(w, 1, m->name);
+  PLAIN(m);
+  MSG(2, m->version, version);
+  return str(p, lo, 1, m->name);
 }
 
-static bool agent(struct w *w, const Buildless__Telemetry__APIClientInfo *m)
+static uint8_t *agent(uint8_t *p, const uint8_t *lo, struct w *w,
+                      const Buildless__Telemetry__APIClientInfo *m)
 {
-  if (!plain(w, &m->base))
-    return false;
-  MSG(w, 4, m->version, version);
-  return str(w, 1, m->name);
+  PLAIN(m);
+  MSG(4, m->version, version);
+  return str(p, lo, 1, m->name);
 }
 
-static bool os(struct w *w, const Buildless__Telemetry__OSInfo *m)
+static uint8_t *os(uint8_t *p, const uint8_t *lo, struct w *w,
+                   const Buildless__Telemetry__OSInfo *m)
 {
-  if (!plain(w, &m->base))
-    return false;
-  MSG(w, 4, m->version, version);
-  return i32(w, 3, (int32_t)m->arch) && i32(w, 2, (int32_t)m->family) &&
-         str(w, 1, m->name);
+  PLAIN(m);
+  MSG(4, m->version, version);
+  ROOM(2 * VARINT_MAX);
+  p = put_i32(p, 3, (int32_t)m->arch);
+  p = put_i32(p, 2, (int32_t)m->family);
+  return str(p, lo, 1, m->name);
 }
 
-static bool client(struct w *w, const Buildless__Telemetry__ClientDetail *m)
+static uint8_t *client(uint8_t *p, const uint8_t *lo, struct w *w,
+                       const Buildless__Telemetry__ClientDetail *m)
 {
-  if (!plain(w, &m->base))
-    return false;
-  MSG(w, 3, m->agent, agent);
-  MSG(w, 2, m->os, os);
+  PLAIN(m);
+  MSG(3, m->agent, agent);
+  MSG(2, m->os, os);
   for (size_t i = m->n_tool; i-- > 0;) {
-    uint8_t *end = w->p;
+    uint8_t *end = p;
 
     /* a NULL item goes out empty, as protobuf-c's packer writes it */
-    if ((m->tool[i] != NULL && !tool(w, m->tool[i])) ||
-        !close_len(w, TAG(1, WT_LEN), end))
-      return false;
+    if (m->tool[i] != NULL)
+      PUT(tool(p, lo, w, m->tool[i]));
+    PUT(close_len(p, lo, TAG(1, WT_LEN), end));
   }
-  return true;
+  return p;
 }
 
-static bool tenant(struct w *w, const Buildless__Telemetry__TenantDetail *m)
+static uint8_t *tenant(uint8_t *p, const uint8_t *lo, struct w *w,
+                       const Buildless__Telemetry__TenantDetail *m)
 {
-  return plain(w, &m->base) && str(w, 2, m->name) && u64(w, 1, m->oid);
+  PLAIN(m);
+  PUT(str(p, lo, 2, m->name));
+  ROOM(VARINT_MAX);
+  return put_u64(p, 1, m->oid);
 }
 
-static bool user(struct w *w, const Buildless__Telemetry__UserDetail *m)
+static uint8_t *user(uint8_t *p, const uint8_t *lo, struct w *w,
+                     const Buildless__Telemetry__UserDetail *m)
 {
-  return plain(w, &m->base) && str(w, 3, m->username) &&
-         bin(w, 2, &m->email) && str(w, 1, m->uid);
+  PLAIN(m);
+  PUT(str(p, lo, 3, m->username));
+  PUT(bin(p, lo, 2, &m->email));
+  return str(p, lo, 1, m->uid);
 }
 
-static bool repository(struct w *w,
-                       const Buildless__Telemetry__RepositoryDetail *m)
+static uint8_t *repository(uint8_t *p, const uint8_t *lo, struct w *w,
+                           const Buildless__Telemetry__RepositoryDetail *m)
 {
-  return plain(w, &m->base) && str(w, 3, m->name) && str(w, 2, m->link) &&
-         i32(w, 1, (int32_t)m->provider);
+  PLAIN(m);
+  PUT(str(p, lo, 3, m->name));
+  PUT(str(p, lo, 2, m->link));
+  ROOM(VARINT_MAX);
+  return put_i32(p, 1, (int32_t)m->provider);
 }
 
-static bool detail(struct w *w, const Buildless__Telemetry__EventDetail *m)
+static uint8_t *detail(uint8_t *p, const uint8_t *lo, struct w *w,
+                       const Buildless__Telemetry__EventDetail *m)
 {
-  if (!plain(w, &m->base))
-    return false;
-  MSG(w, 4, m->client, client);
-  MSG(w, 3, m->repository, repository);
-  MSG(w, 2, m->user, user);
-  MSG(w, 1, m->tenant, tenant);
-  return true;
+  PLAIN(m);
+  MSG(4, m->client, client);
+  MSG(3, m->repository, repository);
+  MSG(2, m->user, user);
+  MSG(1, m->tenant, tenant);
+  return p;
 }
 
-static bool context(struct w *w, const Buildless__Telemetry__EventContext *m)
+static uint8_t *context(uint8_t *p, const uint8_t *lo, struct w *w,
+                        const Buildless__Telemetry__EventContext *m)
 {
-  return plain(w, &m->base) && str(w, 4, m->event) &&
-         str(w, 3, m->action) && str(w, 2, m->resource) &&
-         str(w, 1, m->type);
+  PLAIN(m);
+  PUT(str(p, lo, 4, m->event));
+  PUT(str(p, lo, 3, m->action));
+  PUT(str(p, lo, 2, m->resource));
+  return str(p, lo, 1, m->type);
 }
 
-static bool timing(struct w *w, const Buildless__Telemetry__EventTiming *m)
+static uint8_t *timing(uint8_t *p, const uint8_t *lo, struct w *w,
+                       const Buildless__Telemetry__EventTiming *m)
 {
-  return plain(w, &m->base) && u64(w, 4, m->ingested) &&
-         u64(w, 3, m->received) && u64(w, 2, m->occurred) &&
-         str(w, 1, m->timehash);
+  PLAIN(m);
+  ROOM(3 * VARINT_MAX);
+  p = put_u64(p, 4, m->ingested);
+  p = put_u64(p, 3, m->received);
+  p = put_u64(p, 2, m->occurred);
+  return str(p, lo, 1, m->timehash);
 }
 
-static bool point(struct w *w, const geo_point *m)
+static uint8_t *point(uint8_t *p, const uint8_t *lo, struct w *w,
+                      const geo_point *m)
 {
-  return plain(w, &m->base) && dbl(w, 2, m->lon) && dbl(w, 1, m->lat);
+  PLAIN(m);
+  ROOM(2 * 9);
+  p = put_dbl(p, 2, m->lon);
+  return put_dbl(p, 1, m->lat);
 }
 
-static bool location(struct w *w,
-                     const Buildless__Telemetry__EventLocation *m)
+static uint8_t *location(uint8_t *p, const uint8_t *lo, struct w *w,
+                         const Buildless__Telemetry__EventLocation *m)
 {
-  if (!plain(w, &m->base) || !str(w, 9, m->edge) || !str(w, 8, m->tag) ||
-      !str(w, 7, m->country) || !str(w, 6, m->region) ||
-      !str(w, 5, m->locality) || !str(w, 4, m->nielsen))
-    return false;
-  MSG(w, 3, m->point, point);
-  return str(w, 2, m->timezone) && bin(w, 1, &m->source_ip);
+  PLAIN(m);
+  PUT(str(p, lo, 9, m->edge));
+  PUT(str(p, lo, 8, m->tag));
+  PUT(str(p, lo, 7, m->country));
+  PUT(str(p, lo, 6, m->region));
+  PUT(str(p, lo, 5, m->locality));
+  PUT(str(p, lo, 4, m->nielsen));
+  MSG(3, m->point, point);
+  PUT(str(p, lo, 2, m->timezone));
+  return bin(p, lo, 1, &m->source_ip);
 }
 
-static bool any(struct w *w, const Google__Protobuf__Any *m)
+static uint8_t *any(uint8_t *p, const uint8_t *lo, struct w *w,
+                    const Google__Protobuf__Any *m)
 {
-  return plain(w, &m->base) && bin(w, 2, &m->value) &&
-         str(w, 1, m->type_url);
+  PLAIN(m);
+  PUT(bin(p, lo, 2, &m->value));
+  return str(p, lo, 1, m->type_url);
 }
 
-static bool telemetry(struct w *w, const emd_tevent *m)
+static uint8_t *telemetry(uint8_t *p, const uint8_t *lo, struct w *w,
+                          const emd_tevent *m)
 {
-  if (!plain(w, &m->base))
-    return false;
-  MSG(w, 11, m->data, any);
-  w->ordinal_at = w->p;
-  if (!u64(w, 10, m->ordinal) || !bin(w, 9, &m->timer))
-    return false;
-  MSG(w, 8, m->location, location);
-  MSG(w, 7, m->timing, timing);
-  MSG(w, 6, m->detail, detail);
+  PLAIN(m);
+  MSG(11, m->data, any);
+  w->ordinal_at = p;
+  ROOM(VARINT_MAX);
+  p = put_u64(p, 10, m->ordinal);
+  PUT(bin(p, lo, 9, &m->timer));
+  MSG(8, m->location, location);
+  MSG(7, m->timing, timing);
+  MSG(6, m->detail, detail);
   for (size_t i = m->n_context; i-- > 0;) {
-    uint8_t *end = w->p;
+    uint8_t *end = p;
 
-    if ((m->context[i] != NULL && !context(w, m->context[i])) ||
-        !close_len(w, TAG(5, WT_LEN), end))
-      return false;
+    if (m->context[i] != NULL)
+      PUT(context(p, lo, w, m->context[i]));
+    PUT(close_len(p, lo, TAG(5, WT_LEN), end));
   }
-  return str(w, 4, m->user) && str(w, 3, m->tenant) && str(w, 2, m->id) &&
-         str(w, 1, m->scope);
+  PUT(str(p, lo, 4, m->user));
+  PUT(str(p, lo, 3, m->tenant));
+  PUT(str(p, lo, 2, m->id));
+  return str(p, lo, 1, m->scope);
 }
 
-static bool event(struct w *w, const emd_event *m)
+static uint8_t *event(uint8_t *p, const uint8_t *lo, struct w *w,
+                      const emd_event *m)
 {
-  uint8_t *end = w->p;
+  uint8_t *end = p;
 
-  if (!plain(w, &m->base))
-    return false;
+  PLAIN(m);
   if (m->event != NULL) {
-    if (!telemetry(w, m->event))
-      return false;
-    w->te_body_at = w->p;
-    if (!close_len(w, TAG(5, WT_LEN), end))
-      return false;
-    w->te_at = w->p;
+    PUT(telemetry(p, lo, w, m->event));
+    w->te_body_at = p;
+    PUT(close_len(p, lo, TAG(5, WT_LEN), end));
+    w->te_at = p;
   }
-  if (!str(w, 4, m->scope))
-    return false;
-  w->index_at = w->p;
-  return u64(w, 3, m->index) && boolean(w, 2, m->fin) &&
-         str(w, 1, m->collection);
+  PUT(str(p, lo, 4, m->scope));
+  w->index_at = p;
+  ROOM(VARINT_MAX + 2);
+  p = put_u64(p, 3, m->index);
+  p = put_bool(p, 2, m->fin);
+  return str(p, lo, 1, m->collection);
 }
 
 /* ---- the schema check -------------------------------------------------- */
@@ -356,17 +460,18 @@ bool emd_pack_event_specialised(void)
 }
 
 /* The walk, in b, starting over in a bigger buffer when it runs out of
- * room: 0, 1 when it cannot take ev (emd_pack() can), or -ENOMEM. */
-static int walk(const emd_event *ev, struct emd_pack_buf *b, struct w *w)
+ * room: 0 with *out the first byte, 1 when it cannot take ev (emd_pack()
+ * can), or -ENOMEM. */
+static int walk(const emd_event *ev, struct emd_pack_buf *b, struct w *w,
+                uint8_t **out)
 {
   if (!emd_pack_event_specialised())
     return 1;
   for (;;) {
     if (b->buf != NULL) {
       memset(w, 0, sizeof(*w));
-      w->lo = b->buf;
-      w->p = b->buf + b->cap;
-      if (event(w, ev))
+      *out = event(b->buf + b->cap, b->buf, w, ev);
+      if (*out != NULL)
         return 0;
       if (w->other)
         return 1;
@@ -380,14 +485,15 @@ int emd_pack_event(const emd_event *ev, struct emd_pack_buf *b,
                    const uint8_t **out, size_t *len)
 {
   struct w w;
-  int rc = walk(ev, b, &w);
+  uint8_t *p;
+  int rc = walk(ev, b, &w, &p);
 
   if (rc == 1)
     return emd_pack(&ev->base, b, out, len);
   if (rc != 0)
     return rc;
-  *out = w.p;
-  *len = (size_t)(b->buf + b->cap - w.p);
+  *out = p;
+  *len = (size_t)(b->buf + b->cap - p);
   return 0;
 }
 
@@ -396,19 +502,20 @@ int emd_pack_event_open(const emd_event *ev, struct emd_pack_buf *b,
                         struct emd_pack_splice *sp)
 {
   struct w w;
+  uint8_t *p;
   int rc;
 
   if (ev->event == NULL)
     return 1;
-  rc = walk(ev, b, &w);
+  rc = walk(ev, b, &w, &p);
   if (rc != 0)
     return rc;
-  *out = w.p;
-  *len = (size_t)(b->buf + b->cap - w.p);
-  sp->index_at = (uint32_t)(w.index_at - w.p);
-  sp->te_at = (uint32_t)(w.te_at - w.p);
-  sp->te_body_at = (uint32_t)(w.te_body_at - w.p);
-  sp->ordinal_at = (uint32_t)(w.ordinal_at - w.p);
+  *out = p;
+  *len = (size_t)(b->buf + b->cap - p);
+  sp->index_at = (uint32_t)(w.index_at - p);
+  sp->te_at = (uint32_t)(w.te_at - p);
+  sp->te_body_at = (uint32_t)(w.te_body_at - p);
+  sp->ordinal_at = (uint32_t)(w.ordinal_at - p);
   return 0;
 }
 
