@@ -542,13 +542,15 @@ void emd_pack_splice_write(uint8_t *dst, const uint8_t *p, size_t len,
 {
   size_t tl = te_len(len, sp, ordinal);
 
-  memcpy(dst, p, sp->index_at);                 /* collection, fin */
+  /* the short pieces (collection and fin; scope; data, usually none)
+   * copied inline, the TelemetryEvent's body with memcpy */
+  copy(dst, p, sp->index_at);                   /* collection, fin */
   dst += sp->index_at;
   if (index != 0) {
     *dst++ = TAG(3, WT_VARINT);
     dst = emd_varint_put(dst, index);
   }
-  memcpy(dst, p + sp->index_at, sp->te_at - sp->index_at);   /* scope */
+  copy(dst, p + sp->index_at, sp->te_at - sp->index_at);     /* scope */
   dst += sp->te_at - sp->index_at;
   *dst++ = TAG(5, WT_LEN);
   dst = emd_varint_put(dst, tl);
@@ -558,5 +560,5 @@ void emd_pack_splice_write(uint8_t *dst, const uint8_t *p, size_t len,
     *dst++ = TAG(10, WT_VARINT);
     dst = emd_varint_put(dst, ordinal);
   }
-  memcpy(dst, p + sp->ordinal_at, len - sp->ordinal_at);   /* data */
+  copy(dst, p + sp->ordinal_at, len - sp->ordinal_at);       /* data */
 }
