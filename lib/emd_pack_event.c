@@ -214,8 +214,8 @@ INLINE uint8_t *put_dbl(uint8_t *p, uint8_t n, double d)
 typedef Buildless__Telemetry__VersionInfo version_info;
 typedef Buildless__Telemetry__GeoPoint geo_point;
 
-static uint8_t *version(uint8_t *p, const uint8_t *lo, struct w *w,
-                        const version_info *m)
+static uint8_t *version_any(uint8_t *p, const uint8_t *lo, struct w *w,
+                            const version_info *m)
 {
   PLAIN(m);
   ROOM(VARINT_MAX);
@@ -225,6 +225,23 @@ static uint8_t *version(uint8_t *p, const uint8_t *lo, struct w *w,
   PUT(str(p, lo, 6, m->commit));
   PUT(str(p, lo, 5, m->rc));
   PUT(str(p, lo, 4, m->build));
+  ROOM(3 * VARINT_MAX);
+  p = put_u64(p, 3, m->micro);
+  p = put_u64(p, 2, m->minor);
+  return put_u64(p, 1, m->major);
+}
+
+/* The usual VersionInfo, only numbers below release, written inline
+ * (no call, no registers saved for strlen); anything else by
+ * version_any. */
+INLINE uint8_t *version(uint8_t *p, const uint8_t *lo, struct w *w,
+                        const version_info *m)
+{
+  const char *e = protobuf_c_empty_string;
+
+  if (m->base.n_unknown_fields != 0 || m->release != 0 || m->spec != e ||
+      m->tag != e || m->commit != e || m->rc != e || m->build != e)
+    return version_any(p, lo, w, m);
   ROOM(3 * VARINT_MAX);
   p = put_u64(p, 3, m->micro);
   p = put_u64(p, 2, m->minor);

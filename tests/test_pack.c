@@ -1236,6 +1236,110 @@ static void spliced_events_pack_as_protobuf_c_does(void **state)
   free(x);
 }
 
+/* A spliced event checked against packing it whole, for index and
+ * ordinal 0 (as packed) and both set. */
+static void splices_as_packed(emd_event *ev, struct emd_pack_buf *c,
+                              struct emd_pack_buf *d)
+{
+  static const uint32_t vals[][2] = { { 0, 0 }, { 300, 5 } };
+  struct emd_pack_splice sp;
+  const uint8_t *open, *want;
+  uint8_t got[4096];
+  size_t open_len, want_len, n;
+
+  for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+    ev->index = 0;
+    ev->event->ordinal = 0;
+    assert_int_equal(emd_pack_event_open(ev, c, &open, &open_len, &sp), 0);
+    ev->index = vals[i][0];
+    ev->event->ordinal = vals[i][1];
+    assert_int_equal(emd_pack(&ev->base, d, &want, &want_len), 0);
+    n = emd_pack_splice_size(open_len, &sp, vals[i][0], vals[i][1]);
+    assert_int_equal(n, want_len);
+    assert_true(n < sizeof(got));
+    memset(got, 0xee, n + 1);
+    emd_pack_splice_write(got, open, open_len, &sp, vals[i][0], vals[i][1]);
+    assert_memory_equal(got, want, n);
+    assert_int_equal(got[n], 0xee);
+  }
+}
+
+/* The short writes emd_pack_event does inline: strings of every length
+ * around its copies' steps (1, 4, 8, 16, 32 bytes) in a field of each
+ * kind of place (the envelope, before and after the spliced fields, a
+ * sub-message), empty strings that are not protobuf-c's unset one, NULL
+ * strings, and a VersionInfo with only its numbers (written inline) or
+ * with any one other field set (release and each string). */
+static void short_writes_pack_as_protobuf_c_does(void **state)
+{
+  static const uint64_t nums[] = { 0, 1, 127, 128, 16383, 16384, UINT32_MAX };
+  struct emd_pack_buf c = { 0 }, d = { 0 };
+  struct full *x = malloc(sizeof(*x));
+  char s[80], empty[1] = { '\0' };
+  version_t *vs[3];
+
+  (void)state;
+  assert_non_null(x);
+  full_event(x);
+  for (size_t n = 0; n < sizeof(s) - 10; n++) {
+    memset(s, 'a' + (int)(n % 26), n);
+    s[n] = '\0';
+    x->ev.collection = s;
+    x->ev.scope = s + n / 2;
+    x->te.scope = s + n / 3;
+    x->loc.edge = s;
+    x->data.type_url = s + n / 4;
+    same_as_protobuf_c(&x->ev.base, &c);
+    splices_as_packed(&x->ev, &c, &d);
+  }
+  x->ev.collection = empty;
+  x->ev.scope = NULL;
+  x->te.scope = empty;
+  x->loc.edge = NULL;
+  x->data.type_url = (char *)protobuf_c_empty_string;
+  same_as_protobuf_c(&x->ev.base, &c);
+  splices_as_packed(&x->ev, &c, &d);
+  full_event(x);
+  vs[0] = &x->v[0];
+  vs[1] = &x->vos;
+  vs[2] = &x->vagent;
+  for (size_t k = 0; k < 3; k++) {
+    version_t *v = vs[k];
+
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+      /* numbers only */
+      buildless__telemetry__version_info__init(v);
+      v->major = (uint32_t)nums[i];
+      v->minor = (uint32_t)nums[(i + 1) % 7];
+      v->micro = (uint32_t)nums[(i + 2) % 7];
+      same_as_protobuf_c(&x->ev.base, &c);
+      /* and one more field: release, then each string, set, empty or
+       * NULL */
+      for (int f = 0; f < 16; f++) {
+        char **str[] = { &v->build, &v->rc, &v->commit, &v->tag, &v->spec };
+
+        buildless__telemetry__version_info__init(v);
+        v->major = (uint32_t)nums[i];
+        if (f == 0)
+          v->release = nums[(i + 3) % 7] + 1;
+        else
+          *str[(f - 1) % 5] = f <= 5 ? "x.y" : f <= 10 ? empty : NULL;
+        same_as_protobuf_c(&x->ev.base, &c);
+        splices_as_packed(&x->ev, &c, &d);
+      }
+    }
+    /* unknown fields in a version: emd_pack's */
+    buildless__telemetry__version_info__init(v);
+    v->major = 1;
+    add_unknowns(&v->base, 2);
+    same_as_protobuf_c(&x->ev.base, &c);
+    full_event(x);
+  }
+  emd_pack_buf_free(&c);
+  emd_pack_buf_free(&d);
+  free(x);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1255,6 +1359,7 @@ int main(void)
     cmocka_unit_test(the_schema_is_the_one_written_out),
     cmocka_unit_test(event_edges_pack_as_protobuf_c_does),
     cmocka_unit_test(spliced_events_pack_as_protobuf_c_does),
+    cmocka_unit_test(short_writes_pack_as_protobuf_c_does),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
