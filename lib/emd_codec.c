@@ -1047,7 +1047,10 @@ find_field(const ProtobufCMessageDescriptor *desc, const char *key,
  * No two names of one table share a slot (JHASH_MUL was picked so); a new
  * name needs its slot added (or a new JHASH_MUL if that slot is taken),
  * and the same test fails until it is, as it decodes every name in one
- * pass. */
+ * pass. Before the hash it tries the row after the last one found (keys
+ * mostly come in field order), then alt[] of that row's index: the row a
+ * client that leaves the field out at its default usually sends instead
+ * (a guess only; a wrong one costs one more compare). */
 #define JNAME_MAX 16   /* longest name in a table; JMSG_ROWS rows at most */
 #define JMSG_ROWS 16
 
@@ -1067,6 +1070,9 @@ struct jmsg {
   unsigned n;
   const unsigned char *lens; /* f[i].len for i < n, then zeros */
   unsigned char slot[32];    /* jhash() of a name -> its row + 1, or 0 */
+  unsigned char alt[JMSG_ROWS + 1];  /* the one pass: when the key is not
+                                      * row k, the row + 1 to try next
+                                      * (0: none) */
 };
 
 #define JF_ROW(name, field, sub)                                            \
@@ -1087,62 +1093,74 @@ struct jmsg {
 JMSG(jm_version, buildless__telemetry__version_info__descriptor,
      ROWS_VERSION,
      { [9] = 3, [11] = 6, [12] = 8, [14] = 7, [16] = 5, [18] = 2, [19] = 1,
-       [24] = 9, [31] = 4 });
+       [24] = 9, [31] = 4 },
+     { [1] = 3 });
 #define ROWS_TOOL(X) X("name", 0, NULL) X("version", 1, &jm_version)
 JMSG(jm_tool, buildless__telemetry__tool_info__descriptor,
      ROWS_TOOL,
-     { [15] = 2, [31] = 1 });
+     { [15] = 2, [31] = 1 },
+     { 0 });
 #define ROWS_AGENT(X) X("name", 0, NULL) X("version", 1, &jm_version)
 JMSG(jm_agent, buildless__telemetry__apiclient_info__descriptor,
      ROWS_AGENT,
-     { [15] = 2, [31] = 1 });
+     { [15] = 2, [31] = 1 },
+     { 0 });
 #define ROWS_OS(X)                                                          \
   X("name", 0, NULL) X("family", 1, NULL) X("arch", 2, NULL)                \
   X("version", 3, &jm_version)
 JMSG(jm_os, buildless__telemetry__osinfo__descriptor,
      ROWS_OS,
-     { [4] = 2, [9] = 3, [15] = 4, [31] = 1 });
+     { [4] = 2, [9] = 3, [15] = 4, [31] = 1 },
+     { 0 });
 #define ROWS_CLIENT(X)                                                      \
   X("tool", 0, &jm_tool) X("os", 1, &jm_os) X("agent", 2, &jm_agent)
 JMSG(jm_client, buildless__telemetry__client_detail__descriptor,
      ROWS_CLIENT,
-     { [0] = 1, [4] = 3, [26] = 2 });
+     { [0] = 1, [4] = 3, [26] = 2 },
+     { 0 });
 #define ROWS_TENANT(X) X("oid", 0, NULL) X("name", 1, NULL)
 JMSG(jm_tenant, buildless__telemetry__tenant_detail__descriptor,
      ROWS_TENANT,
-     { [30] = 1, [31] = 2 });
+     { [30] = 1, [31] = 2 },
+     { 0 });
 #define ROWS_USER(X)                                                        \
   X("uid", 0, NULL) X("email", 1, NULL) X("username", 2, NULL)
 JMSG(jm_user, buildless__telemetry__user_detail__descriptor,
      ROWS_USER,
-     { [0] = 2, [5] = 3, [8] = 1 });
+     { [0] = 2, [5] = 3, [8] = 1 },
+     { 0 });
 #define ROWS_REPO(X)                                                        \
   X("provider", 0, NULL) X("link", 1, NULL) X("name", 2, NULL)
 JMSG(jm_repo, buildless__telemetry__repository_detail__descriptor,
      ROWS_REPO,
-     { [6] = 1, [28] = 2, [31] = 3 });
+     { [6] = 1, [28] = 2, [31] = 3 },
+     { 0 });
 #define ROWS_DETAIL(X)                                                      \
   X("tenant", 0, &jm_tenant) X("user", 1, &jm_user)                         \
   X("repository", 2, &jm_repo) X("client", 3, &jm_client)
 JMSG(jm_detail, buildless__telemetry__event_detail__descriptor,
      ROWS_DETAIL,
-     { [3] = 2, [8] = 4, [11] = 3, [22] = 1 });
+     { [3] = 2, [8] = 4, [11] = 3, [22] = 1 },
+     { [0] = 4, [1] = 4, [2] = 4 });
 #define ROWS_CONTEXT(X)                                                     \
   X("type", 0, NULL) X("resource", 1, NULL) X("action", 2, NULL)            \
   X("event", 3, NULL)
 JMSG(jm_context, buildless__telemetry__event_context__descriptor,
      ROWS_CONTEXT,
-     { [4] = 1, [9] = 4, [25] = 3, [26] = 2 });
+     { [4] = 1, [9] = 4, [25] = 3, [26] = 2 },
+     { [1] = 4, [2] = 4 });
 #define ROWS_TIMING(X)                                                      \
   X("timehash", 0, NULL) X("occurred", 1, NULL) X("received", 2, NULL)      \
   X("ingested", 3, NULL)
 JMSG(jm_timing, buildless__telemetry__event_timing__descriptor,
      ROWS_TIMING,
-     { [8] = 4, [15] = 3, [18] = 1, [31] = 2 });
+     { [8] = 4, [15] = 3, [18] = 1, [31] = 2 },
+     { [0] = 2 });
 #define ROWS_POINT(X) X("lat", 0, NULL) X("lon", 1, NULL)
 JMSG(jm_point, buildless__telemetry__geo_point__descriptor,
      ROWS_POINT,
-     { [19] = 2, [28] = 1 });
+     { [19] = 2, [28] = 1 },
+     { 0 });
 #define ROWS_LOCATION(X)                                                    \
   X("source_ip", 0, NULL) X("sourceIp", 0, NULL) X("timezone", 1, NULL)     \
   X("point", 2, &jm_point) X("nielsen", 3, NULL) X("locality", 4, NULL)     \
@@ -1151,14 +1169,16 @@ JMSG(jm_point, buildless__telemetry__geo_point__descriptor,
 JMSG(jm_location, buildless__telemetry__event_location__descriptor,
      ROWS_LOCATION,
      { [1] = 6, [8] = 7, [13] = 2, [14] = 9, [16] = 8, [17] = 5, [22] = 1,
-       [26] = 10, [28] = 4, [30] = 3 });
+       [26] = 10, [28] = 4, [30] = 3 },
+     { [0] = 3, [3] = 8, [4] = 8 });
 /* "@type" is the proto3 JSON name of Any's type URL too. */
 #define ROWS_ANY(X)                                                         \
   X("type_url", 0, NULL) X("typeUrl", 0, NULL) X("@type", 0, NULL)          \
   X("value", 1, NULL)
 JMSG(jm_any, google__protobuf__any__descriptor,
      ROWS_ANY,
-     { [11] = 2, [22] = 1, [24] = 3, [27] = 4 });
+     { [11] = 2, [22] = 1, [24] = 3, [27] = 4 },
+     { [0] = 3, [1] = 4 });
 #define ROWS_TEVENT(X)                                                      \
   X("scope", 0, NULL) X("id", 1, NULL) X("tenant", 2, NULL)                 \
   X("user", 3, NULL) X("context", 4, &jm_context)                           \
@@ -1168,13 +1188,15 @@ JMSG(jm_any, google__protobuf__any__descriptor,
 JMSG(jm_tevent, buildless__telemetry__telemetry_event__descriptor,
      ROWS_TEVENT,
      { [3] = 4, [7] = 1, [8] = 2, [9] = 6, [10] = 10, [11] = 8, [15] = 5,
-       [19] = 11, [22] = 3, [23] = 7, [30] = 9 });
+       [19] = 11, [22] = 3, [23] = 7, [30] = 9 },
+     { [0] = 2, [2] = 5, [3] = 5, [6] = 8 });
 #define ROWS_EVENT(X)                                                       \
   X("collection", 0, NULL) X("fin", 1, NULL) X("index", 2, NULL)            \
   X("scope", 3, NULL) X("event", 4, &jm_tevent)
 JMSG(jm_event, buildless__service__v1__event__descriptor,
      ROWS_EVENT,
-     { [7] = 4, [9] = 5, [15] = 1, [17] = 3, [31] = 2 });
+     { [7] = 4, [9] = 5, [15] = 1, [17] = 3, [31] = 2 },
+     { [1] = 5 });
 
 /* Bytes [0, n) of the 8 at p as a word, the rest zero (n <= 8). */
 static inline uint64_t word_prefix(const char *p, size_t n)
@@ -2267,6 +2289,7 @@ static char *fp_objects(struct fp *f, const struct jmsg *jm, void *m,
   uint64_t seen, bit;
   char *key, c;
   void **copy;
+  unsigned k;
 
   top--;   /* no parent yet */
 start:   /* p just past the '{' of an object of jm into m */
@@ -2285,6 +2308,10 @@ member:   /* p at a key's opening quote */
   key = p + 1;
   if (next < end && fp_key_is(next, key)) {   /* next: the likely row */
     row = next;
+    p = key + row->len + 2;
+  } else if ((k = jm->alt[next - jm->f]) != 0 &&
+             fp_key_is(&jm->f[k - 1], key)) {   /* a field skipped */
+    row = &jm->f[k - 1];
     p = key + row->len + 2;
   } else {
     p = fp_key(jm, key, &row);

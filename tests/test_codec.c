@@ -952,6 +952,19 @@ static void one_pass_decodes_lines_as_clients_send_them(void **state)
     "\"Windows\",\"family\":\"WINDOWS\",\"arch\":\"X86\"}}},\"timing\":{"
     "\"occurred\":\"1795845624777\"},\"location\":{\"point\":{\"lat\":"
     "40.7128,\"lon\":-74.006},\"country\":\"US\"}}}",
+    /* fields left out where the one pass guesses which comes instead
+     * (alt[]), and where it guesses wrong */
+    "{\"collection\":\"Build\",\"event\":{\"id\":\"abcdefghijkl\",\"context\":"
+    "[{\"type\":\"type.googleapis.com/buildless.context.Build\",\"event\":"
+    "\"x\"},{\"type\":\"type.googleapis.com/buildless.context.Build\","
+    "\"resource\":\"task::a\",\"event\":\"y\"}],\"detail\":{\"client\":{"
+    "\"tool\":[{\"name\":\"a\",\"version\":{\"major\":1,\"micro\":2}}]}},"
+    "\"location\":{\"timezone\":\"UTC\",\"country\":\"US\"},\"data\":{"
+    "\"@type\":\"a/b\",\"value\":\"\"}}}",
+    "{\"id\":\"abcdefghijkl\",\"tenant\":\"org_abc\",\"context\":[" CTX0 "],"
+    "\"detail\":{\"user\":{\"uid\":\"u\"},\"client\":{}},\"timing\":{"
+    "\"occurred\":5},\"location\":{\"point\":{\"lat\":1,\"lon\":2},"
+    "\"country\":\"US\"},\"data\":{\"type_url\":\"a/b\",\"value\":\"\"}}",
     /* bare, blanks everywhere */
     " \t{ \"context\" : [ {\"type\":\"type.googleapis.com/buildless.context."
     "Build\" ,\r\n\"event\":\"started\"} , " CTX0 " ] , \"ordinal\" : 7 }\n",
