@@ -1068,6 +1068,7 @@ struct jmsg {
   const ProtobufCMessageDescriptor *desc;
   const struct jfield *f;
   unsigned n;
+  const struct jfield *end;  /* f + n */
   const unsigned char *lens; /* f[i].len for i < n, then zeros */
   unsigned char slot[32];    /* jhash() of a name -> its row + 1, or 0 */
   unsigned char alt[JMSG_ROWS + 1];  /* the one pass: when the key is not
@@ -1084,6 +1085,7 @@ struct jmsg {
   static const unsigned char var##_lens[JMSG_ROWS] = { ROWS(JF_LEN) };     \
   static const struct jmsg var = {                                         \
     &desc, var##_rows, sizeof(var##_rows) / sizeof(var##_rows[0]),         \
+    var##_rows + sizeof(var##_rows) / sizeof(var##_rows[0]),               \
     var##_lens, __VA_ARGS__ }
 
 #define ROWS_VERSION(X)                                                     \
@@ -2295,7 +2297,7 @@ static char *fp_objects(struct fp *f, const struct jmsg *jm, void *m,
 start:   /* p just past the '{' of an object of jm into m */
   fields = jm->desc->fields;
   next = jm->f;
-  end = jm->f + jm->n;
+  end = jm->end;
   seen = 0;
   if (*p != '"') {
     p = fp_ws(p);
@@ -2442,7 +2444,7 @@ list_end:   /* p at the ']' of top's list */
   seen = top->seen;
   next = top->next;
   fields = jm->desc->fields;
-  end = jm->f + jm->n;
+  end = jm->end;
   top--;
   goto after;
 }
