@@ -1062,6 +1062,8 @@ struct jfield {
   char quoted[JNAME_MAX + 2];  /* for the one pass: name, '"', ':' ... */
   uint32_t quoted_bits;      /* ... its bytes as a movemask's bits (more
                               * than 16 for a name too long for that) */
+  uint64_t bit;              /* 1 << field, for the fields seen (and 64
+                              * bytes a row) */
 };
 
 struct jmsg {
@@ -1078,7 +1080,8 @@ struct jmsg {
 
 #define JF_ROW(name, field, sub)                                            \
   { name, sizeof(name) - 1, field, sub, name "\":",                        \
-    sizeof(name) + 1 <= 16 ? (1u << (sizeof(name) + 1)) - 1 : ~0u },
+    sizeof(name) + 1 <= 16 ? (1u << (sizeof(name) + 1)) - 1 : ~0u,         \
+    (uint64_t)1 << (field) },
 #define JF_LEN(name, field, sub) sizeof(name) - 1,
 #define JMSG(var, desc, ROWS, ...)                                          \
   static const struct jfield var##_rows[] = { ROWS(JF_ROW) };              \
@@ -2340,7 +2343,7 @@ member:   /* p at a key's opening quote */
    * next key (after a name with a second spelling, a miss: those fields
    * are rare). */
   next = row + 1;
-  bit = (uint64_t)1 << row->field;
+  bit = row->bit;
   if (seen & bit)
     return NULL;
   seen |= bit;
