@@ -2603,21 +2603,107 @@ typedef Buildless__Telemetry__EventDetail detail_t;
 typedef Buildless__Telemetry__EventTiming timing_t;
 typedef Buildless__Telemetry__EventLocation location_t;
 
-/* ^[a-zA-Z]{3,32}$ */
-static bool match_collection(const char *s)
+/* The rules after the one pass: its strings are all in the line's copy,
+ * which has FP_PAD zeros after the line, so 16 bytes can be read at any
+ * byte of a string up to its NUL (struct rules' padded). There the runs
+ * of characters below are scanned 16 bytes at a time. */
+#define RUN_ALPHA 0u   /* [a-zA-Z] */
+#define RUN_ALNUM 1u   /* [a-zA-Z0-9] */
+#define RUN_TYPE 2u    /* [a-zA-Z.0-9] */
+
+#ifdef __SSE2__
+/* The bytes of x in the class (RUN_*), as a movemask's bits. */
+static inline unsigned run_class16(__m128i x, unsigned cls)
+{
+  __m128i l = _mm_or_si128(x, _mm_set1_epi8(0x20)), m;
+
+  /* Bytes from 0x80 on are negative: in no range. */
+  m = _mm_and_si128(_mm_cmpgt_epi8(l, _mm_set1_epi8('a' - 1)),
+                    _mm_cmplt_epi8(l, _mm_set1_epi8('z' + 1)));
+  if (cls != RUN_ALPHA)
+    m = _mm_or_si128(m, _mm_and_si128(
+                          _mm_cmpgt_epi8(x, _mm_set1_epi8('0' - 1)),
+                          _mm_cmplt_epi8(x, _mm_set1_epi8('9' + 1))));
+  if (cls == RUN_TYPE)
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(x, _mm_set1_epi8('.')));
+  return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
+/* How many bytes from s on are in the class (RUN_*), counted only up
+ * to the first past max: any count above max may be returned once it
+ * is passed. s must be a string that can be read 16 bytes past its NUL
+ * (a NUL is in no class, so no load starts past it). */
+static inline __attribute__((always_inline)) size_t
+run_padded(const char *s, size_t max, unsigned cls)
 {
   size_t n = 0;
 
-  while (is_alpha(s[n]))
+#ifdef __SSE2__
+  unsigned m;
+
+  for (;;) {
+    m = run_class16(_mm_loadu_si128((const __m128i *)(const void *)(s + n)),
+                    cls) ^ 0xffffu;
+    if (m != 0)
+      return n + (unsigned)__builtin_ctz(m);
+    n += 16;
+    if (n > max)
+      return n;
+  }
+#else
+  (void)max;
+  while (cls == RUN_ALPHA ? is_alpha(s[n])
+         : is_alnum(s[n]) || (cls == RUN_TYPE && s[n] == '.'))
     n++;
-  return s[n] == '\0' && n >= 3 && n <= 32;
+  return n;
+#endif
+}
+
+/* strnlen(s, max) for a string that can be read 16 bytes past its NUL. */
+static inline size_t strnlen_padded(const char *s, size_t max)
+{
+#ifdef __SSE2__
+  size_t n = 0;
+  unsigned m;
+
+  for (;;) {
+    m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+          _mm_loadu_si128((const __m128i *)(const void *)(s + n)),
+          _mm_setzero_si128()));
+    if (m != 0)
+      n += (unsigned)__builtin_ctz(m);
+    else
+      n += 16;
+    if (m != 0 || n >= max)
+      return n < max ? n : max;
+  }
+#else
+  return strnlen(s, max);
+#endif
+}
+
+/* ^[a-zA-Z]{3,32}$ */
+static bool match_collection(const char *s, bool padded)
+{
+  size_t n = 0;
+
+  if (padded)
+    n = run_padded(s, 32, RUN_ALPHA);
+  else
+    while (is_alpha(s[n]))
+      n++;
+  return n >= 3 && n <= 32 && s[n] == '\0';
 }
 
 /* ^[a-zA-Z0-9]{12,64}$ */
-static bool match_id(const char *s)
+static bool match_id(const char *s, bool padded)
 {
   size_t n = 0;
 
+  if (padded)
+    return (n = run_padded(s, 64, RUN_ALNUM)) >= 12 && n <= 64 &&
+           s[n] == '\0';
   /* Four at a time: the NUL is not alnum, so && stops there. */
   while (is_alnum(s[n]) && is_alnum(s[n + 1]) && is_alnum(s[n + 2]) &&
          is_alnum(s[n + 3]))
@@ -2655,7 +2741,7 @@ static bool match_any(const char **s)
 /* ^type.googleapis.com/buildless.context.[a-zA-Z.0-9]*$ : the unescaped
  * dots match any character, as they do for the service. Returns the end
  * of a matching s (its NUL), or NULL. */
-static const char *match_ctx_type(const char *s)
+static const char *match_ctx_type(const char *s, bool padded)
 {
   static const struct { const char *s; size_t n; } lit[] = {
     { "type", 4 }, { "googleapis", 10 }, { "com/buildless", 13 },
@@ -2663,6 +2749,26 @@ static const char *match_ctx_type(const char *s)
   static const char usual[] = "type.googleapis.com/buildless.context.";
   size_t i;
 
+#ifdef __SSE2__
+  /* Padded: bytes 0-15, 16-31, then 22-37, each read only when the one
+   * before matched (and so had no NUL). */
+  if (padded &&
+      (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+        _mm_loadu_si128((const __m128i *)(const void *)s),
+        _mm_loadu_si128((const __m128i *)(const void *)usual))) == 0xffffu &&
+      (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+        _mm_loadu_si128((const __m128i *)(const void *)(s + 16)),
+        _mm_loadu_si128((const __m128i *)(const void *)(usual + 16)))) ==
+        0xffffu &&
+      (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+        _mm_loadu_si128((const __m128i *)(const void *)(s + 22)),
+        _mm_loadu_si128((const __m128i *)(const void *)(usual + 22)))) ==
+        0xffffu) {
+    s += sizeof(usual) - 1;
+    s += run_padded(s, SIZE_MAX, RUN_TYPE);
+    return *s == '\0' ? s : NULL;
+  }
+#endif
   /* Nearly always the dots are dots: one compare instead of four. */
   if (strncmp(s, usual, sizeof(usual) - 1) == 0)
     s += sizeof(usual) - 1;
@@ -2752,6 +2858,7 @@ static bool enum_defined(const ProtobufCEnumDescriptor *ed, int v)
 struct rules {
   char *msg;
   size_t msglen;
+  bool padded;   /* strings from the one pass (see run_padded()) */
 };
 
 static int rule(struct rules *r, const char *fmt, ...)
@@ -2770,9 +2877,13 @@ static int rule(struct rules *r, const char *fmt, ...)
 
 /* Whether s has more than max code points; bytes bound them from above,
  * so most strings need no count. */
-static bool too_long(const char *s, size_t max)
+static inline __attribute__((always_inline)) bool
+too_long(const struct rules *r, const char *s, size_t max)
 {
-  return s[0] != '\0' && strnlen(s, max + 1) > max && cp_len(s) > max;
+  return s[0] != '\0' &&
+         (r->padded ? strnlen_padded(s, max + 1) : strnlen(s, max + 1)) >
+           max &&
+         cp_len(s) > max;
 }
 
 #define CTX "event.context[%zu]."
@@ -2783,21 +2894,21 @@ static int rules_context(struct rules *r, const ctx_t *c, size_t i)
 
   if (c->type[0] == '\0')
     return rule(r, CTX "type: required", i);
-  if ((end = match_ctx_type(c->type)) == NULL)
+  if ((end = match_ctx_type(c->type, r->padded)) == NULL)
     return rule(r, CTX "type: does not match %s", i, PAT_CTX_TYPE);
   if (end - c->type > 64 && cp_len(c->type) > 64)   /* too_long() */
     return rule(r, CTX "type: longer than 64 characters", i);
   if (c->resource[0] != '\0' && !match_resource(c->resource))
     return rule(r, CTX "resource: does not match %s", i, PAT_RESOURCE);
-  if (too_long(c->resource, 128))
+  if (too_long(r, c->resource, 128))
     return rule(r, CTX "resource: longer than 128 characters", i);
   if (c->action[0] != '\0' && c->resource[0] == '\0')
     return rule(r, CTX "action: only allowed together with resource", i);
-  if (too_long(c->action, 32))
+  if (too_long(r, c->action, 32))
     return rule(r, CTX "action: longer than 32 characters", i);
   if (c->event[0] == '\0')
     return rule(r, CTX "event: required", i);
-  if (too_long(c->event, 64))
+  if (too_long(r, c->event, 64))
     return rule(r, CTX "event: longer than 64 characters", i);
   return 0;
 }
@@ -2830,16 +2941,16 @@ static int rules_detail(struct rules *r, const detail_t *d)
     if (!match_tenant_name(d->tenant->name))
       return rule(r, DETAIL "tenant.name: does not match %s",
                   PAT_TENANT_NAME);
-    if (too_long(d->tenant->name, 32))
+    if (too_long(r, d->tenant->name, 32))
       return rule(r, DETAIL "tenant.name: longer than 32 characters");
   }
   if ((u = d->user) != NULL) {
-    if (too_long(u->uid, 128))
+    if (too_long(r, u->uid, 128))
       return rule(r, DETAIL "user.uid: longer than 128 characters");
     if (u->email.len != 0 && u->email.len != 32)
       return rule(r, DETAIL "user.email: neither an address nor 32 bytes "
                   "(a SHA-256)");
-    if (too_long(u->username, 32))
+    if (too_long(r, u->username, 32))
       return rule(r, DETAIL "user.username: longer than 32 characters");
   }
   if ((repo = d->repository) != NULL) {
@@ -2849,7 +2960,7 @@ static int rules_detail(struct rules *r, const detail_t *d)
                   "RepositoryProvider: %d", (int)repo->provider);
     if (repo->link[0] != '\0' && !is_uri(repo->link))
       return rule(r, DETAIL "repository.link: not a URI");
-    if (too_long(repo->name, 32))
+    if (too_long(r, repo->name, 32))
       return rule(r, DETAIL "repository.name: longer than 32 characters");
   }
   return d->client != NULL ? rules_os(r, d->client->os) : 0;
@@ -2891,24 +3002,25 @@ static int rules_location(struct rules *r, const location_t *l)
 
 /* Every client rule, in field order; the first broken one is reported.
  * Strings must be valid UTF-8 already. */
-static int rules_event(const emd_event *ev, char *msg, size_t msglen)
+static int rules_event(const emd_event *ev, char *msg, size_t msglen,
+                       bool padded)
 {
-  struct rules r = { msg, msglen };
+  struct rules r = { msg, msglen, padded };
   const emd_tevent *te = ev->event;
   size_t i;
   int rc;
 
-  if (ev->collection[0] != '\0' && !match_collection(ev->collection))
+  if (ev->collection[0] != '\0' && !match_collection(ev->collection, padded))
     return rule(&r, "collection: does not match %s", PAT_COLLECTION);
   if (te == NULL)
     return rule(&r, "event: required");
   if (te->scope[0] != '\0')
     return rule(&r, "event.scope: set by the service only");
-  if (te->id[0] != '\0' && !match_id(te->id))
+  if (te->id[0] != '\0' && !match_id(te->id, padded))
     return rule(&r, "event.id: does not match %s", PAT_ID);
   if (te->tenant[0] != '\0' && !match_tenant(te->tenant))
     return rule(&r, "event.tenant: does not match %s", PAT_TENANT);
-  if (too_long(te->user, 128))
+  if (too_long(&r, te->user, 128))
     return rule(&r, "event.user: longer than 128 characters");
   if (te->n_context == 0)
     return rule(&r, "event.context: required, 1 to %d items", CONTEXT_MAX);
@@ -2936,7 +3048,7 @@ int emd_codec_validate(const emd_event *ev, char *msg, size_t msglen)
   rc = tree_check(&c, (ProtobufCMessage *)&ev->base);
   if (rc != 0)
     return rc;
-  return rules_event(ev, msg, msglen);
+  return rules_event(ev, msg, msglen, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -3025,6 +3137,7 @@ static inline int decode_json(const char *line, size_t len,
                               enum emd__json_way way)
 {
   emd_event *ev;
+  bool padded = true;   /* the one pass's event */
   int rc;
 
   *out = NULL;
@@ -3040,10 +3153,11 @@ static inline int decode_json(const char *line, size_t len,
     rc = json_exact(line, len, opts, arena, &ev, msg, msglen);
     if (rc != 0)
       return rc;
+    padded = false;
   }
   if (!opts->upstream) {
     ev->fin = 0;
-    rc = rules_event(ev, msg, msglen);
+    rc = rules_event(ev, msg, msglen, padded);
     if (rc != 0)
       return rc;
   }
@@ -3112,7 +3226,7 @@ int emd_codec_decode_frame(const uint8_t *buf, size_t len,
     ev->fin = 0;
     if (frame_email(ev, arena) != 0)
       return fail(msg, msglen, -ENOMEM, "out of memory");
-    rc = rules_event(ev, msg, msglen);
+    rc = rules_event(ev, msg, msglen, false);
     if (rc != 0)
       return rc;
   }

@@ -1009,6 +1009,86 @@ static void one_pass_decodes_lines_as_clients_send_them(void **state)
   expect_ok(f, f->line);
 }
 
+/* s: n copies of c, then at index bad (if below n) the text b instead of
+ * its copy. */
+static void fill(char *s, size_t n, char c, size_t bad, const char *b)
+{
+  size_t k, o = 0;
+
+  for (k = 0; k < n; k++)
+    if (k == bad)
+      o += (size_t)sprintf(s + o, "%s", b);
+    else
+      s[o++] = c;
+  s[o] = '\0';
+}
+
+/* The rules the one pass's events go through read 16 bytes at a time
+ * (its strings sit in the line's padded copy): every length and every
+ * place of a bad byte around those blocks gives the verdict and message
+ * of the exact way, whose rules go byte by byte (decode() compares). */
+static void rules_read_in_blocks_agree_with_byte_by_byte(void **state)
+{
+  /* and the bytes next to the ranges of letters and digits */
+  static const char *const bad[] = { "-", ".", "\xc3\xa9", "0", "_", "@",
+                                     "[", "`", "{", "/", ":", " " };
+  static const char usual[] = "type.googleapis.com/buildless.context.";
+  struct fx *f = *state;
+  char s[200], line[1024];
+  size_t n, k, b, ok = 0, rounds = 0;
+
+  for (n = 0; n <= 80; n++)
+    for (k = 0; k <= n; k++)
+      for (b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+        if (k == n && b > 0)
+          continue;   /* the clean string once */
+        /* event.id: ^[a-zA-Z0-9]{12,64}$ */
+        fill(s, n, n % 2 ? 'a' : '7', k, bad[b]);
+        sfmt(line, sizeof(line), "{\"id\":\"%s\",\"context\":[" CTX0 "]}", s);
+        assert_true(one_pass(f, line));
+        ok += decode(f, line) == 0;
+        /* collection: ^[a-zA-Z]{3,32}$ */
+        fill(s, n, n % 2 ? 'B' : 'b', k, bad[b]);
+        sfmt(line, sizeof(line), "{\"collection\":\"%s\",\"event\":{"
+             "\"context\":[" CTX0 "]}}", s);
+        assert_true(one_pass(f, line));
+        ok += decode(f, line) == 0;
+        /* the context's type after its usual start, and the start with
+         * one byte changed (a dot may be any character) */
+        fill(s, n, n % 3 ? 'x' : '.', k, bad[b]);
+        sfmt(line, sizeof(line), "{\"context\":[{\"type\":\"%s%s\",\"event\":"
+             "\"e\"}]}", usual, s);
+        assert_true(one_pass(f, line));
+        ok += decode(f, line) == 0;
+        if (n < sizeof(usual) - 1) {
+          memcpy(s, usual, sizeof(usual));
+          s[n] = bad[b][0] == '.' || bad[b][1] != '\0' ? 'X' : bad[b][0];
+          sfmt(line, sizeof(line), "{\"context\":[{\"type\":\"%.*s\",\"event\":"
+               "\"e\"}]}", (int)(k == n ? n : sizeof(usual) - 1), s);
+          assert_true(one_pass(f, line));
+          ok += decode(f, line) == 0;
+        }
+        rounds++;
+      }
+  /* Lengths near the limits of too_long(), in bytes and characters. */
+  for (n = 20; n <= 140; n++)
+    for (b = 0; b < 2; b++) {
+      char a[100], e[100];
+      size_t na = n % 45, ne = n % 70;   /* around 32 and 64 */
+
+      fill(s, n, 'r', b ? n / 2 : n, "\xc3\xa9");
+      fill(a, na, 'a', b ? na / 2 : na, "\xc3\xa9");
+      fill(e, ne, 'e', b ? ne / 2 : ne, "\xc3\xa9");
+      sfmt(line, sizeof(line), "{\"context\":[{\"type\":\"%s\",\"resource\":"
+           "\"task::%s\",\"action\":\"%s\",\"event\":\"%s\"}],\"user\":"
+           "\"%s\"}", usual, s, a, e, s);
+      assert_true(one_pass(f, line));
+      ok += decode(f, line) == 0;
+    }
+  assert_true(rounds > 1000);
+  assert_true(ok > 100);   /* valid ones among them */
+}
+
 /* Every error, and the forms the one pass does not take, go the exact
  * way: the same verdicts, in the same order, as without the one pass. */
 static void one_pass_leaves_errors_and_rare_forms_to_the_exact_way(
@@ -2203,6 +2283,7 @@ int main(void)
     T(unknown_fields_are_rejected_or_ignored),
     T(one_pass_decodes_lines_as_clients_send_them),
     T(one_pass_leaves_errors_and_rare_forms_to_the_exact_way),
+    T(rules_read_in_blocks_agree_with_byte_by_byte),
     T(quoted_client_text_is_cut_at_a_character_boundary),
     T(email_address_is_trimmed_lowercased_and_hashed),
     T(long_email_address_is_hashed_in_blocks),
