@@ -1068,9 +1068,9 @@ struct jfield {
 
 struct jmsg {
   const ProtobufCMessageDescriptor *desc;
-  const struct jfield *f;
+  const struct jfield *f;    /* n rows, then one no key matches in the
+                              * one pass (fp_key_is()) */
   unsigned n;
-  const struct jfield *end;  /* f + n */
   const unsigned char *lens; /* f[i].len for i < n, then zeros */
   unsigned char slot[32];    /* jhash() of a name -> its row + 1, or 0 */
   unsigned char alt[JMSG_ROWS + 1];  /* the one pass: when the key is not
@@ -1082,13 +1082,14 @@ struct jmsg {
   { name, sizeof(name) - 1, field, sub, name "\":",                        \
     sizeof(name) + 1 <= 16 ? (1u << (sizeof(name) + 1)) - 1 : ~0u,         \
     (uint64_t)1 << (field) },
+/* The row after the last: its quoted_bits has bits no movemask has. */
+#define JF_END { "", 0, 0, NULL, "", ~0u, 0 }
 #define JF_LEN(name, field, sub) sizeof(name) - 1,
 #define JMSG(var, desc, ROWS, ...)                                          \
-  static const struct jfield var##_rows[] = { ROWS(JF_ROW) };              \
+  static const struct jfield var##_rows[] = { ROWS(JF_ROW) JF_END };      \
   static const unsigned char var##_lens[JMSG_ROWS] = { ROWS(JF_LEN) };     \
   static const struct jmsg var = {                                         \
-    &desc, var##_rows, sizeof(var##_rows) / sizeof(var##_rows[0]),         \
-    var##_rows + sizeof(var##_rows) / sizeof(var##_rows[0]),               \
+    &desc, var##_rows, sizeof(var##_rows) / sizeof(var##_rows[0]) - 1,     \
     var##_lens, __VA_ARGS__ }
 
 #define ROWS_VERSION(X)                                                     \
@@ -2290,7 +2291,7 @@ static char *fp_objects(struct fp *f, const struct jmsg *jm, void *m,
   /* In locals: the stores below could alias the tables, as far as the
    * compiler knows. */
   const ProtobufCFieldDescriptor *fd, *fields;
-  const struct jfield *row, *next, *end;
+  const struct jfield *row, *next;
   uint64_t seen, bit;
   char *key, c;
   void **copy;
@@ -2300,7 +2301,6 @@ static char *fp_objects(struct fp *f, const struct jmsg *jm, void *m,
 start:   /* p just past the '{' of an object of jm into m */
   fields = jm->desc->fields;
   next = jm->f;
-  end = jm->end;
   seen = 0;
   if (*p != '"') {
     p = fp_ws(p);
@@ -2311,7 +2311,7 @@ start:   /* p just past the '{' of an object of jm into m */
   }
 member:   /* p at a key's opening quote */
   key = p + 1;
-  if (next < end && fp_key_is(next, key)) {   /* next: the likely row */
+  if (fp_key_is(next, key)) {   /* next: the likely row (or the end) */
     row = next;
     p = key + row->len + 2;
   } else if ((k = jm->alt[next - jm->f]) != 0 &&
@@ -2447,7 +2447,6 @@ list_end:   /* p at the ']' of top's list */
   seen = top->seen;
   next = top->next;
   fields = jm->desc->fields;
-  end = jm->end;
   top--;
   goto after;
 }
