@@ -15,7 +15,7 @@
  * is not sure (every error, some rare forms) the two passes start over
  * and have the last word, so verdicts and messages are theirs alone.
  * For emitd-bench's ~420-byte events the one pass and the rules take
- * about 4,100 instructions an event, the two passes about 10,300; a line
+ * about 3,600 instructions an event, the two passes about 10,300; a line
  * that fails pays for the part of the one pass before its first problem
  * on top of the two passes.
  *
