@@ -1995,6 +1995,68 @@ static char *fp_skip(struct fp *f, char *p, int depth)
   }
 }
 
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* For the one pass's integers, 8 bytes of text at a time: w is them read
+ * as a little-endian word. How many of its first bytes are ASCII digits,
+ * 0 to 8. (A byte that is not one can carry into the bytes after it in
+ * the add, never into those before it.) */
+static inline unsigned digits8_run(uint64_t w)
+{
+  uint64_t x = w ^ 0x3030303030303030u;   /* a digit: 0 to 9 */
+  uint64_t m = (x | (x + 0x0606060606060606u)) & 0xf0f0f0f0f0f0f0f0u;
+
+  return m == 0 ? 8 : (unsigned)__builtin_ctzll(m) / 8;
+}
+
+/* The number the first n (1 to 8) bytes of w spell, all digits: moved to
+ * the top of the word (zeros before them are leading zeros), then
+ * pairs, fours and eights of digits combined in three multiplies. */
+static inline uint64_t digits8_value(uint64_t w, unsigned n)
+{
+  uint64_t x = (w ^ 0x3030303030303030u) << (64 - 8 * n);
+
+  x = (x * 10 + (x >> 8)) & 0x00ff00ff00ff00ffu;
+  x = (x * 100 + (x >> 16)) & 0x0000ffff0000ffffu;
+  return (x * 10000 + (x >> 32)) & 0xffffffffu;
+}
+#endif
+
+/* The digits from s on, as fp_uint() reads them (its value wraps past
+ * 20 digits; more than 19 are refused anyway): *e gets the byte after
+ * them. 8 at a time for integers given as strings, which are mostly
+ * times in ms (13 digits); the line's copy has FP_PAD zeros after it,
+ * so 8 bytes can be read at any byte of it up to its NUL. */
+static __attribute__((noinline)) uint64_t fp_digits(char *s, char **e)
+{
+  uint64_t v = 0;
+  unsigned d;
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  static const uint64_t p10[9] = { 1, 10, 100, 1000, 10000, 100000,
+                                   1000000, 10000000, 100000000 };
+  uint64_t w;
+  unsigned k;
+
+  do {
+    memcpy(&w, s, 8);
+    if ((k = digits8_run(w)) == 0)
+      break;
+    v = v * p10[k] + digits8_value(w, k);
+    s += k;
+  } while (k == 8);
+#else
+  for (;; s++) {
+    d = (unsigned)(unsigned char)*s - '0';
+    if (d > 9)
+      break;
+    v = v * 10 + d;
+  }
+#endif
+  (void)d;
+  *e = s;
+  return v;
+}
+
 /* An integer at p given as at most 19 plain digits, bare or quoted (what
  * plain_uint() takes), and at most max: the byte after it, or NULL. A
  * bare number that goes on ('.', 'e') is left to the caller's check of
@@ -2007,12 +2069,15 @@ static inline char *fp_uint(char *p, uint64_t max, uint64_t *out)
   unsigned d;
   size_t n;
 
-  for (;; e++) {
-    d = (unsigned)(unsigned char)*e - '0';
-    if (d > 9)
-      break;
-    v = v * 10 + d;
-  }
+  if (quoted)
+    v = fp_digits(s, &e);
+  else
+    for (;; e++) {
+      d = (unsigned)(unsigned char)*e - '0';
+      if (d > 9)
+        break;
+      v = v * 10 + d;
+    }
   n = (size_t)(e - s);
   if (n == 0 || n > 19 || (s[0] == '0' && n > 1) || v > max)
     return NULL;

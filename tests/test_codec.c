@@ -1089,6 +1089,57 @@ static void rules_read_in_blocks_agree_with_byte_by_byte(void **state)
   assert_true(ok > 100);   /* valid ones among them */
 }
 
+/* Integers given as strings are read 8 digits at a time in the one pass:
+ * every length around those blocks, leading zeros, a byte that is not a
+ * digit at every place (those next to '0' and '9' too), and the largest
+ * values, give the exact way's verdict and value. */
+static void quoted_integers_read_in_blocks_agree(void **state)
+{
+  static const char *const bad[] = { "/", ":", "x", ".", "e", "-", " ",
+                                     "\xc3\xa9" };
+  static const char *const big[] = {
+    "4294967295", "4294967296", "18446744073709551615",
+    "18446744073709551616", "9999999999999999999", "10000000000000000000",
+    "0000000000000000001", "0", "00", "01" };
+  struct fx *f = *state;
+  char s[64], t[64], line[512];
+  size_t n, k, b, i, ok = 0;
+
+  for (n = 0; n <= 22; n++)
+    for (k = 0; k <= n; k++)
+      for (b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+        if (k == n && b > 0)
+          continue;
+        for (i = 0; i < n; i++)
+          t[i] = (char)('1' + (i * 7 + n) % 9);
+        t[n] = '\0';
+        if (k < n)
+          sfmt(s, sizeof(s), "%.*s%s%s", (int)k, t, bad[b], t + k + 1);
+        else
+          memcpy(s, t, n + 1);
+        sfmt(line, sizeof(line), "{\"context\":[" CTX0 "],\"timing\":{"
+             "\"occurred\":\"%s\"},\"ordinal\":\"%.*s\"}", s,
+             (int)(n % 11), s);
+        if (k == n && n >= 1 && n <= 19 && n % 11 != 0 && n % 11 < 10)
+          assert_true(one_pass(f, line));
+        ok += decode(f, line) == 0;
+      }
+  for (i = 0; i < sizeof(big) / sizeof(big[0]); i++)
+    for (b = 0; b < 2; b++) {
+      sfmt(line, sizeof(line), b ? "{\"context\":[" CTX0 "],\"ordinal\":"
+           "\"%s\"}" : "{\"context\":[" CTX0 "],\"timing\":{\"occurred\":"
+           "\"%s\"}}", big[i]);
+      ok += decode(f, line) == 0;
+    }
+  assert_true(ok > 20);
+  expect_ok(f, "{\"context\":[" CTX0 "],\"timing\":{\"occurred\":"
+               "\"18446744073709551615\"}}");
+  assert_true(f->ev->event->timing->occurred == UINT64_MAX);
+  expect_ok(f, "{\"context\":[" CTX0 "],\"timing\":{\"occurred\":"
+               "\"1732761600123\"}}");
+  assert_true(f->ev->event->timing->occurred == 1732761600123ull);
+}
+
 /* Every error, and the forms the one pass does not take, go the exact
  * way: the same verdicts, in the same order, as without the one pass. */
 static void one_pass_leaves_errors_and_rare_forms_to_the_exact_way(
@@ -2284,6 +2335,7 @@ int main(void)
     T(one_pass_decodes_lines_as_clients_send_them),
     T(one_pass_leaves_errors_and_rare_forms_to_the_exact_way),
     T(rules_read_in_blocks_agree_with_byte_by_byte),
+    T(quoted_integers_read_in_blocks_agree),
     T(quoted_client_text_is_cut_at_a_character_boundary),
     T(email_address_is_trimmed_lowercased_and_hashed),
     T(long_email_address_is_hashed_in_blocks),
