@@ -74,6 +74,13 @@
 #define MAX_INFLIGHT 16         /* groups handed to the writer at once */
 #define GATHER_MAX_OPS 65536    /* no room while a group waits this big */
 #define GATHER_MAX_BYTES ((size_t)64 << 20)
+/* Each commit costs the kernel a few hundred microseconds of CPU whatever
+ * its size (its fsyncs, and in a VM the exits to the disk's host). A group
+ * of deletes only (deliveries: nobody waits on them) waits up to
+ * DELETE_LINGER_MS from its first for more, or for appends to go with:
+ * while the forwarder drains a backlog, a commit per acknowledged batch
+ * had cost more than the batch's deletes themselves. */
+#define DELETE_LINGER_MS 10
 #define EXCERPT_MAX 512
 #define KEY_MAX 511             /* LMDB's default maximum key size */
 #define WALK_MAX 65536          /* expiry rows per transaction */
@@ -156,6 +163,8 @@ struct group {
   struct emd_arena arena;    /* the events and copies of the ops' input */
   struct op *ops;
   size_t nops, cap;
+  size_t eager;              /* ops other than deletes */
+  uint64_t first_ns;         /* when its first op came */
   bool changed;              /* its commit changed the spool */
   struct counters after;     /* the writer's figures after it */
   uint64_t oldest_ms;
@@ -275,6 +284,7 @@ struct emd_spool {
   uv_check_t check;          /* end of a loop turn: hand the group over */
   uv_idle_t idle;            /* keeps poll from blocking while ops wait */
   uv_timer_t maint;          /* expiry while no group comes by */
+  uv_timer_t space;          /* deletes' turn, see DELETE_LINGER_MS */
   int nhandles;              /* open handles; the last close frees */
 
   MDB_env *env;
@@ -2668,6 +2678,8 @@ static bool group_empty(const struct group *g)
 
 /* Hands the gathered group to the writer when the writer has committed
  * everything it holds; otherwise the group keeps growing. */
+static void on_space(uv_timer_t *h);
+
 static void maybe_submit(struct emd_spool *sp, bool force)
 {
   struct group *g = sp->gather, *next;
@@ -2677,6 +2689,15 @@ static void maybe_submit(struct emd_spool *sp, bool force)
     return;
   if (!force && sp->inflight >= MAX_INFLIGHT)
     return;
+  if (!force && g->eager == 0) {
+    uint64_t since = (uv_hrtime() - g->first_ns) / 1000000;
+
+    if (since < DELETE_LINGER_MS) {
+      if (!uv_is_active((uv_handle_t *)&sp->space))
+        uv_timer_start(&sp->space, on_space, DELETE_LINGER_MS - since, 0);
+      return;
+    }
+  }
   next = group_take(sp);
   if (next == NULL && !force)
     return;                        /* try again next turn */
@@ -2738,6 +2759,11 @@ static void on_check(uv_check_t *h)
   on_turn_end(h->data);
 }
 
+static void on_space(uv_timer_t *h)
+{
+  on_turn_end(h->data);
+}
+
 static void on_idle(uv_idle_t *h)
 {
   on_turn_end(h->data);
@@ -2767,6 +2793,7 @@ static void group_finish(struct emd_spool *sp, struct group *g)
   }
   emd_arena_reset(&g->arena);
   g->nops = 0;
+  g->eager = 0;
   g->next = sp->free_groups;
   sp->free_groups = g;
 }
@@ -3344,7 +3371,9 @@ static int spool_start(struct emd_spool *sp)
   sp->maint.data = sp;
   uv_timer_start(&sp->maint, on_maint, period, period);
   uv_unref((uv_handle_t *)&sp->maint);
-  sp->nhandles = 4;
+  uv_timer_init(sp->loop, &sp->space);
+  sp->space.data = sp;
+  sp->nhandles = 5;
   rc = uv_thread_create(&sp->thread, writer_main, sp);
   if (rc != 0) {
     sp->closing = true;
@@ -3353,6 +3382,7 @@ static int spool_start(struct emd_spool *sp)
     uv_close((uv_handle_t *)&sp->check, on_closed);
     uv_close((uv_handle_t *)&sp->idle, on_closed);
     uv_close((uv_handle_t *)&sp->maint, on_closed);
+    uv_close((uv_handle_t *)&sp->space, on_closed);
     return rc;
   }
   sp->thread_started = true;
@@ -3427,6 +3457,7 @@ void emd_spool_close(struct emd_spool *sp)
   uv_close((uv_handle_t *)&sp->check, on_closed);
   uv_close((uv_handle_t *)&sp->idle, on_closed);
   uv_close((uv_handle_t *)&sp->maint, on_closed);
+  uv_close((uv_handle_t *)&sp->space, on_closed);
   if (sp->gather != NULL && sp->gather->nops > 0)
     maybe_submit(sp, true);
   uv_mutex_lock(&sp->mu);
@@ -3477,8 +3508,11 @@ static struct op *op_add(struct emd_spool *sp, enum op_kind kind)
     g->ops = op;
     g->cap = cap;
   }
+  if (g->nops == 0)
+    g->first_ns = uv_hrtime();
   op = &g->ops[g->nops++];
   op->kind = kind;
+  g->eager += kind != OP_DELETE;
   uv_idle_start(&sp->idle, on_idle);
   return op;
 }

@@ -1926,6 +1926,42 @@ static void on_burst(uv_idle_t *h)
     uv_idle_stop(h);
 }
 
+/* Deliveries are not waited on: a group of deletes alone waits a little
+ * (DELETE_LINGER_MS from its first) for more to share its commit, where an
+ * append's group would have gone to the writer at the end of the turn;
+ * appends that come meanwhile take the deletes along. */
+static void deletes_alone_wait_to_share_a_commit(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  uint64_t c0;
+  char id[32];
+
+  open_spool(f);
+  for (int i = 0; i < 6; i++) {
+    idn(id, sizeof(id), i);
+    append(f, s, i, id, "A", 0, 0, 0);
+  }
+  drain(f);
+  c0 = stats(f).commits;
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1, 2 }, 2), 0);
+  uv_run(&f->loop, UV_RUN_NOWAIT);   /* a turn ends: an append would go */
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 3 }, 1), 0);
+  drain(f);
+  assert_int_equal(stats(f).pending, 3);
+  assert_int_equal(stats(f).commits, c0 + 1);
+  /* appends join a waiting delete and take it along */
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 4 }, 1), 0);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  idn(id, sizeof(id), 6);
+  append(f, s, 6, id, "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(s->calls, 7);
+  assert_int_equal(s->rc[6], 0);
+  assert_int_equal(stats(f).pending, 3);
+  free(s);
+}
+
 static void appends_over_many_turns_share_few_commits(void **state)
 {
   struct fx *f = *state;
@@ -2085,6 +2121,7 @@ int main(void)
     T(truncated_spool_refuses_to_open),
     T(a_spool_in_use_refuses_a_second_open),
     T(appends_over_many_turns_share_few_commits),
+    T(deletes_alone_wait_to_share_a_commit),
     T(close_with_appends_queued_still_calls_every_callback),
     T(sync_interval_replies_wait_for_the_sync),
     T(sync_none_replies_after_commit),
