@@ -80,6 +80,8 @@ enum mode { MODE_TEXT, MODE_BINARY };
 
 static const char *const mode_names[] = { "text", "binary" };
 
+#define MAX_RUNS 9                /* --runs */
+
 struct opts {
   const char *cmd;               /* limits, ingest, ..., all */
   const char *emitd_path;
@@ -96,6 +98,7 @@ struct opts {
   uint64_t backlog;              /* events pending for the backlog test */
   uint64_t pool;                 /* distinct event templates */
   bool json;
+  unsigned runs;                 /* each test this many times: median */
   bool keep;                     /* keep run directories */
   bool no_upstream;              /* ingest: an unreachable destination */
   bool ulid;                     /* --ids ulid: time-sorted ids */
@@ -1546,7 +1549,34 @@ struct report {
   struct backlog_res backlog;
   bool ran_ingest[2], ran_lat, ran_e2e, ran_backlog;
   bool error;                    /* some run could not finish */
+  /* With --runs N, each test's median run is the one shown; the range of
+   * its figure over the runs goes below the table. */
+  unsigned nspread;
+  struct spread {
+    const char *what, *unit;
+    double lo, hi;
+  } spread[5];
 };
+
+/* The median of n runs by key[] (the run itself, so that its figures stay
+ * together; the lower middle one for even n), noting key's range in rp. */
+static size_t median_run(struct report *rp, const char *what,
+                         const char *unit, const double *key, size_t n)
+{
+  size_t idx[MAX_RUNS];
+
+  for (size_t i = 0; i < n; i++) {
+    size_t j = i;
+
+    for (; j > 0 && key[idx[j - 1]] > key[i]; j--)
+      idx[j] = idx[j - 1];
+    idx[j] = i;
+  }
+  if (n > 1 && rp->nspread < sizeof(rp->spread) / sizeof(rp->spread[0]))
+    rp->spread[rp->nspread++] = (struct spread){ what, unit, key[idx[0]],
+                                                 key[idx[n - 1]] };
+  return idx[(n - 1) / 2];
+}
 
 static char *perf_name(const struct opts *o, const char *test, char *buf,
                        size_t len)
@@ -2238,6 +2268,14 @@ static void print_table(const struct report *rp, const struct machine *mc)
     printf("backlog: filled at %.0f events/s (sync=none, binary); after "
            "the restart emitd accepted a connection at %.1f ms\n",
            rp->backlog.prefill_rate, rp->backlog.listen_ms);
+  if (rp->nspread > 0)
+    printf("each test ran %u times; above, the median run of each; over "
+           "the runs:\n", o->runs);
+  for (unsigned i = 0; i < rp->nspread; i++)
+    printf("  %s: %.*f to %.*f %s\n", rp->spread[i].what,
+           rp->spread[i].hi < 100 ? 2 : 0, rp->spread[i].lo,
+           rp->spread[i].hi < 100 ? 2 : 0, rp->spread[i].hi,
+           rp->spread[i].unit);
   print_failures(rp, stdout);
 }
 
@@ -2297,6 +2335,7 @@ static int print_json(const struct report *rp, const struct machine *mc)
   emd_json_kstr(&j, "sync", o->sync);
   emd_json_ku64(&j, "conns", o->conns);
   emd_json_ku64(&j, "window", o->window);
+  emd_json_ku64(&j, "runs", o->runs);
   emd_json_ku64(&j, "events", o->events);
   emd_json_kf64(&j, "rate", o->rate);
   emd_json_kf64(&j, "duration_s", o->duration_s);
@@ -2379,6 +2418,17 @@ static int print_json(const struct report *rp, const struct machine *mc)
     emd_json_obj_end(&j);
   }
   emd_json_obj_end(&j);
+  emd_json_key(&j, "spread");        /* with runs > 1: over the runs */
+  emd_json_arr_begin(&j);
+  for (unsigned i = 0; i < rp->nspread; i++) {
+    emd_json_obj_begin(&j);
+    emd_json_kstr(&j, "metric", rp->spread[i].what);
+    emd_json_kstr(&j, "unit", rp->spread[i].unit);
+    emd_json_kf64(&j, "min", rp->spread[i].lo);
+    emd_json_kf64(&j, "max", rp->spread[i].hi);
+    emd_json_obj_end(&j);
+  }
+  emd_json_arr_end(&j);
   emd_json_key(&j, "checks");
   emd_json_arr_begin(&j);
   for (unsigned i = 0; i < rs.n; i++) {
@@ -2448,6 +2498,8 @@ static void usage(FILE *f)
     "                      emitd during each phase,\n"
     "                      into PREFIX.<phase>\n"
     "  --json              JSON instead of the table\n"
+    "  --runs N            run each test N times (1 to 9, default 1) and\n"
+    "                      show the median run, with the range\n"
     "\n"
     "Targets are printed next to the figures; they never change the exit\n"
     "status, which is 1 only when a run could not finish or a reply was\n"
@@ -2494,7 +2546,7 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
   enum { OPT_EMITD = 256, OPT_UPSTREAM, OPT_CONNS, OPT_EVENTS, OPT_MODE,
          OPT_WINDOW, OPT_RATE, OPT_DURATION, OPT_BACKLOG, OPT_SYNC, OPT_POOL,
          OPT_NO_UPSTREAM, OPT_ENV, OPT_TMP, OPT_KEEP, OPT_PERF, OPT_JSON,
-         OPT_IDS };
+         OPT_IDS, OPT_RUNS };
   static const struct option lo[] = {
     { "emitd", required_argument, NULL, OPT_EMITD },
     { "upstream", required_argument, NULL, OPT_UPSTREAM },
@@ -2513,6 +2565,7 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
     { "keep", no_argument, NULL, OPT_KEEP },
     { "perf", required_argument, NULL, OPT_PERF },
     { "json", no_argument, NULL, OPT_JSON },
+    { "runs", required_argument, NULL, OPT_RUNS },
     { "ids", required_argument, NULL, OPT_IDS },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -2533,6 +2586,7 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
   o->duration_s = 10;
   o->backlog = 5000000;
   o->pool = 65536;
+  o->runs = 1;
   if (argc < 2 || argv[1][0] == '-') {
     if (argc >= 2 && (strcmp(argv[1], "-h") == 0 ||
                       strcmp(argv[1], "--help") == 0)) {
@@ -2630,6 +2684,13 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
     case OPT_KEEP: o->keep = true; break;
     case OPT_PERF: o->perf_path = optarg; break;
     case OPT_JSON: o->json = true; break;
+    case OPT_RUNS:
+      if (parse_u64(optarg, "--runs", 1, &v) != 0 || v > MAX_RUNS) {
+        fprintf(stderr, "emitd-bench: --runs: 1 to %d\n", MAX_RUNS);
+        return -1;
+      }
+      o->runs = (unsigned)v;
+      break;
     case 'h': usage(stdout); exit(0);
     default: usage(stderr); return -1;
     }
@@ -2676,30 +2737,63 @@ int main(int argc, char **argv)
     if (run_limits(&o, &pool, &rp.limits) != 0)
       rp.error = true;
   }
+  /* Each test o.runs times, the median run kept (this machine's figures
+   * move by up to 1.5x from run to run). */
   if (all || strcmp(o.cmd, "ingest") == 0) {
     for (int m = 0; m < 2; m++) {
+      static struct ingest_res r[MAX_RUNS];
+      double key[MAX_RUNS];
+
       if (!all && (enum mode)m != o.mode)
         continue;
       rp.ran_ingest[m] = true;
-      if (run_ingest(&o, &pool, (enum mode)m, &rp.ingest[m]) != 0 ||
-          rp.ingest[m].failed > 0)
-        rp.error = true;
+      for (unsigned i = 0; i < o.runs; i++) {
+        if (run_ingest(&o, &pool, (enum mode)m, &r[i]) != 0 ||
+            r[i].failed > 0)
+          rp.error = true;
+        key[i] = r[i].done ? r[i].rate : 0;
+      }
+      rp.ingest[m] = r[median_run(&rp, m == MODE_TEXT ? "ingest, text"
+                                  : "ingest, binary", "events/s", key,
+                                  o.runs)];
     }
   }
   if (all || strcmp(o.cmd, "latency") == 0) {
+    static struct latency_res r[MAX_RUNS];
+    double key[MAX_RUNS];
+
     rp.ran_lat = true;
-    if (run_latency(&o, &pool, &rp.lat) != 0 || rp.lat.failed > 0)
-      rp.error = true;
+    for (unsigned i = 0; i < o.runs; i++) {
+      if (run_latency(&o, &pool, &r[i]) != 0 || r[i].failed > 0)
+        rp.error = true;
+      key[i] = r[i].done ? r[i].p99 : 1e9;
+    }
+    rp.lat = r[median_run(&rp, "reply latency p99", "ms", key, o.runs)];
   }
   if (all || strcmp(o.cmd, "e2e") == 0) {
+    static struct e2e_res r[MAX_RUNS];
+    double key[MAX_RUNS];
+
     rp.ran_e2e = true;
-    if (run_e2e(&o, &pool, &rp.e2e) != 0 || rp.e2e.failed > 0)
-      rp.error = true;
+    for (unsigned i = 0; i < o.runs; i++) {
+      if (run_e2e(&o, &pool, &r[i]) != 0 || r[i].failed > 0)
+        rp.error = true;
+      key[i] = r[i].done ? r[i].u.cpu_s * 1e6 / (double)r[i].events : 1e9;
+    }
+    rp.e2e = r[median_run(&rp, "e2e, emitd CPU", "us/event", key, o.runs)];
   }
   if ((all && o.backlog > 0) || strcmp(o.cmd, "backlog") == 0) {
+    static struct backlog_res r[MAX_RUNS];
+    double key[MAX_RUNS];
+
     rp.ran_backlog = true;
-    if (run_backlog(&o, &pool, &rp.backlog) != 0 || rp.backlog.failed > 0)
-      rp.error = true;
+    for (unsigned i = 0; i < o.runs; i++) {
+      if (run_backlog(&o, &pool, &r[i]) != 0 || r[i].failed > 0)
+        rp.error = true;
+      key[i] = r[i].done ? r[i].ratio : 0;
+    }
+    rp.backlog = r[median_run(&rp, "ingest with a backlog / empty", "",
+                              key, o.runs)];
   }
   load_get(mc.load[1], sizeof(mc.load[1]));
   if (o.json) {

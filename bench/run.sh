@@ -3,13 +3,14 @@
 #
 #   bench/run.sh                 build (build-bench/, RelWithDebInfo as
 #                                `make build` does) and run every test
+#                                three times (--runs 3: the median run)
 #   bench/run.sh --json          the same, as JSON
 #   bench/run.sh --backlog 1000000 --events 500000   smaller, quicker
 #
 # Arguments go to `emitd-bench all` (see `emitd-bench --help`). BUILD
 # picks another build directory; NO_BUILD=1 skips the build step.
 #
-# On the 2-core machine of the README the whole run takes 4 to 8 minutes.
+# On the 2-core machine of the README the whole run takes 10 to 15 minutes.
 # The backlog test fills a spool with 5 000 000 events (--backlog): about
 # 2.5 GB in /tmp, and about 5 GB while it runs (it keeps each of its
 # spools until it ends). With random ids (the default; --ids ulid sends
@@ -39,4 +40,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
   echo
 } >&$out
 
-exec "$build/bench/emitd-bench" all "$@"
+# Three runs of each test, the median shown (with the range): figures on
+# a shared VM move by up to 1.5x from one run to the next. A --runs given
+# here comes later and wins.
+exec "$build/bench/emitd-bench" all --runs 3 "$@"
