@@ -1835,6 +1835,75 @@ static void refuses(struct fx *f, int want, const char *says)
   assert_int_equal(rc, want);
 }
 
+/* A chunk whose end cannot be read (what LMDB never does, but a disk
+ * might): its readable events are read, delivered and kept as they were;
+ * the unreadable end is skipped with a log line, and dropped when the
+ * chunk is rewritten. Nothing crashes, nothing else changes. */
+static void a_garbled_chunk_keeps_what_can_be_read(void **state)
+{
+  static const uint8_t junk[] = { 0x05, 0xff, 0xff };
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  uint8_t *val;
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dp;
+  MDB_cursor *c;
+  MDB_val k, v;
+  struct got *g;
+  char id[32];
+  int rc;
+
+  assert_non_null(s);
+  make_spool(f, 3);                          /* one chunk: seqs 1 to 3 */
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "pending", 0, &dp), 0);
+  assert_int_equal(mdb_cursor_open(txn, dp, &c), 0);
+  assert_int_equal(mdb_cursor_get(c, &k, &v, MDB_FIRST), 0);
+  val = malloc(v.mv_size + sizeof(junk));
+  assert_non_null(val);
+  memcpy(val, v.mv_data, v.mv_size);
+  memcpy(val + v.mv_size, junk, sizeof(junk));
+  v.mv_data = val;
+  v.mv_size += sizeof(junk);
+  assert_int_equal(mdb_cursor_put(c, &k, &v, MDB_CURRENT), 0);
+  mdb_cursor_close(c);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  free(val);
+
+  open_spool(f);
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 3);
+  assert_int_equal(g->seq[2], 3);
+  free(g);
+  assert_int_equal(emd_spool_attempted(f->sp, (uint64_t[]){ 2 }, 1), 0);
+  assert_int_equal(emd_spool_delete(f->sp, (uint64_t[]){ 1 }, 1), 0);
+  drain(f);
+  close_spool(f);
+  open_spool(f);
+  g = read_all(f, 0, 10, SIZE_MAX, &rc);
+  assert_int_equal(rc, 2);
+  assert_int_equal(g->seq[0], 2);
+  assert_int_equal(g->attempts[0], 1);
+  assert_int_equal(g->seq[1], 3);
+  free(g);
+  assert_int_equal(stats(f).pending, 2);
+  idn(id, sizeof(id), 99);
+  append(f, s, 0, id, "A", 0, 0, 0);
+  idn(id, sizeof(id), 2);                    /* seq 3's id: still known */
+  append(f, s, 1, id, "A", 0, 0, 0);
+  drain(f);
+  assert_int_equal(s->seq[0], 4);
+  assert_true(s->dup[1]);
+  assert_int_equal(s->seq[1], 3);
+  free(s);
+}
+
 static void newer_schema_refuses_to_open_and_leaves_files_alone(
     void **state)
 {
@@ -2115,6 +2184,7 @@ int main(void)
     T(schema_1_spool_is_upgraded_with_its_ids),
     T(pending_chunks_take_every_change_anywhere),
     T(schema_2_spool_with_a_row_per_event_is_upgraded),
+    T(a_garbled_chunk_keeps_what_can_be_read),
     T(newer_schema_refuses_to_open_and_leaves_files_alone),
     T(garbage_files_refuse_to_open),
     T(spool_without_meta_refuses_to_open),
