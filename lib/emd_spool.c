@@ -41,8 +41,8 @@
  * with it). A table not closed cleanly with this spool's last
  * transaction is rebuilt from the databases, in steps between groups.
  * SpoolRecord and DeadRecord are written and read on the wire level here,
- * so events are packed once, spliced straight into LMDB's page, and never
- * unpacked. */
+ * so events are packed once, spliced into the chunk being filled, and
+ * never unpacked. */
 #include "emd_spool.h"
 
 #include <errno.h>
@@ -333,7 +333,7 @@ struct txn {
   uint64_t now_ms;
   bool dirty;
   uint64_t dropped;          /* evicted for room, for one log line */
-  MDB_cursor *app;           /* pending's end, for a run of appends */
+  MDB_cursor *app;           /* pending's end, for a run of chunks */
   MDB_cursor *pc;            /* pending, for lookups */
 };
 
