@@ -10,7 +10,7 @@
 # Arguments go to `emitd-bench all` (see `emitd-bench --help`). BUILD
 # picks another build directory; NO_BUILD=1 skips the build step.
 #
-# On the 2-core machine of the README the whole run takes 10 to 15 minutes.
+# On the 2-core machine of the README the whole run takes 8 to 15 minutes.
 # The backlog test fills a spool with 5 000 000 events (--backlog): about
 # 2.5 GB in /tmp, and about 5 GB while it runs (it keeps each of its
 # spools until it ends). With random ids (the default; --ids ulid sends
