@@ -214,6 +214,16 @@ INLINE uint8_t *put_dbl(uint8_t *p, uint8_t n, double d)
 typedef Buildless__Telemetry__VersionInfo version_info;
 typedef Buildless__Telemetry__GeoPoint geo_point;
 
+/* A VersionInfo's numbers below release: micro, minor, major. */
+INLINE uint8_t *version_numbers(uint8_t *p, const uint8_t *lo,
+                                const version_info *m)
+{
+  ROOM(3 * VARINT_MAX);
+  p = put_u64(p, 3, m->micro);
+  p = put_u64(p, 2, m->minor);
+  return put_u64(p, 1, m->major);
+}
+
 static uint8_t *version_any(uint8_t *p, const uint8_t *lo, struct w *w,
                             const version_info *m)
 {
@@ -225,10 +235,7 @@ static uint8_t *version_any(uint8_t *p, const uint8_t *lo, struct w *w,
   PUT(str(p, lo, 6, m->commit));
   PUT(str(p, lo, 5, m->rc));
   PUT(str(p, lo, 4, m->build));
-  ROOM(3 * VARINT_MAX);
-  p = put_u64(p, 3, m->micro);
-  p = put_u64(p, 2, m->minor);
-  return put_u64(p, 1, m->major);
+  return version_numbers(p, lo, m);
 }
 
 /* The usual VersionInfo, only numbers below release, written inline
@@ -242,10 +249,7 @@ INLINE uint8_t *version(uint8_t *p, const uint8_t *lo, struct w *w,
   if (m->base.n_unknown_fields != 0 || m->release != 0 || m->spec != e ||
       m->tag != e || m->commit != e || m->rc != e || m->build != e)
     return version_any(p, lo, w, m);
-  ROOM(3 * VARINT_MAX);
-  p = put_u64(p, 3, m->micro);
-  p = put_u64(p, 2, m->minor);
-  return put_u64(p, 1, m->major);
+  return version_numbers(p, lo, m);
 }
 
 static uint8_t *tool(uint8_t *p, const uint8_t *lo, struct w *w,

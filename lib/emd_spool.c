@@ -859,21 +859,28 @@ static bool older(uint64_t at_ms, uint64_t age_ms, uint64_t now_ms)
   return now_ms >= at_ms && now_ms - at_ms >= age_ms;
 }
 
+/* Makes *buf (of *cap bytes) hold at least need, doubling from first;
+ * 0 or ENOMEM. The writer's buffers keep their size from group to group. */
+static int grow(uint8_t **buf, size_t *cap, size_t need, size_t first)
+{
+  size_t c = *cap ? *cap : first;
+  uint8_t *p;
+
+  if (need <= *cap)
+    return 0;
+  while (c < need)
+    c *= 2;
+  p = realloc(*buf, c);
+  if (p == NULL)
+    return ENOMEM;
+  *buf = p;
+  *cap = c;
+  return 0;
+}
+
 static int scratch_reserve(struct writer *w, size_t n)
 {
-  uint8_t *p;
-  size_t cap = w->scratch_cap ? w->scratch_cap : 4096;
-
-  if (n <= w->scratch_cap)
-    return 0;
-  while (cap < n)
-    cap *= 2;
-  p = realloc(w->scratch, cap);
-  if (p == NULL)
-    return -ENOMEM;
-  w->scratch = p;
-  w->scratch_cap = cap;
-  return 0;
+  return grow(&w->scratch, &w->scratch_cap, n, 4096);
 }
 
 static int first_row(struct txn *t, MDB_dbi dbi, MDB_val *k, MDB_val *v)
@@ -899,18 +906,26 @@ static void forget_id(struct txn *t, const void *id, size_t idlen,
   emd_idtab_remove(tab, emd_idtab_hash(tab, id, idlen), seq);
 }
 
-/* Copies the id of a packed record (in the map) into buf. */
-static int rec_id_copy(const void *recbuf, size_t reclen, uint8_t *buf,
-                       size_t *len)
+/* The id of a packed record, in place (*idlen 0 if it cannot be read). */
+static void rec_id(const uint8_t *rec, size_t len, const uint8_t **id,
+                   size_t *idlen)
 {
   struct rec r;
-  const uint8_t *id;
 
-  if (rec_parse(recbuf, reclen, &r) != 0 ||
-      event_id(r.event, r.event_len, &id, len) != 0)
-    return -1;
-  memcpy(buf, id, *len);
-  return 0;
+  if (rec_parse(rec, len, &r) != 0 ||
+      event_id(r.event, r.event_len, id, idlen) != 0)
+    *idlen = 0;
+}
+
+/* The same for the record of a dead letter v. */
+static void dead_id(const MDB_val *v, const uint8_t **id, size_t *idlen)
+{
+  struct deadrec d;
+
+  if (dead_parse(v->mv_data, v->mv_size, &d) != 0)
+    *idlen = 0;
+  else
+    rec_id(d.rec, d.rec_len, id, idlen);
 }
 
 /* ---- the writer's chunks: the fill and the edit -------------------------- */
@@ -1170,17 +1185,9 @@ static int fill_add(struct txn *t, uint64_t seq, size_t size, size_t idoff,
   }
   need = f->len + emd_varint_size(seq - f->first) + emd_varint_size(size) +
          emd_varint_size(idoff) + size;
-  if (need > f->cap) {
-    size_t cap = f->cap ? f->cap : CHUNK_MAX + 64;
-
-    while (cap < need)
-      cap *= 2;
-    p = realloc(f->buf, cap);
-    if (p == NULL)
-      return ENOMEM;
-    f->buf = p;
-    f->cap = cap;
-  }
+  rc = grow(&f->buf, &f->cap, need, CHUNK_MAX + 64);
+  if (rc != 0)
+    return rc;
   f->buf[0] = CHUNK_MARK;
   p = emd_varint_put(f->buf + f->len, seq - f->first);
   p = emd_varint_put(p, size);
@@ -1250,17 +1257,6 @@ static int pending_front(struct txn *t, size_t *i, bool *none)
     if (rc != 0)
       return rc;
   }
-}
-
-/* The id of a packed record, in place (*idlen 0 if it cannot be read). */
-static void rec_id(const uint8_t *rec, size_t len, const uint8_t **id,
-                   size_t *idlen)
-{
-  struct rec r;
-
-  if (rec_parse(rec, len, &r) != 0 ||
-      event_id(r.event, r.event_len, id, idlen) != 0)
-    *idlen = 0;
 }
 
 /* The id of a chunk entry's record at idoff, where the chunk says it is
@@ -1380,8 +1376,6 @@ static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
   MDB_val k = { 8, key }, v;
   const uint8_t *rec;
   size_t len;
-  struct deadrec d;
-  struct rec r;
   int rc;
 
   *found = true;
@@ -1396,10 +1390,7 @@ static int id_at(struct txn *t, uint64_t seq, const uint8_t **id,
   put_be64(key, seq);
   rc = mdb_get(t->txn, t->sp->db_dead, &k, &v);
   if (rc == 0) {
-    if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
-        rec_parse(d.rec, d.rec_len, &r) != 0 ||
-        event_id(r.event, r.event_len, id, idlen) != 0)
-      *idlen = 0;
+    dead_id(&v, id, idlen);
     return 0;
   }
   *found = false;
@@ -1444,8 +1435,6 @@ static int drop_first_dead(struct txn *t)
   uint8_t key[8];
   const uint8_t *id;
   size_t idlen;
-  struct deadrec d;
-  struct rec r;
   MDB_val k, v;
   int rc;
 
@@ -1453,9 +1442,8 @@ static int drop_first_dead(struct txn *t)
   if (rc != 0)
     return rc;
   memcpy(key, k.mv_data, 8);
-  if (dead_parse(v.mv_data, v.mv_size, &d) == 0 &&
-      rec_parse(d.rec, d.rec_len, &r) == 0 &&
-      event_id(r.event, r.event_len, &id, &idlen) == 0)
+  dead_id(&v, &id, &idlen);
+  if (idlen > 0)
     forget_id(t, id, idlen, get_be64(key));   /* before the delete moves it */
   k.mv_data = key;
   rc = mdb_del(t->txn, t->sp->db_dead, &k, NULL);
@@ -1508,14 +1496,16 @@ static int to_dead(struct txn *t, uint64_t seq, const void *rec,
 {
   struct writer *w = &t->sp->w;
   uint8_t key[8], *p, id[KEY_MAX];
-  size_t n, idlen = 0;
+  const uint8_t *idp;
+  size_t n, idlen;
   MDB_val k = { 8, key }, v;
   int rc;
 
-  /* The id for the log line, read now: rec points into the map, and the
+  /* The id for the log line, copied now: rec points into the map, and the
    * writes below may move what it points at. */
-  if (rec_id_copy(rec, reclen, id, &idlen) != 0)
-    idlen = 0;
+  rec_id(rec, reclen, &idp, &idlen);
+  if (idlen > 0)
+    memcpy(id, idp, idlen);
   n = len_field_size(reclen) + len_field_size(reason_len) +
       (status ? 1 + emd_varint_size(status) : 0) + len_field_size(excerpt_len) +
       1 + emd_varint_size(t->now_ms);
@@ -1853,18 +1843,9 @@ static int run_add(struct txn *t, MDB_cursor *ic, uint64_t *last,
       return rc;
   }
   need = (r->n == 0 ? 9 : r->len) + 2 + idlen;
-  if (need > r->cap) {
-    size_t cap = r->cap ? r->cap : 16384;
-    uint8_t *p;
-
-    while (cap < need)
-      cap *= 2;
-    p = realloc(r->buf, cap);
-    if (p == NULL)
-      return ENOMEM;
-    r->buf = p;
-    r->cap = cap;
-  }
+  rc = grow(&r->buf, &r->cap, need, 16384);
+  if (rc != 0)
+    return rc;
   if (r->n == 0) {
     put_be64(r->buf, t->now_ms);
     r->buf[8] = RUN_MARK;
@@ -2467,8 +2448,6 @@ static void rebuild_step(struct emd_spool *sp, size_t budget)
   MDB_val k, v;
   MDB_txn *txn = NULL;
   MDB_cursor *c;
-  struct deadrec d;
-  struct rec r;
   const uint8_t *id;
   size_t idlen;
   int rc;
@@ -2520,10 +2499,7 @@ static void rebuild_step(struct emd_spool *sp, size_t budget)
         continue;
       idlen = 0;
       if (rb->phase == 1) {
-        if (dead_parse(v.mv_data, v.mv_size, &d) != 0 ||
-            rec_parse(d.rec, d.rec_len, &r) != 0 ||
-            event_id(r.event, r.event_len, &id, &idlen) != 0)
-          idlen = 0;
+        dead_id(&v, &id, &idlen);
       } else {                     /* a row of delivered ids: all of it */
         struct idrow_it it;
         uint64_t ms, seq;

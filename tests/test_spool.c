@@ -1282,6 +1282,21 @@ static void id_table_rebuild_resumes_inside_a_chunk(void **state)
   free(s);
 }
 
+/* The spool's LMDB environment opened by hand (with the spool closed),
+ * to write, or only to read. */
+static MDB_env *raw_env(struct fx *f, bool write)
+{
+  MDB_env *env;
+
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+  if (write)
+    assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
+  assert_int_equal(mdb_env_open(env, f->dir, write ? 0 : MDB_RDONLY, 0600),
+                   0);
+  return env;
+}
+
 /* A spool written by schema 1 (ids as id -> seq, delivered ids in a
  * "delivered" database) made by hand from a schema 2 one: opening it
  * upgrades it and keeps every id known. */
@@ -1300,10 +1315,7 @@ static void schema_1_spool_is_upgraded_with_its_ids(void **state)
 
   known_ids_spool(f);
   close_spool(f);
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-  assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
-  assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+  env = raw_env(f, true);
   assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "ids", 0, &dids), 0);
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
@@ -1333,9 +1345,7 @@ static void schema_1_spool_is_upgraded_with_its_ids(void **state)
   ids_still_known(f, "knownnotyet0001", 5);
   close_spool(f);
   /* Upgraded: schema 3, no "delivered", the delivered id in ids. */
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-  assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+  env = raw_env(f, false);
   assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "delivered", 0, &ddel), MDB_NOTFOUND);
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
@@ -1431,6 +1441,7 @@ static int stats_pending(const struct model *m)
 
 static int chunk_entries(const MDB_val *k, const MDB_val *v, uint64_t *seq,
                          const uint8_t **rec, size_t *len, int max);
+static void make_spool(struct fx *f, int events);
 
 /* The events in pending's rows, read raw (the spool closed), each with
  * the place of its id right (chunk_entries checks). */
@@ -1446,9 +1457,7 @@ static int raw_pending(struct fx *f)
   MDB_val k, v;
   int n = 0, rc;
 
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-  assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+  env = raw_env(f, false);
   assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "pending", 0, &dp), 0);
   assert_int_equal(mdb_cursor_open(txn, dp, &c), 0);
@@ -1654,18 +1663,8 @@ static void schema_2_spool_with_a_row_per_event_is_upgraded(void **state)
 
   assert_non_null(s);
   assert_non_null(m);
-  open_spool(f);
-  for (int i = 0; i < N; i++) {
-    idn(id, sizeof(id), i);
-    append(f, s, i, id, "A", 0, 0, 300);
-  }
-  drain(f);
-  close_spool(f);
-
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-  assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
-  assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+  make_spool(f, N);
+  env = raw_env(f, true);
   assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "pending", 0, &dp), 0);
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
@@ -1733,9 +1732,7 @@ static void schema_2_spool_with_a_row_per_event_is_upgraded(void **state)
   assert_int_equal(s->seq[N + 22], 9);
   close_spool(f);
 
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-  assert_int_equal(mdb_env_open(env, f->dir, MDB_RDONLY, 0600), 0);
+  env = raw_env(f, false);
   assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dmeta), 0);
   k = (MDB_val){ 14, "schema_version" };
@@ -1856,10 +1853,7 @@ static void a_garbled_chunk_keeps_what_can_be_read(void **state)
 
   assert_non_null(s);
   make_spool(f, 3);                          /* one chunk: seqs 1 to 3 */
-  assert_int_equal(mdb_env_create(&env), 0);
-  assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-  assert_int_equal(mdb_env_set_mapsize(env, (size_t)5 << 30), 0);
-  assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+  env = raw_env(f, true);
   assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
   assert_int_equal(mdb_dbi_open(txn, "pending", 0, &dp), 0);
   assert_int_equal(mdb_cursor_open(txn, dp, &c), 0);
