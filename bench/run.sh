@@ -12,10 +12,10 @@
 #
 # On the 2-core machine of the README the whole run takes 8 to 15 minutes.
 # The backlog test fills a spool with 5 000 000 events (--backlog): about
-# 2.5 GB in /tmp, and about 5 GB while it runs (it keeps each of its
-# spools until it ends). With random ids (the default; --ids ulid sends
-# time-sorted ones) emitd writes some 20 KB to disk per event, about
-# 100 GB over the run.
+# 2.5 GB in /tmp, and about 6.5 GB while it runs (it keeps each of its
+# spools until it ends, and ingests into an empty and the full spool
+# --pairs times, 3 by default); each of its runs writes about 3 GB to
+# the disk.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
