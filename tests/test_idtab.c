@@ -438,6 +438,70 @@ static void a_growth_that_cannot_make_its_file_fails_cleanly(void **state)
   emd_idtab_close(t, NULL);
 }
 
+/* The VmFlags of the mapping of path in /proc/self/smaps (NULL if none):
+ * "hg" there is MADV_HUGEPAGE. */
+static char *vm_flags_of(const char *path, char *out, size_t len)
+{
+  FILE *f = fopen("/proc/self/smaps", "r");
+  char line[512];
+  bool in = false;
+  size_t plen = strlen(path);
+
+  assert_non_null(f);
+  while (fgets(line, sizeof(line), f) != NULL) {
+    size_t n = strlen(line);
+
+    if (n > 0 && line[n - 1] == '\n')
+      line[--n] = '\0';
+    if (strncmp(line, "VmFlags:", 8) == 0) {
+      if (in) {
+        snprintf(out, len, "%s ", line + 8);
+        fclose(f);
+        return out;
+      }
+    } else if ((line[0] >= '0' && line[0] <= '9') ||
+               (line[0] >= 'a' && line[0] <= 'f')) {
+      /* a mapping's first line, "start-end perms offset dev inode path"
+       * (the others start with a capitalized field name) */
+      in = n >= plen && strcmp(line + n - plen, path) == 0;
+    }
+  }
+  fclose(f);
+  return NULL;
+}
+
+/* Small tables are mapped without the huge-page advice (the first touch
+ * of a 2 MiB page would zero it in one go on the writer's thread); from
+ * 2M slots (32 MiB) on, with it. */
+static void only_big_tables_ask_for_huge_pages(void **state)
+{
+  struct fix *f = *state;
+  bool trusted;
+  struct emd_idtab *t = open_tab(f, &stamp_a, &trusted);
+  char flags[256];
+  uint64_t i = 1;
+#define H(i) ((uint64_t)(i) * 0x9E3779B97F4A7C15ull | 1)
+
+  assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
+  assert_null(strstr(flags, " hg "));
+  for (; emd_idtab_capacity(t) < ((uint64_t)1 << 20); i++)
+    assert_int_equal(emd_idtab_insert_new(t, H(i), i), 0);
+  assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
+  assert_null(strstr(flags, " hg "));               /* 16 MiB */
+  for (; emd_idtab_capacity(t) < ((uint64_t)1 << 21); i++)
+    assert_int_equal(emd_idtab_insert_new(t, H(i), i), 0);
+  assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
+  assert_non_null(strstr(flags, " hg "));           /* 32 MiB */
+  assert_int_equal(emd_idtab_close(t, &stamp_a), 0);
+  t = open_tab(f, &stamp_a, &trusted);              /* and when reopened */
+  assert_true(trusted);
+  assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
+  assert_non_null(strstr(flags, " hg "));
+  assert_true(has(t, H(1), 1) && has(t, H(i - 1), i - 1));
+#undef H
+  emd_idtab_close(t, NULL);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -452,6 +516,7 @@ int main(void)
     T(only_a_clean_close_with_the_same_stamp_is_trusted),
     T(a_garbled_or_short_file_is_emptied_not_trusted),
     T(a_growth_that_cannot_make_its_file_fails_cleanly),
+    T(only_big_tables_ask_for_huge_pages),
     cmocka_unit_test(open_reports_a_path_it_cannot_use),
   };
 
