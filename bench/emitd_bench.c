@@ -88,6 +88,7 @@ struct opts {
   const char *upstream_path;
   const char *tmp_dir;           /* where run directories go */
   const char *perf_path;         /* perf record output prefix, or NULL */
+  const char *timeline_path;     /* latency: every reply, or NULL */
   const char *sync;              /* spool.sync */
   enum mode mode;                /* ingest, latency, e2e */
   unsigned conns;
@@ -1071,6 +1072,8 @@ struct drive {
   uint64_t acked, failed;
   char first_failure[320];
   struct hist *hist;             /* latency mode only */
+  FILE *timeline;                /* latency: a line per reply, or NULL */
+  unsigned run;                  /* its first column */
   struct daemons *dm;
   uint64_t t_first, t_last;      /* first write, last reply */
 };
@@ -1236,8 +1239,14 @@ static void note_failure(struct drive *d, const char *p, size_t len)
 static void on_reply(struct drive *d, struct conn *c, bool ok, const char *p,
                      size_t len, uint64_t now)
 {
-  if (d->hist != NULL)
-    hist_add(d->hist, (now - c->ts[c->acked % TS_CAP]) / 1000);
+  if (d->hist != NULL) {
+    uint64_t sent = c->ts[c->acked % TS_CAP];
+
+    hist_add(d->hist, (now - sent) / 1000);
+    if (d->timeline != NULL)
+      fprintf(d->timeline, "%u %" PRIu64 " %" PRIu64 "\n", d->run, sent,
+              (now - sent) / 1000);
+  }
   c->acked++;
   d->acked++;
   if (!ok)
@@ -1661,8 +1670,12 @@ out:
   return rc;
 }
 
+/* With --timeline, every reply goes to that file as a line "run sent
+ * latency": the run (0 on), when the event was due to be sent (ns,
+ * CLOCK_MONOTONIC, as perf record -k CLOCK_MONOTONIC stamps), and how
+ * long its reply took (us). */
 static int run_latency(const struct opts *o, const struct pool *p,
-                       struct latency_res *r)
+                       unsigned run, struct latency_res *r)
 {
   struct daemons dm;
   struct drive d;
@@ -1686,8 +1699,21 @@ static int run_latency(const struct opts *o, const struct pool *p,
     goto out;
   meter_start(&m, dm.emitd, perf_name(o, "latency", perf, sizeof(perf)),
               dm.dir);
+  if (o->timeline_path != NULL) {
+    d.timeline = fopen(o->timeline_path, run == 0 ? "w" : "a");
+    if (d.timeline == NULL)
+      fprintf(stderr, "emitd-bench: --timeline %s: %s\n", o->timeline_path,
+              strerror(errno));
+    d.run = run;
+  }
   rc = drive_run(&d, o->rate);
   meter_stop(&m, &r->u);
+  if (d.timeline != NULL && fclose(d.timeline) != 0) {
+    fprintf(stderr, "emitd-bench: --timeline %s: %s\n", o->timeline_path,
+            strerror(errno));
+    rc = -1;
+  }
+  d.timeline = NULL;
   r->failed = d.failed;
   snprintf(r->failure, sizeof(r->failure), "%s", d.first_failure);
   if (rc == 0) {
@@ -2552,6 +2578,9 @@ static void usage(FILE *f)
     "  --emitd-env K=V     one more EMITD_* setting (repeatable)\n"
     "  --tmp DIR           where run directories go (default /tmp)\n"
     "  --keep              keep the run directories (spools, logs)\n"
+    "  --timeline FILE     latency: a line per reply into FILE: the run\n"
+    "                      (0 on), when the event was due (ns,\n"
+    "                      CLOCK_MONOTONIC) and its latency (us)\n"
     "  --perf PREFIX       perf record (DWARF call graphs, 499 Hz) on\n"
     "                      emitd during each phase,\n"
     "                      into PREFIX.<phase>\n"
@@ -2606,7 +2635,8 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
 {
   enum { OPT_EMITD = 256, OPT_UPSTREAM, OPT_CONNS, OPT_EVENTS, OPT_MODE,
          OPT_WINDOW, OPT_RATE, OPT_DURATION, OPT_BACKLOG, OPT_SYNC, OPT_POOL,
-         OPT_NO_UPSTREAM, OPT_ENV, OPT_TMP, OPT_KEEP, OPT_PERF, OPT_JSON,
+         OPT_NO_UPSTREAM, OPT_ENV, OPT_TMP, OPT_KEEP, OPT_PERF, OPT_TIMELINE,
+         OPT_JSON,
          OPT_IDS, OPT_RUNS, OPT_PAIRS };
   static const struct option lo[] = {
     { "emitd", required_argument, NULL, OPT_EMITD },
@@ -2625,6 +2655,7 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
     { "tmp", required_argument, NULL, OPT_TMP },
     { "keep", no_argument, NULL, OPT_KEEP },
     { "perf", required_argument, NULL, OPT_PERF },
+    { "timeline", required_argument, NULL, OPT_TIMELINE },
     { "json", no_argument, NULL, OPT_JSON },
     { "runs", required_argument, NULL, OPT_RUNS },
     { "pairs", required_argument, NULL, OPT_PAIRS },
@@ -2746,6 +2777,7 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
     case OPT_TMP: o->tmp_dir = optarg; break;
     case OPT_KEEP: o->keep = true; break;
     case OPT_PERF: o->perf_path = optarg; break;
+    case OPT_TIMELINE: o->timeline_path = optarg; break;
     case OPT_JSON: o->json = true; break;
     case OPT_RUNS:
       if (parse_u64(optarg, "--runs", 1, &v) != 0 || v > MAX_RUNS) {
@@ -2834,7 +2866,7 @@ int main(int argc, char **argv)
 
     rp.ran_lat = true;
     for (unsigned i = 0; i < o.runs; i++) {
-      if (run_latency(&o, &pool, &r[i]) != 0 || r[i].failed > 0)
+      if (run_latency(&o, &pool, i, &r[i]) != 0 || r[i].failed > 0)
         rp.error = true;
       key[i] = r[i].done ? r[i].p99 : 1e9;
     }
