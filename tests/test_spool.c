@@ -3,7 +3,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
@@ -23,6 +26,63 @@
 #include "emd_spool.h"
 
 #define MAXR 6000
+
+/* Allocation failure on demand. test_spool is linked with
+ * -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc, so the allocations of
+ * emitd's own code (not those of LMDB, libuv or libc, which are shared
+ * libraries) come here. Armed with n, the n-th allocation (from 0) made
+ * by a thread other than the one that armed it (the spool's writer)
+ * fails, once. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+
+static atomic_long oom_countdown = -1;
+static atomic_bool oom_fired;
+static pthread_t oom_armer;
+
+static void oom_arm(long n)
+{
+  oom_armer = pthread_self();
+  atomic_store(&oom_fired, false);
+  atomic_store(&oom_countdown, n);
+}
+
+/* Disarms; returns whether the failure was injected. */
+static bool oom_disarm(void)
+{
+  atomic_store(&oom_countdown, -1);
+  return atomic_load(&oom_fired);
+}
+
+static bool oom_now(void)
+{
+  if (atomic_load(&oom_countdown) < 0 ||
+      pthread_equal(pthread_self(), oom_armer))
+    return false;
+  if (atomic_fetch_sub(&oom_countdown, 1) != 0)
+    return false;
+  atomic_store(&oom_fired, true);
+  return true;
+}
+
+void *__wrap_malloc(size_t n)
+{
+  return oom_now() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+  return oom_now() ? NULL : __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+  return oom_now() ? NULL : __real_realloc(p, n);
+}
 
 struct fx {
   char root[64];             /* mkdtemp */
@@ -2149,6 +2209,173 @@ static void bad_events_are_refused_without_harm(void **state)
   free(s);
 }
 
+/* The spool writer out of memory at each of its allocations in turn (a
+ * new writer each time, its first group), in a group of appends (new chunks, a timer's counter), deliveries and
+ * attempts (chunk edits) over a spool of several chunks: the group is
+ * whole or not at all (its appends all acknowledged or all refused, its
+ * deliveries and attempts all done or none), what is pending reads back
+ * as the acknowledged groups made it, the ids of refused appends are not
+ * known (they are taken again as new), the timer's ordinals run on
+ * without a gap or a repeat, and a restart sees the same. */
+#define OOM_MAX 4096
+static void writer_out_of_memory_anywhere_keeps_groups_whole(void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  bool *alive = calloc(OOM_MAX, sizeof(bool));
+  uint32_t *att = calloc(OOM_MAX, sizeof(uint32_t));
+  uint64_t *want = calloc(OOM_MAX, sizeof(uint64_t));
+  char (*ids)[32] = calloc(OOM_MAX, sizeof(*ids));
+  uint64_t top = 0, next_id = 0, ordinal = 0;
+  int devnull = open("/dev/null", O_WRONLY), failed = 0, k, n, rc;
+  struct got *g;
+  char id[32];
+
+  assert_non_null(s);
+  assert_non_null(alive);
+  assert_non_null(att);
+  assert_non_null(want);
+  assert_non_null(ids);
+  assert_true(devnull >= 0);
+  /* the failed groups' errors, expected, out of the test's output */
+  emd_log_setup(EMD_LOG_ERROR, EMD_LOG_TEXT, false, devnull);
+  open_spool(f);
+  for (int i = 0; i < 150; i++) {       /* several chunks to edit */
+    snprintf(id, sizeof(id), "oom%06" PRIu64, next_id++);
+    append(f, s, i, id, NULL, 0, 0, 300);
+  }
+  drain(f);
+  for (int i = 0; i < 150; i++) {
+    assert_int_equal(s->rc[i], 0);
+    top = s->seq[i];
+    alive[top] = true;
+    snprintf(ids[top], sizeof(ids[0]), "oom%06d", i);
+  }
+
+  for (k = 0; k < 2000; k++) {
+    uint64_t del[3], tried[2], first = 0, mid = 0, last = 0, c;
+    bool fired, ok;
+    int j;
+
+    /* a writer of its own each time, so that the group is its first and
+     * the writer's buffers all grow in it (a warm writer allocates only
+     * now and then) */
+    close_spool(f);
+    open_spool(f);
+
+    /* deliveries: the oldest, one in the middle and the newest pending;
+     * attempts: the first two after the oldest but the middle one */
+    n = 0;
+    for (uint64_t q = 1; q <= top; q++)
+      if (alive[q]) {
+        first = first ? first : q;
+        last = q;
+        n++;
+      }
+    c = 0;
+    for (uint64_t q = first; q <= top && mid == 0; q++)
+      if (alive[q] && ++c == (uint64_t)n / 2)
+        mid = q;
+    c = 0;
+    for (uint64_t q = first + 1; q <= top && c < 2; q++)
+      if (alive[q] && q != mid)
+        tried[c++] = q;
+    assert_true(n > 10 && mid != 0 && c == 2);
+    del[0] = first;
+    del[1] = mid;
+    del[2] = last;
+
+    memset(s, 0, sizeof(*s));
+    oom_arm(k);
+    for (j = 0; j < 6; j++) {
+      snprintf(id, sizeof(id), "oom%06" PRIu64, next_id + (uint64_t)j);
+      append(f, s, j, id, "T", 0, 0, 300);
+    }
+    assert_int_equal(emd_spool_delete(f->sp, del, 3), 0);
+    assert_int_equal(emd_spool_attempted(f->sp, tried, 2), 0);
+    drain(f);
+    fired = oom_disarm();
+
+    assert_int_equal(s->calls, 6);
+    ok = s->rc[0] == 0;
+    for (j = 0; j < 6; j++) {
+      assert_int_equal(s->rc[j] == 0, ok);   /* whole or not at all */
+      assert_false(ok && s->dup[j]);         /* refused ids unknown */
+    }
+    if (ok) {
+      for (j = 0; j < 6; j++) {
+        assert_true(s->seq[j] > top && s->seq[j] < OOM_MAX);
+        assert_int_equal(s->ordinal[j], ++ordinal);
+        alive[s->seq[j]] = true;
+        snprintf(ids[s->seq[j]], sizeof(ids[0]), "oom%06" PRIu64,
+                 next_id + (uint64_t)j);
+        top = s->seq[j];
+      }
+      next_id += 6;
+      for (j = 0; j < 3; j++)
+        alive[del[j]] = false;
+      att[tried[0]]++;
+      att[tried[1]]++;
+    } else {
+      assert_true(fired);
+      failed++;
+    }
+
+    /* pending is what the acknowledged groups made */
+    g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+    n = 0;
+    for (uint64_t q = 1; q <= top; q++) {
+      if (!alive[q])
+        continue;
+      assert_true(n < rc);
+      assert_int_equal(g->seq[n], q);
+      assert_int_equal(g->attempts[n], att[q]);
+      assert_string_equal(g->id[n], ids[q]);
+      n++;
+    }
+    assert_int_equal(rc, n);
+    free(g);
+    assert_int_equal(stats(f).pending, n);
+    if (!fired)
+      break;                  /* past the group's last allocation */
+  }
+  assert_true(k < 2000);
+  /* The writer did allocate, and failed: in its first group (today) the
+   * timer map's two arrays, the fill of new chunks, the id table's
+   * journal, an edited chunk's entries and the edit's and the run of
+   * delivered ids' buffers: 7. */
+  assert_true(failed >= 5);
+
+  /* A restart sees the same, and every acknowledged id is known. */
+  close_spool(f);
+  emd_log_setup(EMD_LOG_ERROR, EMD_LOG_TEXT, false, 2);
+  close(devnull);
+  open_spool(f);
+  memset(s, 0, sizeof(*s));
+  g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+  n = 0;
+  for (uint64_t q = 1; q <= top; q++)
+    if (alive[q]) {
+      assert_int_equal(g->seq[n], q);
+      assert_int_equal(g->attempts[n], att[q]);
+      want[n] = q;
+      append(f, s, n, ids[q], NULL, 0, 0, 0);
+      n++;
+    }
+  assert_int_equal(rc, n);
+  free(g);
+  drain(f);
+  for (int i = 0; i < n; i++) {
+    assert_true(s->dup[i]);
+    assert_int_equal(s->seq[i], want[i]);
+  }
+  free(ids);
+  free(want);
+  free(att);
+  free(alive);
+  free(s);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -2179,6 +2406,7 @@ int main(void)
     T(pending_chunks_take_every_change_anywhere),
     T(schema_2_spool_with_a_row_per_event_is_upgraded),
     T(a_garbled_chunk_keeps_what_can_be_read),
+    T(writer_out_of_memory_anywhere_keeps_groups_whole),
     T(newer_schema_refuses_to_open_and_leaves_files_alone),
     T(garbage_files_refuse_to_open),
     T(spool_without_meta_refuses_to_open),
