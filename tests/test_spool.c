@@ -31,8 +31,8 @@
  * -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc, so the allocations of
  * emitd's own code (not those of LMDB, libuv or libc, which are shared
  * libraries) come here. Armed with n, the n-th allocation (from 0) made
- * by a thread other than the one that armed it (the spool's writer)
- * fails, once. */
+ * by a thread other than the one that armed it (the spool's writer) or,
+ * with oom_arm_here, by that thread itself (the loop), fails, once. */
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *p, size_t n);
@@ -43,12 +43,20 @@ void *__wrap_realloc(void *p, size_t n);
 static atomic_long oom_countdown = -1;
 static atomic_bool oom_fired;
 static pthread_t oom_armer;
+static bool oom_here;
 
 static void oom_arm(long n)
 {
   oom_armer = pthread_self();
+  oom_here = false;
   atomic_store(&oom_fired, false);
   atomic_store(&oom_countdown, n);
+}
+
+static void oom_arm_here(long n)
+{
+  oom_arm(n);
+  oom_here = true;
 }
 
 /* Disarms; returns whether the failure was injected. */
@@ -61,7 +69,7 @@ static bool oom_disarm(void)
 static bool oom_now(void)
 {
   if (atomic_load(&oom_countdown) < 0 ||
-      pthread_equal(pthread_self(), oom_armer))
+      (pthread_equal(pthread_self(), oom_armer) != 0) != oom_here)
     return false;
   if (atomic_fetch_sub(&oom_countdown, 1) != 0)
     return false;
@@ -2376,6 +2384,118 @@ static void writer_out_of_memory_anywhere_keeps_groups_whole(void **state)
   free(s);
 }
 
+/* The loop out of memory at each allocation of an append, a delivery and
+ * an attempt in turn: the call that could not allocate returns -ENOMEM
+ * and its callback never runs, nothing of it is stored or done, the group
+ * being gathered keeps what came before it, and the spool goes on. */
+static void loop_out_of_memory_refuses_the_call_and_keeps_the_rest(
+    void **state)
+{
+  struct fx *f = *state;
+  struct seen *s = calloc(1, sizeof(*s));
+  struct app *apps[2];
+  bool alive[400] = { false };
+  uint32_t att[400] = { 0 };
+  uint64_t top = 0, next_id = 0;
+  int failed = 0, k, n, rc;
+  char id[32], ids[400][32];
+  struct got *g;
+
+  assert_non_null(s);
+  open_spool(f);
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof(id), "loop%06" PRIu64, next_id++);
+    append(f, s, i, id, "T", 0, 0, 200);
+  }
+  drain(f);
+  for (int i = 0; i < 40; i++) {
+    top = s->seq[i];
+    alive[top] = true;
+    snprintf(ids[top], sizeof(ids[0]), "loop%06d", i);
+  }
+
+  for (k = 0; k < 200; k++) {
+    uint64_t del[1] = { 0 }, tried[1] = { 0 };
+    emd_event *ev[2];
+    int arc[2], drc, trc;
+    bool fired;
+
+    close_spool(f);                /* cold: its buffers grow in the call */
+    open_spool(f);
+    for (uint64_t q = 1; q <= top; q++)
+      if (alive[q]) {
+        if (del[0] == 0)
+          del[0] = q;
+        else if (tried[0] == 0)
+          tried[0] = q;
+      }
+    memset(s, 0, sizeof(*s));
+    for (int j = 0; j < 2; j++) {      /* made before: the ingest's part */
+      snprintf(id, sizeof(id), "loop%06" PRIu64, next_id + (uint64_t)j);
+      ev[j] = mk_event(f->sp, id, "T", 0, 0, 200 + 2000 * (size_t)j);
+      apps[j] = calloc(1, sizeof(*apps[j]));   /* on_appended frees it */
+      assert_non_null(apps[j]);
+      *apps[j] = (struct app){ s, j, ev[j] };
+    }
+    oom_arm_here(k);
+    for (int j = 0; j < 2; j++)
+      arc[j] = emd_spool_append(f->sp, ev[j], on_appended, apps[j]);
+    drc = emd_spool_delete(f->sp, del, 1);
+    trc = emd_spool_attempted(f->sp, tried, 1);
+    fired = oom_disarm();
+    drain(f);
+    for (int j = 0; j < 2; j++)
+      if (arc[j] != 0)
+        free(apps[j]);             /* its callback will never run */
+
+    assert_true(fired == (arc[0] || arc[1] || drc || trc));
+    for (int j = 0; j < 2; j++) {
+      assert_true(arc[j] == 0 || arc[j] == -ENOMEM);
+      assert_int_equal(s->rc[j], 0);
+      if (arc[j] != 0)
+        continue;                  /* and its callback never ran */
+      assert_false(s->dup[j]);
+      assert_true(s->seq[j] > top && s->seq[j] < 400);
+      alive[s->seq[j]] = true;
+      snprintf(ids[s->seq[j]], sizeof(ids[0]), "loop%06" PRIu64,
+               next_id + (uint64_t)j);
+    }
+    assert_int_equal(s->calls, (arc[0] == 0) + (arc[1] == 0));
+    for (int j = 0; j < 2; j++)
+      if (arc[j] == 0 && s->seq[j] > top)
+        top = s->seq[j];
+    next_id += 2;                  /* a refused id is never sent again */
+    assert_true(drc == 0 || drc == -ENOMEM);
+    assert_true(trc == 0 || trc == -ENOMEM);
+    if (drc == 0)
+      alive[del[0]] = false;
+    if (trc == 0)
+      att[tried[0]]++;
+    failed += fired;
+
+    g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+    n = 0;
+    for (uint64_t q = 1; q <= top; q++) {
+      if (!alive[q])
+        continue;
+      assert_true(n < rc);
+      assert_int_equal(g->seq[n], q);
+      assert_int_equal(g->attempts[n], att[q]);
+      assert_string_equal(g->id[n], ids[q]);
+      n++;
+    }
+    assert_int_equal(rc, n);
+    free(g);
+    if (!fired)
+      break;
+  }
+  assert_true(k < 200);
+  /* Allocations there were, and failed: the first append's pack buffer
+   * and the group's op array (today; the rest fit what they had). */
+  assert_true(failed >= 2);
+  free(s);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -2407,6 +2527,7 @@ int main(void)
     T(schema_2_spool_with_a_row_per_event_is_upgraded),
     T(a_garbled_chunk_keeps_what_can_be_read),
     T(writer_out_of_memory_anywhere_keeps_groups_whole),
+    T(loop_out_of_memory_refuses_the_call_and_keeps_the_rest),
     T(newer_schema_refuses_to_open_and_leaves_files_alone),
     T(garbage_files_refuse_to_open),
     T(spool_without_meta_refuses_to_open),
