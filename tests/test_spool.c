@@ -2217,6 +2217,29 @@ static void bad_events_are_refused_without_harm(void **state)
   free(s);
 }
 
+/* Pending holds exactly seqs q <= top with alive[q], in order, each with
+ * its attempts att[q] and id ids[q]; the count agrees. */
+static void pending_matches(struct fx *f, const bool *alive,
+                            const uint32_t *att, char (*ids)[32],
+                            uint64_t top)
+{
+  int n = 0, rc;
+  struct got *g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
+
+  for (uint64_t q = 1; q <= top; q++) {
+    if (!alive[q])
+      continue;
+    assert_true(n < rc);
+    assert_int_equal(g->seq[n], q);
+    assert_int_equal(g->attempts[n], att[q]);
+    assert_string_equal(g->id[n], ids[q]);
+    n++;
+  }
+  assert_int_equal(rc, n);
+  free(g);
+  assert_int_equal(stats(f).pending, n);
+}
+
 /* The spool writer out of memory at each of its allocations in turn (a
  * new writer each time, its first group), in a group of appends (new chunks, a timer's counter), deliveries and
  * attempts (chunk edits) over a spool of several chunks: the group is
@@ -2329,21 +2352,7 @@ static void writer_out_of_memory_anywhere_keeps_groups_whole(void **state)
       failed++;
     }
 
-    /* pending is what the acknowledged groups made */
-    g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
-    n = 0;
-    for (uint64_t q = 1; q <= top; q++) {
-      if (!alive[q])
-        continue;
-      assert_true(n < rc);
-      assert_int_equal(g->seq[n], q);
-      assert_int_equal(g->attempts[n], att[q]);
-      assert_string_equal(g->id[n], ids[q]);
-      n++;
-    }
-    assert_int_equal(rc, n);
-    free(g);
-    assert_int_equal(stats(f).pending, n);
+    pending_matches(f, alive, att, ids, top);
     if (!fired)
       break;                  /* past the group's last allocation */
   }
@@ -2397,9 +2406,8 @@ static void loop_out_of_memory_refuses_the_call_and_keeps_the_rest(
   bool alive[400] = { false };
   uint32_t att[400] = { 0 };
   uint64_t top = 0, next_id = 0;
-  int failed = 0, k, n, rc;
+  int failed = 0, k;
   char id[32], ids[400][32];
-  struct got *g;
 
   assert_non_null(s);
   open_spool(f);
@@ -2473,19 +2481,7 @@ static void loop_out_of_memory_refuses_the_call_and_keeps_the_rest(
       att[tried[0]]++;
     failed += fired;
 
-    g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
-    n = 0;
-    for (uint64_t q = 1; q <= top; q++) {
-      if (!alive[q])
-        continue;
-      assert_true(n < rc);
-      assert_int_equal(g->seq[n], q);
-      assert_int_equal(g->attempts[n], att[q]);
-      assert_string_equal(g->id[n], ids[q]);
-      n++;
-    }
-    assert_int_equal(rc, n);
-    free(g);
+    pending_matches(f, alive, att, ids, top);
     if (!fired)
       break;
   }
