@@ -17,9 +17,18 @@ FAST = {"retry_initial": "20ms", "retry_max": "200ms",
 
 
 def quick_reply(d, within=1.0):
-    """A normal client gets its reply within a second."""
+    """A normal client gets its reply within a second. Connecting is
+    tried again while the listen queue is full (EAGAIN: a flood that just
+    stopped can leave it full for a moment), within the same second."""
     t0 = time.monotonic()
-    c = d.client()
+    while True:
+        try:
+            c = d.client()
+            break
+        except BlockingIOError:
+            if time.monotonic() - t0 >= within:
+                raise
+            time.sleep(0.01)
     c.sock.settimeout(within + 1)
     c.send_lines([SMALLEST])
     r = c.read_line()
