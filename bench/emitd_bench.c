@@ -1958,6 +1958,15 @@ static int sync_files(const char *dir)
   return rc;
 }
 
+/* The name of pair k's phase for --perf: base, then base-2, base-3... */
+static void pair_phase(char *buf, size_t len, const char *base, unsigned k)
+{
+  if (k == 0)
+    snprintf(buf, len, "%s", base);
+  else
+    snprintf(buf, len, "%s-%u", base, k + 1);
+}
+
 /* Fills a spool with o->backlog events (sync=none, binary, an upstream
  * that refuses, so nothing drains); then, o->pairs times, ingests into a
  * new empty spool and, right after, restarts emitd on the full one with
@@ -2017,8 +2026,7 @@ static int run_backlog(const struct opts *o, const struct pool *p,
     fprintf(stderr, "emitd-bench: backlog: pair %u of %u: ingest of %"
             PRIu64 " events, text, into an empty spool\n", k + 1, o->pairs,
             o->events);
-    snprintf(what, sizeof(what), "backlog-empty%s%.0u", k ? "-" : "",
-             k ? k + 1 : 0);
+    pair_phase(what, sizeof(what), "backlog-empty", k);
     if (daemons_open(&de[k], o, false) != 0)
       goto out;
     if (emitd_start(&de[k], o, o->sync, max_bytes, NULL) != 0 ||
@@ -2032,8 +2040,7 @@ static int run_backlog(const struct opts *o, const struct pool *p,
     fprintf(stderr, "emitd-bench: backlog: pair %u of %u: restart on %"
             PRIu64 " pending, then ingest of %" PRIu64 " events, text\n",
             k + 1, o->pairs, o->backlog + k * o->events, o->events);
-    snprintf(what, sizeof(what), "backlog-full%s%.0u", k ? "-" : "",
-             k ? k + 1 : 0);
+    pair_phase(what, sizeof(what), "backlog-full", k);
     if ((k == 0 ? restart_time(&dm, o, p, max_bytes, &r->listen_ms,
                                &r->restart_ms)
                 : emitd_start(&dm, o, o->sync, max_bytes, NULL)) != 0 ||
@@ -2216,8 +2223,7 @@ static void build_rows(const struct report *rp, struct rows *rs)
     if (b->pairs > 1) {
       size_t n = 0;
 
-      snprintf(name, sizeof(name), "  each pair (the median above)");
-      r = row_add(rs, name, "ratio");
+      r = row_add(rs, "  each pair (the median above)", "ratio");
       buf[0] = '\0';
       for (unsigned k = 0; k < b->pairs && n < sizeof(buf); k++)
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%.0f %s",
@@ -2630,14 +2636,26 @@ static int parse_u64(const char *s, const char *what, uint64_t min,
   return 0;
 }
 
+/* --runs, --pairs: 1 to MAX_RUNS. */
+static int parse_count(const char *s, const char *what, unsigned *out)
+{
+  uint64_t v;
+
+  if (parse_u64(s, what, 1, &v) != 0 || v > MAX_RUNS) {
+    fprintf(stderr, "emitd-bench: %s: 1 to %d\n", what, MAX_RUNS);
+    return -1;
+  }
+  *out = (unsigned)v;
+  return 0;
+}
+
 static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
                       char *upstream, size_t len)
 {
   enum { OPT_EMITD = 256, OPT_UPSTREAM, OPT_CONNS, OPT_EVENTS, OPT_MODE,
          OPT_WINDOW, OPT_RATE, OPT_DURATION, OPT_BACKLOG, OPT_SYNC, OPT_POOL,
          OPT_NO_UPSTREAM, OPT_ENV, OPT_TMP, OPT_KEEP, OPT_PERF, OPT_TIMELINE,
-         OPT_JSON,
-         OPT_IDS, OPT_RUNS, OPT_PAIRS };
+         OPT_JSON, OPT_IDS, OPT_RUNS, OPT_PAIRS };
   static const struct option lo[] = {
     { "emitd", required_argument, NULL, OPT_EMITD },
     { "upstream", required_argument, NULL, OPT_UPSTREAM },
@@ -2780,18 +2798,12 @@ static int parse_args(int argc, char **argv, struct opts *o, char *emitd,
     case OPT_TIMELINE: o->timeline_path = optarg; break;
     case OPT_JSON: o->json = true; break;
     case OPT_RUNS:
-      if (parse_u64(optarg, "--runs", 1, &v) != 0 || v > MAX_RUNS) {
-        fprintf(stderr, "emitd-bench: --runs: 1 to %d\n", MAX_RUNS);
+      if (parse_count(optarg, "--runs", &o->runs) != 0)
         return -1;
-      }
-      o->runs = (unsigned)v;
       break;
     case OPT_PAIRS:
-      if (parse_u64(optarg, "--pairs", 1, &v) != 0 || v > MAX_RUNS) {
-        fprintf(stderr, "emitd-bench: --pairs: 1 to %d\n", MAX_RUNS);
+      if (parse_count(optarg, "--pairs", &o->pairs) != 0)
         return -1;
-      }
-      o->pairs = (unsigned)v;
       break;
     case 'h': usage(stdout); exit(0);
     default: usage(stderr); return -1;

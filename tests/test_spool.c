@@ -2241,8 +2241,9 @@ static void pending_matches(struct fx *f, const bool *alive,
 }
 
 /* The spool writer out of memory at each of its allocations in turn (a
- * new writer each time, its first group), in a group of appends (new chunks, a timer's counter), deliveries and
- * attempts (chunk edits) over a spool of several chunks: the group is
+ * new writer each time, its first group), in a group of appends (new
+ * chunks, a timer's counter), deliveries and attempts (chunk edits) over
+ * a spool of several chunks: the group is
  * whole or not at all (its appends all acknowledged or all refused, its
  * deliveries and attempts all done or none), what is pending reads back
  * as the acknowledged groups made it, the ids of refused appends are not
@@ -2258,8 +2259,7 @@ static void writer_out_of_memory_anywhere_keeps_groups_whole(void **state)
   uint64_t *want = calloc(OOM_MAX, sizeof(uint64_t));
   char (*ids)[32] = calloc(OOM_MAX, sizeof(*ids));
   uint64_t top = 0, next_id = 0, ordinal = 0;
-  int devnull = open("/dev/null", O_WRONLY), failed = 0, k, n, rc;
-  struct got *g;
+  int devnull = open("/dev/null", O_WRONLY), failed = 0, k, n;
   char id[32];
 
   assert_non_null(s);
@@ -2368,19 +2368,15 @@ static void writer_out_of_memory_anywhere_keeps_groups_whole(void **state)
   emd_log_setup(EMD_LOG_ERROR, EMD_LOG_TEXT, false, 2);
   close(devnull);
   open_spool(f);
+  pending_matches(f, alive, att, ids, top);
   memset(s, 0, sizeof(*s));
-  g = read_all(f, 0, MAXR, SIZE_MAX, &rc);
   n = 0;
   for (uint64_t q = 1; q <= top; q++)
     if (alive[q]) {
-      assert_int_equal(g->seq[n], q);
-      assert_int_equal(g->attempts[n], att[q]);
       want[n] = q;
       append(f, s, n, ids[q], NULL, 0, 0, 0);
       n++;
     }
-  assert_int_equal(rc, n);
-  free(g);
   drain(f);
   for (int i = 0; i < n; i++) {
     assert_true(s->dup[i]);
