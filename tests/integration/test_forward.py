@@ -199,7 +199,8 @@ def test_one_poisoned_event_in_a_batch_of_500(make_emitd, upstream):
     assert dead[0]["status"] == 400
     assert "dead letter: event %s (seq %d)" % (ids[137], dead[0]["seq"]) \
         in d.read_log()
-    assert control(d, "status")["spool"]["pending"] == 0
+    wait_for(lambda: control(d, "status")["spool"]["pending"] == 0, 10,
+             "every delivered batch deleted")
 
 
 def test_kill9_with_batches_in_flight_loses_nothing(make_emitd, upstream):
