@@ -1682,6 +1682,7 @@ static int run_latency(const struct opts *o, const struct pool *p,
   struct meter m;
   char perf[PATH_MAX];
   uint64_t events = (uint64_t)(o->rate * o->duration_s);
+  FILE *timeline = NULL;
   int rc = -1;
 
   fprintf(stderr, "emitd-bench: latency: %.0f events/s for %.0f s over %u "
@@ -1690,8 +1691,20 @@ static int run_latency(const struct opts *o, const struct pool *p,
   memset(r, 0, sizeof(*r));
   r->events = events;
   r->offered = o->rate;
-  if (events == 0 || daemons_open(&dm, o, true) != 0)
+  if (events == 0)
     return -1;
+  /* A timeline that cannot be written fails the run before it starts,
+   * not after its seconds of load. */
+  if (o->timeline_path != NULL) {
+    timeline = fopen(o->timeline_path, run == 0 ? "w" : "a");
+    if (timeline == NULL) {
+      fprintf(stderr, "emitd-bench: --timeline %s: %s\n", o->timeline_path,
+              strerror(errno));
+      return -1;
+    }
+  }
+  if (daemons_open(&dm, o, true) != 0)
+    goto out_timeline;
   if (emitd_start(&dm, o, o->sync, spool_bytes_for(events), NULL) != 0)
     goto out;
   if (drive_open(&d, &dm, p, o->mode, o->conns, 0, events, true,
@@ -1699,20 +1712,10 @@ static int run_latency(const struct opts *o, const struct pool *p,
     goto out;
   meter_start(&m, dm.emitd, perf_name(o, "latency", perf, sizeof(perf)),
               dm.dir);
-  if (o->timeline_path != NULL) {
-    d.timeline = fopen(o->timeline_path, run == 0 ? "w" : "a");
-    if (d.timeline == NULL)
-      fprintf(stderr, "emitd-bench: --timeline %s: %s\n", o->timeline_path,
-              strerror(errno));
-    d.run = run;
-  }
+  d.timeline = timeline;
+  d.run = run;
   rc = drive_run(&d, o->rate);
   meter_stop(&m, &r->u);
-  if (d.timeline != NULL && fclose(d.timeline) != 0) {
-    fprintf(stderr, "emitd-bench: --timeline %s: %s\n", o->timeline_path,
-            strerror(errno));
-    rc = -1;
-  }
   d.timeline = NULL;
   r->failed = d.failed;
   snprintf(r->failure, sizeof(r->failure), "%s", d.first_failure);
@@ -1731,6 +1734,12 @@ static int run_latency(const struct opts *o, const struct pool *p,
 
 out:
   daemons_close(&dm);
+out_timeline:
+  if (timeline != NULL && fclose(timeline) != 0) {
+    fprintf(stderr, "emitd-bench: --timeline %s: %s\n", o->timeline_path,
+            strerror(errno));
+    rc = -1;
+  }
   return rc;
 }
 
