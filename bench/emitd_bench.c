@@ -1570,24 +1570,19 @@ struct report {
   } spread[5];
 };
 
-/* idx[] = 0..n-1 in the order of key[] (n at most MAX_RUNS). */
-static void sort_idx(const double *key, size_t n, size_t *idx)
+/* Which of key[0..n-1] is the median (the lower middle one for even n;
+ * n at most MAX_RUNS). */
+static size_t median_index(const double *key, size_t n)
 {
-  for (size_t i = 0; i < n; i++) {
+  size_t idx[MAX_RUNS];
+
+  for (size_t i = 0; i < n; i++) {      /* idx in the order of key */
     size_t j = i;
 
     for (; j > 0 && key[idx[j - 1]] > key[i]; j--)
       idx[j] = idx[j - 1];
     idx[j] = i;
   }
-}
-
-/* Which of key[0..n-1] is the median (the lower middle one for even n). */
-static size_t median_index(const double *key, size_t n)
-{
-  size_t idx[MAX_RUNS];
-
-  sort_idx(key, n, idx);
   return idx[(n - 1) / 2];
 }
 
@@ -1596,13 +1591,16 @@ static size_t median_index(const double *key, size_t n)
 static size_t median_run(struct report *rp, const char *what,
                          const char *unit, const double *key, size_t n)
 {
-  size_t idx[MAX_RUNS];
+  if (n > 1 && rp->nspread < sizeof(rp->spread) / sizeof(rp->spread[0])) {
+    struct spread sp = { what, unit, key[0], key[0] };
 
-  sort_idx(key, n, idx);
-  if (n > 1 && rp->nspread < sizeof(rp->spread) / sizeof(rp->spread[0]))
-    rp->spread[rp->nspread++] = (struct spread){ what, unit, key[idx[0]],
-                                                 key[idx[n - 1]] };
-  return idx[(n - 1) / 2];
+    for (size_t i = 1; i < n; i++) {
+      sp.lo = key[i] < sp.lo ? key[i] : sp.lo;
+      sp.hi = key[i] > sp.hi ? key[i] : sp.hi;
+    }
+    rp->spread[rp->nspread++] = sp;
+  }
+  return median_index(key, n);
 }
 
 static char *perf_name(const struct opts *o, const char *test, char *buf,

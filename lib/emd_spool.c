@@ -2652,10 +2652,11 @@ static bool group_empty(const struct group *g)
   return g == NULL || (g->nops == 0 && g->arena.total == 0);
 }
 
-/* Hands the gathered group to the writer when the writer has committed
- * everything it holds; otherwise the group keeps growing. */
 static void on_space(uv_timer_t *h);
 
+/* Hands the gathered group to the writer when the writer has committed
+ * everything it holds; otherwise the group keeps growing. A group of
+ * deletes alone first waits its DELETE_LINGER_MS (on the space timer). */
 static void maybe_submit(struct emd_spool *sp, bool force)
 {
   struct group *g = sp->gather, *next;

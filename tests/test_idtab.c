@@ -172,6 +172,12 @@ static uint64_t hash_of(uint64_t k)
          ((uint64_t)1 << 63);
 }
 
+/* Distinct keys' hashes spread over the table; never 0. */
+static uint64_t spread(uint64_t i)
+{
+  return i * 0x9E3779B97F4A7C15ull | 1;
+}
+
 static void check_model(const struct emd_idtab *t, const uint64_t *model,
                         uint64_t space)
 {
@@ -406,10 +412,9 @@ static void a_growth_that_cannot_make_its_file_fails_cleanly(void **state)
   uint64_t cap = emd_idtab_capacity(t), n = cap / 2;
   struct rlimit old, lim;
   void (*was)(int);
-#define H(i) ((uint64_t)(i) * 0x9E3779B97F4A7C15ull | 1)
 
   for (uint64_t i = 1; i <= n; i++)
-    assert_int_equal(emd_idtab_insert_new(t, H(i), i), 0);
+    assert_int_equal(emd_idtab_insert_new(t, spread(i), i), 0);
   assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
   was = signal(SIGXFSZ, SIG_IGN);
   lim = old;
@@ -418,23 +423,23 @@ static void a_growth_that_cannot_make_its_file_fails_cleanly(void **state)
   assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
 
   emd_idtab_begin(t);
-  assert_int_equal(emd_idtab_insert(t, H(n + 1), n + 1), EFBIG);
-  assert_int_equal(emd_idtab_insert_new(t, H(n + 2), n + 2), EFBIG);
+  assert_int_equal(emd_idtab_insert(t, spread(n + 1), n + 1), EFBIG);
+  assert_int_equal(emd_idtab_insert_new(t, spread(n + 2), n + 2), EFBIG);
   assert_int_equal(emd_idtab_capacity(t), cap);
   assert_int_equal(emd_idtab_count(t), n);
-  assert_false(has(t, H(n + 1), n + 1) || has(t, H(n + 2), n + 2));
-  assert_true(emd_idtab_remove(t, H(7), 7));   /* still usable */
+  assert_false(has(t, spread(n + 1), n + 1) ||
+               has(t, spread(n + 2), n + 2));
+  assert_true(emd_idtab_remove(t, spread(7), 7));  /* still usable */
   assert_int_equal(emd_idtab_rollback(t), 0);  /* undoes the removal only */
   assert_int_equal(emd_idtab_count(t), n);
   for (uint64_t i = 1; i <= n; i++)
-    assert_true(has(t, H(i), i));
+    assert_true(has(t, spread(i), i));
 
   assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
   signal(SIGXFSZ, was);
-  assert_int_equal(emd_idtab_insert_new(t, H(n + 1), n + 1), 0);
+  assert_int_equal(emd_idtab_insert_new(t, spread(n + 1), n + 1), 0);
   assert_int_equal(emd_idtab_capacity(t), cap * 2);
-  assert_true(has(t, H(n + 1), n + 1) && has(t, H(1), 1));
-#undef H
+  assert_true(has(t, spread(n + 1), n + 1) && has(t, spread(1), 1));
   emd_idtab_close(t, NULL);
 }
 
@@ -480,16 +485,15 @@ static void only_big_tables_ask_for_huge_pages(void **state)
   struct emd_idtab *t = open_tab(f, &stamp_a, &trusted);
   char flags[256];
   uint64_t i = 1;
-#define H(i) ((uint64_t)(i) * 0x9E3779B97F4A7C15ull | 1)
 
   assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
   assert_null(strstr(flags, " hg "));
   for (; emd_idtab_capacity(t) < ((uint64_t)1 << 20); i++)
-    assert_int_equal(emd_idtab_insert_new(t, H(i), i), 0);
+    assert_int_equal(emd_idtab_insert_new(t, spread(i), i), 0);
   assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
   assert_null(strstr(flags, " hg "));               /* 16 MiB */
   for (; emd_idtab_capacity(t) < ((uint64_t)1 << 21); i++)
-    assert_int_equal(emd_idtab_insert_new(t, H(i), i), 0);
+    assert_int_equal(emd_idtab_insert_new(t, spread(i), i), 0);
   assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
   assert_non_null(strstr(flags, " hg "));           /* 32 MiB */
   assert_int_equal(emd_idtab_close(t, &stamp_a), 0);
@@ -497,8 +501,7 @@ static void only_big_tables_ask_for_huge_pages(void **state)
   assert_true(trusted);
   assert_non_null(vm_flags_of(f->path, flags, sizeof(flags)));
   assert_non_null(strstr(flags, " hg "));
-  assert_true(has(t, H(1), 1) && has(t, H(i - 1), i - 1));
-#undef H
+  assert_true(has(t, spread(1), 1) && has(t, spread(i - 1), i - 1));
   emd_idtab_close(t, NULL);
 }
 

@@ -45,18 +45,24 @@ static atomic_bool oom_fired;
 static pthread_t oom_armer;
 static bool oom_here;
 
-static void oom_arm(long n)
+/* Which thread's allocations count is settled before the countdown is
+ * armed: the other thread may allocate at any moment. */
+static void oom_set(long n, bool here)
 {
   oom_armer = pthread_self();
-  oom_here = false;
+  oom_here = here;
   atomic_store(&oom_fired, false);
   atomic_store(&oom_countdown, n);
 }
 
+static void oom_arm(long n)
+{
+  oom_set(n, false);
+}
+
 static void oom_arm_here(long n)
 {
-  oom_arm(n);
-  oom_here = true;
+  oom_set(n, true);
 }
 
 /* Disarms; returns whether the failure was injected. */

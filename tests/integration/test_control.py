@@ -136,8 +136,8 @@ def test_emitctl_status_after_401_and_after_the_key_is_fixed(make_emitd,
         wait_for(lambda: u.stats()["events"] == 7, 10, "drained")
         # The upstream counts a batch before emitd has its reply and has
         # deleted the batch from the spool: wait for the delete too.
-        wait_for(lambda: json.loads(ctl(d, "status", "--json").stdout)
-                 ["spool"]["pending"] == 0, 10, "delivered batch deleted")
+        wait_for(lambda: control(d, "status")["spool"]["pending"] == 0, 10,
+                 "delivered batch deleted")
         js = json.loads(ctl(d, "status", "--json").stdout)
         assert js["upstream"]["state"] == "ok"
         assert js["spool"]["pending"] == 0 and js["sent"] == 7
